@@ -1,0 +1,161 @@
+//! The admin listener: `/health` and `/ready` for probes, and token-protected routes for
+//! operators (`/upstreams` today). The token is compared in constant time; requests without
+//! it get 401 problem+json. The proxy listeners never serve these routes.
+
+use crate::proxy::headers::request_id;
+use crate::proxy::reply::{problem_body, Code};
+use crate::state::{constant_time_eq, Shared};
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub struct AdminApp {
+    pub shared: Arc<Shared>,
+}
+
+fn json_response(
+    status: u16,
+    body: serde_json::Value,
+    content_type: &str,
+    request_id: &str,
+) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    problem_or_json(status, body, content_type, request_id)
+}
+
+fn problem_or_json(
+    status: u16,
+    body: Vec<u8>,
+    content_type: &str,
+    request_id: &str,
+) -> Response<Vec<u8>> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        h.insert(http::header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v);
+    }
+    resp
+}
+
+fn problem(code: Code, detail: &str, request_id: &str) -> Response<Vec<u8>> {
+    let body = problem_body(code, detail, request_id).to_vec();
+    let mut resp = problem_or_json(code.status(), body, "application/problem+json", request_id);
+    if code == Code::Unauthorized {
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"turnpike-admin\""),
+        );
+    }
+    resp
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl AdminApp {
+    fn authorized(&self, session: &ServerSession) -> Result<(), &'static str> {
+        let snapshot = self.shared.snapshot();
+        let Some(token) = &snapshot.admin_token else {
+            return Err("no admin token is configured (set [admin] token_env or token_file)");
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .ok_or("missing bearer token")?;
+        if constant_time_eq(given, &token.0) {
+            Ok(())
+        } else {
+            Err("invalid bearer token")
+        }
+    }
+
+    fn upstreams(&self, rid: &str) -> Response<Vec<u8>> {
+        let snapshot = self.shared.snapshot();
+        let now = Instant::now();
+        let mut pools: Vec<_> = snapshot.pools.values().collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        let list: Vec<serde_json::Value> = pools
+            .iter()
+            .map(|p| {
+                let targets: Vec<serde_json::Value> = p
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let ejected = t.ejected_for(now);
+                        let healthy = t.active_healthy();
+                        json!({
+                            "target": t.label,
+                            "address": t.addr.to_string(),
+                            "health": if healthy { "healthy" } else { "unhealthy" },
+                            "health_since": t.health_since_unix_ms() / 1000,
+                            "ejected": ejected.is_some(),
+                            "ejected_for_ms": ejected.map(|d| d.as_millis() as u64),
+                            "ejections": t.ejections(),
+                            "state": if !healthy { "down" } else if ejected.is_some() { "ejected" } else { "up" },
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": p.name,
+                    "balance": format!("{:?}", p.def.balance).to_lowercase(),
+                    "active_check": p.health_kind().map(|k| format!("{k:?}").to_lowercase()),
+                    "targets": targets,
+                })
+            })
+            .collect();
+        json_response(200, json!({ "upstreams": list }), "application/json", rid)
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let rid = request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        // Bodies are never needed by these routes; drain a little so keep-alive stays usable.
+        let _ = session.drain_request_body().await;
+        match (method.as_str(), path.as_str()) {
+            ("GET" | "HEAD", "/health") => {
+                return json_response(200, json!({"status": "ok"}), "application/json", &rid);
+            }
+            ("GET" | "HEAD", "/ready") => {
+                let s = self.shared.snapshot();
+                return json_response(
+                    200,
+                    json!({"status": "ready", "config_generation": s.generation, "loaded_at": unix_secs(s.loaded_at)}),
+                    "application/json",
+                    &rid,
+                );
+            }
+            _ => {}
+        }
+        if let Err(why) = self.authorized(session) {
+            return problem(Code::Unauthorized, why, &rid);
+        }
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/upstreams") => self.upstreams(&rid),
+            (_, "/upstreams" | "/health" | "/ready") => {
+                problem(Code::MethodNotAllowed, "use GET", &rid)
+            }
+            _ => problem(Code::RouteNotFound, "no such admin route", &rid),
+        }
+    }
+}

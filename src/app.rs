@@ -1,0 +1,135 @@
+//! Assembles the Pingora server from a loaded config: the proxy service with its TCP and TLS
+//! listeners and edge options, the admin service, and the health-check background service.
+
+use crate::admin::AdminApp;
+use crate::config::{self, error::ConfigError};
+use crate::proxy::Gateway;
+use crate::state::Shared;
+use crate::upstream::health::HealthService;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::v2::server::H2Options;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Flags passed through to Pingora.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunFlags {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Config(ConfigError),
+    Listener(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Listener(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Loads the config and builds a ready-to-run server.
+pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>), StartError> {
+    let snapshot = config::load_snapshot(config_path, None).map_err(StartError::Config)?;
+    let file = snapshot.file.clone();
+    let s = &file.server;
+
+    let conf = ServerConf {
+        threads: s.threads,
+        daemon: flags.daemon,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        grace_period_seconds: Some(s.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.0.as_secs()),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        ..Default::default()
+    };
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    if snapshot.admin_token.is_none() {
+        log::warn!(
+            "no admin token configured: admin routes other than /health and /ready will answer 401"
+        );
+    }
+    let shared = Shared::new(snapshot, config_path.to_path_buf());
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway {
+            shared: shared.clone(),
+        },
+        "turnpike proxy",
+    );
+    for addr in &s.listen {
+        proxy.add_tcp(addr);
+    }
+    for t in &s.tls {
+        let cert = t.cert.to_string_lossy();
+        let key = t.key.to_string_lossy();
+        let mut settings = TlsSettings::intermediate(&cert, &key)
+            .map_err(|e| StartError::Listener(format!("TLS listener {}: {e}", t.listen)))?;
+        if t.h2 {
+            settings.enable_h2();
+        }
+        proxy.add_tls_with_settings(&t.listen, None, settings);
+    }
+    if let Some(app) = proxy.app_logic_mut() {
+        let l = &s.limits;
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = s.h2c;
+        opts.keepalive_request_limit = (l.keepalive_requests > 0).then_some(l.keepalive_requests);
+        opts.h2_idle_timeout = Some(l.keepalive_idle.0);
+        app.server_options = Some(opts);
+        app.h2_options = Some(h2_options(&file.server.limits));
+    }
+
+    let mut admin = Service::new(
+        "turnpike admin".to_string(),
+        pingora::apps::http_app::HttpServer::new_app(AdminApp {
+            shared: shared.clone(),
+        }),
+    );
+    admin.add_tcp(&file.admin.listen);
+
+    let health = background_service(
+        "health checks",
+        HealthService {
+            shared: shared.clone(),
+        },
+    );
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(health);
+    Ok((server, shared))
+}
+
+/// Explicit HTTP/2 settings: bounded streams, header list and windows.
+fn h2_options(l: &config::file::LimitsSection) -> H2Options {
+    let mut b = H2Options::new();
+    b.max_concurrent_streams(l.h2_max_concurrent_streams)
+        .max_header_list_size(l.h2_max_header_list.0 as u32)
+        .initial_window_size(l.h2_stream_window.0 as u32)
+        .initial_connection_window_size(l.h2_connection_window.0 as u32)
+        .max_concurrent_reset_streams(100)
+        .max_pending_accept_reset_streams(100)
+        .max_send_buffer_size(1 << 20);
+    b
+}

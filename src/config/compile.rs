@@ -1,0 +1,191 @@
+//! Compiles a validated file model into a `Snapshot`: route table, upstream pools (reusing
+//! unchanged pools of the previous generation), static replies with parsed header values, and
+//! the admin token. All fallible work (DNS, files, header parsing) happens here, once.
+
+use super::error::Problem;
+use super::file::{FileConfig, RespondSection};
+use crate::route::{template_segments, Methods, Router};
+use crate::state::{Action, ApiInfo, Endpoint, Limits, Secret, Snapshot, StaticReply};
+use crate::upstream::Pool;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Builds a snapshot; `previous` lends pools whose definition did not change.
+pub fn compile(
+    file: &FileConfig,
+    previous: Option<&Snapshot>,
+    generation: u64,
+) -> Result<Snapshot, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut pools: HashMap<String, Arc<Pool>> = HashMap::new();
+    for (name, def) in &file.upstreams {
+        let reused = previous
+            .and_then(|p| p.pools.get(name))
+            .filter(|p| &p.def == def)
+            .cloned();
+        match reused.map_or_else(|| Pool::build(name, def).map(Arc::new), Ok) {
+            Ok(pool) => {
+                pools.insert(name.clone(), pool);
+            }
+            Err(e) => problems.push(Problem::at(format!("upstreams.{name}"), e)),
+        }
+    }
+
+    let mut router = Router::new();
+    let mut endpoints = Vec::new();
+    let default_body = file.server.limits.body.0;
+    for (i, api) in file.apis.iter().enumerate() {
+        let info = Arc::new(ApiInfo {
+            name: api.name.clone(),
+            version: api.version.clone(),
+        });
+        let base = if api.base_path == "/" {
+            ""
+        } else {
+            api.base_path.as_str()
+        };
+        let strip = if api.strip_base_path { base.len() } else { 0 };
+        let api_action = match (&api.respond, &api.upstream) {
+            (Some(r), _) => match static_reply(r) {
+                Ok(r) => Some(Action::Respond(Arc::new(r))),
+                Err(e) => {
+                    problems.push(Problem::at(format!("apis[{i}].respond"), e));
+                    None
+                }
+            },
+            (None, Some(up)) => pools.get(up).map(|p| Action::Proxy(p.clone())),
+            (None, None) => None,
+        };
+        let api_body = api.max_body.map_or(default_body, |s| s.0);
+        if api.routes.is_empty() {
+            if let Some(action) = api_action {
+                let id = endpoints.len();
+                let template: Arc<str> = if base.is_empty() {
+                    "/".into()
+                } else {
+                    base.into()
+                };
+                router.insert(
+                    &api.hosts,
+                    &template_segments(&template),
+                    true,
+                    Methods::ANY,
+                    id,
+                );
+                endpoints.push(Endpoint {
+                    api: info.clone(),
+                    template,
+                    action,
+                    strip,
+                    max_body: api_body,
+                });
+            }
+            continue;
+        }
+        for (r, route) in api.routes.iter().enumerate() {
+            let action = match &route.respond {
+                Some(rr) => match static_reply(rr) {
+                    Ok(rr) => Action::Respond(Arc::new(rr)),
+                    Err(e) => {
+                        problems.push(Problem::at(format!("apis[{i}].routes[{r}].respond"), e));
+                        continue;
+                    }
+                },
+                None => match &api_action {
+                    Some(Action::Proxy(p)) => Action::Proxy(p.clone()),
+                    Some(Action::Respond(s)) => Action::Respond(s.clone()),
+                    None => continue,
+                },
+            };
+            let Some(methods) = Methods::from_names(&route.methods) else {
+                continue;
+            };
+            let template: Arc<str> = format!("{base}{}", route.path).into();
+            let id = endpoints.len();
+            router.insert(
+                &api.hosts,
+                &template_segments(&template),
+                false,
+                methods,
+                id,
+            );
+            endpoints.push(Endpoint {
+                api: info.clone(),
+                template,
+                action,
+                strip,
+                max_body: route.max_body.map_or(api_body, |s| s.0),
+            });
+        }
+    }
+
+    let admin_token = match (&file.admin.token_env, &file.admin.token_file) {
+        (Some(var), _) => std::env::var_os(var)
+            .map(|v| Secret(v.into_encoded_bytes()))
+            .filter(|s| !s.0.is_empty()),
+        (None, Some(path)) => match std::fs::read(path) {
+            Ok(bytes) => {
+                let trimmed = bytes.trim_ascii().to_vec();
+                if trimmed.is_empty() {
+                    problems.push(Problem::at(
+                        "admin.token_file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Some(Secret(trimmed))
+            }
+            Err(e) => {
+                problems.push(Problem::at(
+                    "admin.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let l = &file.server.limits;
+    Ok(Snapshot {
+        generation,
+        loaded_at: SystemTime::now(),
+        file: file.clone(),
+        router,
+        endpoints,
+        pools,
+        limits: Limits {
+            request_line: l.request_line.0 as usize,
+            header_line: l.header_line.0 as usize,
+            header_block: l.header_block.0 as usize,
+            header_count: l.header_count,
+            head_timeout: l.head_timeout.0,
+            keepalive_idle: l.keepalive_idle.0,
+            keepalive_requests: l.keepalive_requests,
+        },
+        admin_token,
+    })
+}
+
+fn static_reply(r: &RespondSection) -> Result<StaticReply, String> {
+    let mut headers = Vec::with_capacity(r.headers.len() + 1);
+    let ct = HeaderValue::from_str(&r.content_type)
+        .map_err(|_| "content_type is not a valid header value".to_string())?;
+    headers.push((http::header::CONTENT_TYPE, ct));
+    for (name, value) in &r.headers {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{name:?} is not a header name"))?;
+        let v = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of {name:?} is not a valid header value"))?;
+        headers.push((n, v));
+    }
+    Ok(StaticReply {
+        status: r.status,
+        headers,
+        body: Bytes::from(r.body.clone()),
+    })
+}

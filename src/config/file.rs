@@ -1,0 +1,391 @@
+//! The serde mirror of the TOML config file. Every struct rejects unknown keys; defaults live
+//! here so that `conf/turnpike.toml` and this file tell the same story. Nothing in this module
+//! checks meaning across keys: that is `validate`'s job.
+
+use super::units::{Dur, Size};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSection>,
+    #[serde(default)]
+    pub apis: Vec<ApiSection>,
+}
+
+/// `[server]`: public listeners and process settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub tls: Vec<TlsListener>,
+    /// Worker threads of the proxy service; 0 is rejected.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plaintext listeners.
+    #[serde(default)]
+    pub h2c: bool,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    /// How long an old process keeps serving in-flight requests after an upgrade or shutdown.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: Dur,
+    /// How long the final shutdown of services may take after the grace period.
+    #[serde(default = "default_shutdown_timeout")]
+    pub graceful_shutdown_timeout: Dur,
+    /// Idle upstream connections kept for reuse, across all upstreams.
+    #[serde(default = "default_keepalive_pool")]
+    pub upstream_keepalive_pool_size: usize,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[[server.tls]]`: a TLS listener (rustls), HTTP/2 offered by ALPN.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    pub listen: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default = "yes")]
+    pub h2: bool,
+}
+
+/// `[server.limits]`: edge limits, each with the default from the hostile-input guide.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    #[serde(default = "d_request_line")]
+    pub request_line: Size,
+    #[serde(default = "d_header_line")]
+    pub header_line: Size,
+    #[serde(default = "d_header_block")]
+    pub header_block: Size,
+    #[serde(default = "d_header_count")]
+    pub header_count: usize,
+    /// Deadline for receiving the whole request head of a new connection.
+    #[serde(default = "d_head_timeout")]
+    pub head_timeout: Dur,
+    #[serde(default = "d_body")]
+    pub body: Size,
+    #[serde(default = "d_keepalive_idle")]
+    pub keepalive_idle: Dur,
+    /// Requests served on one keep-alive connection before it is closed (0 = no limit).
+    #[serde(default = "d_keepalive_requests")]
+    pub keepalive_requests: u32,
+    #[serde(default = "d_h2_streams")]
+    pub h2_max_concurrent_streams: u32,
+    #[serde(default = "d_h2_header_list")]
+    pub h2_max_header_list: Size,
+    #[serde(default = "d_h2_stream_window")]
+    pub h2_stream_window: Size,
+    #[serde(default = "d_h2_conn_window")]
+    pub h2_connection_window: Size,
+}
+
+/// `[admin]`: the admin listener and its bearer token.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[upstreams.NAME]`: a pool of targets.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub hash_on: HashOn,
+    /// The request header hashed when `hash_on = "header"`.
+    pub hash_header: Option<String>,
+    #[serde(default)]
+    pub targets: Vec<TargetSection>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "d_read_timeout")]
+    pub read_timeout: Dur,
+    #[serde(default = "d_write_timeout")]
+    pub write_timeout: Dur,
+    /// Idle pooled connections are closed after this; keep it below the upstream's own timeout.
+    #[serde(default = "d_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Further targets tried when connecting fails (nothing was sent yet).
+    #[serde(default = "d_retries")]
+    pub retries: u32,
+    pub health: Option<HealthSection>,
+    #[serde(default)]
+    pub passive: PassiveSection,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    #[default]
+    ClientIp,
+    Header,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over plain TCP.
+    #[default]
+    Http1,
+    /// HTTP/2 over plain TCP with prior knowledge (gRPC backends).
+    H2c,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    pub addr: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+/// `[upstreams.NAME.health]`: active health checks.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    #[serde(rename = "type")]
+    pub kind: HealthKind,
+    #[serde(default = "d_health_path")]
+    pub path: String,
+    /// Host header of HTTP checks (default: the target address).
+    pub host: Option<String>,
+    #[serde(default = "d_health_interval")]
+    pub interval: Dur,
+    #[serde(default = "d_health_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "d_unhealthy_after")]
+    pub unhealthy_after: u32,
+    #[serde(default = "d_healthy_after")]
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    Http,
+    Tcp,
+}
+
+/// `[upstreams.NAME.passive]`: ejection of targets that fail live traffic.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Consecutive failures (connect errors, and 5xx when `on_5xx`) that eject a target.
+    #[serde(default = "d_passive_failures")]
+    pub failures: u32,
+    /// How long an ejected target is left out before it gets traffic again.
+    #[serde(default = "d_passive_cooldown")]
+    pub cooldown: Dur,
+    #[serde(default = "yes")]
+    pub on_5xx: bool,
+}
+
+/// `[[apis]]`: one API product: where it lives and where it goes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    pub base_path: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub strip_base_path: bool,
+    /// Request body limit for this API (default `[server.limits] body`).
+    pub max_body: Option<Size>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    pub respond: Option<RespondSection>,
+}
+
+/// `[[apis.routes]]`: a path template under the API's base path.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub path: String,
+    /// Allowed methods; empty means every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub max_body: Option<Size>,
+    pub respond: Option<RespondSection>,
+}
+
+/// `respond`: a static answer given by the gateway itself.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSection {
+    #[serde(default = "d_status")]
+    pub status: u16,
+    #[serde(default = "d_content_type")]
+    pub content_type: String,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:8080".into()]
+}
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+fn default_pid_file() -> String {
+    "/run/turnpike/turnpike.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/run/turnpike/upgrade.sock".into()
+}
+fn default_grace_period() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_shutdown_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_keepalive_pool() -> usize {
+    1024
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".into()
+}
+fn d_request_line() -> Size {
+    Size(8 << 10)
+}
+fn d_header_line() -> Size {
+    Size(8 << 10)
+}
+fn d_header_block() -> Size {
+    Size(64 << 10)
+}
+fn d_header_count() -> usize {
+    100
+}
+fn d_head_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn d_body() -> Size {
+    Size(10 << 20)
+}
+fn d_keepalive_idle() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn d_keepalive_requests() -> u32 {
+    10_000
+}
+fn d_h2_streams() -> u32 {
+    100
+}
+fn d_h2_header_list() -> Size {
+    Size(64 << 10)
+}
+fn d_h2_stream_window() -> Size {
+    Size(256 << 10)
+}
+fn d_h2_conn_window() -> Size {
+    Size(1 << 20)
+}
+fn d_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn d_read_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn d_write_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn d_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(50))
+}
+fn d_retries() -> u32 {
+    1
+}
+fn d_health_path() -> String {
+    "/".into()
+}
+fn d_health_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn d_health_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn d_unhealthy_after() -> u32 {
+    3
+}
+fn d_healthy_after() -> u32 {
+    2
+}
+fn d_passive_failures() -> u32 {
+    5
+}
+fn d_passive_cooldown() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn d_status() -> u16 {
+    200
+}
+fn d_content_type() -> String {
+    "text/plain; charset=utf-8".into()
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("empty server section parses"))
+    }
+}
+impl Default for LimitsSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("empty limits section parses"))
+    }
+}
+impl Default for AdminSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("empty admin section parses"))
+    }
+}
+impl Default for PassiveSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("empty passive section parses"))
+    }
+}

@@ -1,0 +1,31 @@
+//! Turnpike: an API management gateway built on Cloudflare's Pingora.
+//!
+//! The library holds everything; `main.rs` only parses the command line. See the README for
+//! the architecture and `conf/turnpike.toml` for every config key.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod path;
+pub mod proxy;
+pub mod route;
+pub mod state;
+pub mod upstream;
+
+/// A one-line summary of a valid config, printed by `turnpike check`.
+pub fn summary(snapshot: &state::Snapshot) -> String {
+    let f = &snapshot.file;
+    let targets: usize = snapshot.pools.values().map(|p| p.targets.len()).sum();
+    let mut listeners: Vec<String> = f.server.listen.clone();
+    listeners.extend(f.server.tls.iter().map(|t| format!("{} (tls)", t.listen)));
+    format!(
+        "ok: {} APIs, {} routes, {} upstreams with {} targets; listening on {}; admin on {}",
+        f.apis.len(),
+        snapshot.endpoints.len(),
+        snapshot.pools.len(),
+        targets,
+        listeners.join(", "),
+        f.admin.listen
+    )
+}

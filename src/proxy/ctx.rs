@@ -1,0 +1,45 @@
+//! The per-request context carried through the proxy hooks.
+
+use super::reply::Code;
+use crate::state::Snapshot;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub struct RequestCtx {
+    /// The config generation this request uses from start to end.
+    pub snapshot: Arc<Snapshot>,
+    pub request_id: String,
+    pub traceparent: String,
+    /// Index into `snapshot.endpoints` once routed.
+    pub endpoint: Option<usize>,
+    /// Targets this request failed to connect to.
+    pub tried: Vec<SocketAddr>,
+    pub retries_left: u32,
+    /// The target of the current attempt.
+    pub peer: Option<SocketAddr>,
+    /// Set before returning an error whose answer is decided by the gateway.
+    pub fail: Option<Code>,
+    /// Request body bytes seen so far, and the limit that applies.
+    pub body_seen: u64,
+    pub max_body: u64,
+    /// Whether the current peer's outcome was already reported to passive health.
+    pub reported: bool,
+}
+
+impl RequestCtx {
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        RequestCtx {
+            snapshot,
+            request_id: String::new(),
+            traceparent: String::new(),
+            endpoint: None,
+            tried: Vec::new(),
+            retries_left: 0,
+            peer: None,
+            fail: None,
+            body_seen: 0,
+            max_body: u64::MAX,
+            reported: false,
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Edge checks of a request head before it is routed: request-line, header-line, header-block
+//! and header-count limits, Host rules, framing sanity and the declared body size. Each failure
+//! is a `Reply` with its stable code.
+
+use super::reply::{Code, Reply};
+use crate::state::Limits;
+use pingora::http::RequestHeader;
+
+/// What the edge checks learned about the request.
+#[derive(Debug, Default)]
+pub struct Head {
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+}
+
+impl Head {
+    /// Whether body bytes may follow the head.
+    pub fn may_have_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
+}
+
+fn too_large(detail: String) -> Reply {
+    Reply::new(Code::HeadersTooLarge, detail)
+}
+
+/// Checks sizes, Host and framing headers.
+pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<Head, Reply> {
+    let line = req.method.as_str().len() + req.raw_path().len() + 11;
+    if line > limits.request_line {
+        return Err(Reply::new(
+            Code::UriTooLong,
+            format!(
+                "the request line is longer than {} bytes",
+                limits.request_line
+            ),
+        ));
+    }
+    let headers = &req.headers;
+    if headers.len() > limits.header_count {
+        return Err(too_large(format!(
+            "more than {} header fields",
+            limits.header_count
+        )));
+    }
+    let mut total = line;
+    for (name, value) in headers {
+        let len = name.as_str().len() + value.len() + 4;
+        if len > limits.header_line {
+            return Err(too_large(format!(
+                "a header field is longer than {} bytes",
+                limits.header_line
+            )));
+        }
+        total += len;
+    }
+    if total > limits.header_block {
+        return Err(too_large(format!(
+            "the request head is larger than {} bytes",
+            limits.header_block
+        )));
+    }
+
+    let hosts = headers.get_all(http::header::HOST);
+    let mut host_iter = hosts.iter();
+    let host = host_iter.next();
+    if host_iter.next().is_some() {
+        return Err(Reply::new(Code::BadRequest, "more than one Host header"));
+    }
+    if host.is_none() && req.version == http::Version::HTTP_11 {
+        return Err(Reply::new(
+            Code::BadRequest,
+            "HTTP/1.1 requests need a Host header",
+        ));
+    }
+    if let Some(h) = host {
+        let ok = !h.is_empty()
+            && h.len() <= 255
+            && h.as_bytes().iter().all(|&b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']' | b'_')
+            });
+        if !ok {
+            return Err(Reply::new(
+                Code::BadRequest,
+                "the Host header is not a valid host",
+            ));
+        }
+    }
+
+    let mut head = Head::default();
+    let te = headers.get_all(http::header::TRANSFER_ENCODING);
+    let te_count = te.iter().count();
+    if te_count > 0 {
+        let single_chunked = te_count == 1
+            && te
+                .iter()
+                .next()
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        if !single_chunked || req.version == http::Version::HTTP_10 {
+            return Err(Reply::new(
+                Code::BadRequest,
+                "unsupported Transfer-Encoding",
+            ));
+        }
+        head.chunked = true;
+    }
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if head.chunked {
+            return Err(Reply::new(
+                Code::BadRequest,
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        let parse = |v: &http::HeaderValue| -> Option<u64> {
+            let b = v.as_bytes();
+            if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(b).ok()?.parse().ok()
+        };
+        let n =
+            parse(first).ok_or_else(|| Reply::new(Code::BadRequest, "invalid Content-Length"))?;
+        for other in lengths {
+            if parse(other) != Some(n) {
+                return Err(Reply::new(
+                    Code::BadRequest,
+                    "conflicting Content-Length headers",
+                ));
+            }
+        }
+        head.content_length = Some(n);
+    }
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            request_line: 100,
+            header_line: 64,
+            header_block: 200,
+            header_count: 4,
+            head_timeout: std::time::Duration::from_secs(10),
+            keepalive_idle: std::time::Duration::from_secs(60),
+            keepalive_requests: 0,
+        }
+    }
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r =
+            RequestHeader::build("GET", path.as_bytes(), None).unwrap_or_else(|_| unreachable!());
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v)
+                .unwrap_or_else(|_| unreachable!());
+        }
+        r
+    }
+
+    fn code(r: Result<Head, Reply>) -> Option<&'static str> {
+        r.err().map(|e| e.code.as_str())
+    }
+
+    #[test]
+    fn limits_and_framing() {
+        let l = limits();
+        assert_eq!(code(check_head(&req("/a", &[("host", "x")]), &l)), None);
+        assert_eq!(
+            code(check_head(
+                &req(&format!("/{}", "a".repeat(100)), &[("host", "x")]),
+                &l
+            )),
+            Some("uri_too_long")
+        );
+        let many = [
+            ("host", "x"),
+            ("a", "1"),
+            ("b", "1"),
+            ("c", "1"),
+            ("d", "1"),
+        ];
+        assert_eq!(
+            code(check_head(&req("/", &many), &l)),
+            Some("headers_too_large")
+        );
+        let long = "v".repeat(60);
+        assert_eq!(
+            code(check_head(&req("/", &[("host", "x"), ("a", &long)]), &l)),
+            Some("headers_too_large")
+        );
+        let mid = "v".repeat(50);
+        assert_eq!(
+            code(check_head(
+                &req("/", &[("host", "x"), ("a", &mid), ("b", &mid), ("c", &mid)]),
+                &l
+            )),
+            Some("headers_too_large")
+        );
+        assert_eq!(code(check_head(&req("/", &[]), &l)), Some("bad_request"));
+        assert_eq!(
+            code(check_head(&req("/", &[("host", "x"), ("host", "y")]), &l)),
+            Some("bad_request")
+        );
+        assert_eq!(
+            code(check_head(&req("/", &[("host", "a b")]), &l)),
+            Some("bad_request")
+        );
+        for cl in ["+5", "0x10", "", "-1", "99999999999999999999"] {
+            assert_eq!(
+                code(check_head(
+                    &req("/", &[("host", "x"), ("content-length", cl)]),
+                    &l
+                )),
+                Some("bad_request"),
+                "{cl}"
+            );
+        }
+        assert_eq!(
+            code(check_head(
+                &req(
+                    "/",
+                    &[
+                        ("host", "x"),
+                        ("content-length", "5"),
+                        ("content-length", "6")
+                    ]
+                ),
+                &l
+            )),
+            Some("bad_request")
+        );
+        assert_eq!(
+            code(check_head(
+                &req(
+                    "/",
+                    &[
+                        ("host", "x"),
+                        ("content-length", "5"),
+                        ("transfer-encoding", "chunked")
+                    ]
+                ),
+                &l
+            )),
+            Some("bad_request")
+        );
+        assert_eq!(
+            code(check_head(
+                &req(
+                    "/",
+                    &[("host", "x"), ("transfer-encoding", "gzip, chunked")]
+                ),
+                &l
+            )),
+            Some("bad_request")
+        );
+        let ok = check_head(
+            &req(
+                "/",
+                &[
+                    ("host", "x"),
+                    ("content-length", "5"),
+                    ("content-length", "5"),
+                ],
+            ),
+            &l,
+        );
+        assert_eq!(ok.ok().and_then(|h| h.content_length), Some(5));
+    }
+}

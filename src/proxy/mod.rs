@@ -1,0 +1,379 @@
+//! The `ProxyHttp` implementation. Each hook is a few lines that delegate: `edge` checks the
+//! head, `path` the target, `route` finds the endpoint, `upstream` picks and reports targets,
+//! `headers` sets forwarding headers and `reply` writes every answer the gateway gives itself.
+
+pub mod ctx;
+pub mod edge;
+pub mod headers;
+pub mod reply;
+
+use crate::path::check_target;
+use crate::route::Match;
+use crate::state::{Action, Shared};
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::RequestCtx;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+use reply::{Code, Reply};
+use std::sync::Arc;
+
+/// The gateway's proxy logic.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+}
+
+impl Gateway {
+    fn endpoint<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a crate::state::Endpoint> {
+        ctx.endpoint.and_then(|i| ctx.snapshot.endpoints.get(i))
+    }
+
+    /// The pool and target of the current upstream attempt.
+    fn attempt(
+        &self,
+        ctx: &RequestCtx,
+    ) -> Option<(std::net::SocketAddr, Arc<crate::upstream::Pool>)> {
+        match (ctx.peer, self.endpoint(ctx).map(|e| &e.action)) {
+            (Some(addr), Some(Action::Proxy(pool))) => Some((addr, pool.clone())),
+            _ => None,
+        }
+    }
+
+    /// Checks and routes the request; `Err` is the answer to give instead.
+    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<bool, (Reply, bool)> {
+        let req = session.req_header();
+        let head = edge::check_head(req, &ctx.snapshot.limits).map_err(|r| (r, true))?;
+        let close = head.may_have_body();
+        let target = check_target(req.raw_path())
+            .map_err(|e| (Reply::new(Code::BadRequest, e.detail()), close))?;
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let id = match ctx
+            .snapshot
+            .router
+            .find(host, target.path, req.method.as_str().as_bytes())
+        {
+            Match::Found(id) => id,
+            Match::NotFound => {
+                return Err((
+                    Reply::new(
+                        Code::RouteNotFound,
+                        format!(
+                            "no route for {} {}",
+                            req.method,
+                            String::from_utf8_lossy(target.path)
+                        ),
+                    ),
+                    close,
+                ));
+            }
+            Match::MethodNotAllowed(allowed) => {
+                let allow = allowed.allow_header();
+                let detail = format!("{} is not allowed here; allowed: {allow}", req.method);
+                return Err((
+                    Reply::new(Code::MethodNotAllowed, detail).header("Allow", allow),
+                    close,
+                ));
+            }
+        };
+        ctx.endpoint = Some(id);
+        let ep = &ctx.snapshot.endpoints[id];
+        ctx.max_body = ep.max_body;
+        if head.content_length.is_some_and(|n| n > ep.max_body) {
+            return Err((
+                Reply::new(
+                    Code::PayloadTooLarge,
+                    format!("the body limit of this route is {} bytes", ep.max_body),
+                ),
+                true,
+            ));
+        }
+        if let Action::Proxy(pool) = &ep.action {
+            ctx.retries_left = pool.def.retries;
+        }
+        Ok(close)
+    }
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.shared.snapshot())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.traceparent =
+            headers::traceparent(req.headers.get("traceparent").map(|v| v.as_bytes()));
+        let limits = &ctx.snapshot.limits;
+        session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
+        match self.admit(session, ctx) {
+            Err((reply, close)) => {
+                reply::write_problem(session, &reply, &ctx.request_id, close).await?;
+                Ok(true)
+            }
+            Ok(close) => match self.endpoint(ctx).map(|e| &e.action) {
+                Some(Action::Respond(r)) => {
+                    let r = r.clone();
+                    reply::write_static(session, &r, &ctx.request_id, close).await?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            },
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > ctx.max_body {
+                ctx.fail = Some(Code::PayloadTooLarge);
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(Action::Proxy(pool)) = self.endpoint(ctx).map(|e| &e.action) else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream for this endpoint");
+        };
+        let pool = pool.clone();
+        let ip_key;
+        let key: &[u8] = if !pool.uses_hash() {
+            b""
+        } else if let Some(h) = &pool.hash_header {
+            session
+                .req_header()
+                .headers
+                .get(h)
+                .map_or(&b""[..], |v| v.as_bytes())
+        } else {
+            ip_key = client_ip(session)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            ip_key.as_bytes()
+        };
+        match pool.select(key, &ctx.tried) {
+            Some(addr) => {
+                ctx.peer = Some(addr);
+                ctx.reported = false;
+                Ok(Box::new(pool.peer(addr)))
+            }
+            None => {
+                let code = if ctx.tried.is_empty() {
+                    Code::NoHealthyUpstream
+                } else {
+                    Code::UpstreamUnavailable
+                };
+                ctx.fail = Some(code);
+                Error::e_explain(
+                    ErrorType::HTTPStatus(code.status()),
+                    format!("upstream {}: no target available", pool.name),
+                )
+            }
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some((addr, pool)) = self.attempt(ctx) {
+            pool.report_failure(&addr);
+            ctx.reported = true;
+            ctx.tried.push(addr);
+            if ctx.retries_left > 0 {
+                ctx.retries_left -= 1;
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(ep) = self.endpoint(ctx) else {
+            return Ok(());
+        };
+        if ep.strip > 0 {
+            let raw = session.req_header().raw_path();
+            let rest = &raw[ep.strip.min(raw.len())..];
+            let path: Vec<u8> = if rest.first() == Some(&b'/') {
+                rest.to_vec()
+            } else {
+                [&b"/"[..], rest].concat()
+            };
+            let uri = http::Uri::builder()
+                .path_and_query(path)
+                .build()
+                .map_err(|e| {
+                    Error::because(ErrorType::InternalError, "cannot rewrite the path", e)
+                })?;
+            upstream.set_uri(uri);
+        }
+        let host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        // Header names with underscores are dropped: some servers read them as dashes.
+        let underscored: Vec<http::HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|n| n.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for name in underscored {
+            upstream.remove_header(&name);
+        }
+        headers::set_upstream_headers(
+            upstream,
+            client_ip(session),
+            is_tls(session),
+            host.as_deref(),
+            &ctx.request_id,
+            &ctx.traceparent,
+        )
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some((addr, pool)) = self.attempt(ctx) {
+            if !ctx.reported && !resp.status.is_informational() {
+                ctx.reported = true;
+                if resp.status.is_server_error() && pool.def.passive.on_5xx {
+                    pool.report_failure(&addr);
+                } else {
+                    pool.report_success(&addr);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        // Client-side failures and answers the gateway chose are not operator errors.
+        ctx.fail.is_some() || matches!(error.esource(), ErrorSource::Downstream)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = ctx.fail.or_else(|| classify(e));
+        if let (Some((addr, pool)), Some(c)) = (self.attempt(ctx), code) {
+            if !ctx.reported && matches!(c, Code::UpstreamTimeout | Code::UpstreamUnavailable) {
+                ctx.reported = true;
+                pool.report_failure(&addr);
+            }
+        }
+        let Some(code) = code else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if session.response_written().is_none() {
+            let detail = match code {
+                Code::UpstreamTimeout => "the upstream did not answer in time",
+                Code::UpstreamUnavailable => {
+                    "the upstream could not be reached or gave an invalid answer"
+                }
+                Code::NoHealthyUpstream => "no healthy target is available for this API",
+                Code::PayloadTooLarge => "the request body is over the limit of this route",
+                Code::BadRequest => "the request could not be read",
+                _ => "the request failed",
+            };
+            if let Err(err) =
+                reply::write_problem(session, &Reply::new(code, detail), &ctx.request_id, true)
+                    .await
+            {
+                log::debug!("could not write the error answer: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code.status(),
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// Maps a proxy failure to the answer's code; `None` when the client is gone.
+fn classify(e: &Error) -> Option<Code> {
+    use ErrorType::*;
+    match (e.esource(), e.etype()) {
+        (_, HTTPStatus(413)) => Some(Code::PayloadTooLarge),
+        (_, HTTPStatus(408)) => Some(Code::RequestTimeout),
+        (_, HTTPStatus(c)) if *c < 500 => Some(Code::BadRequest),
+        (_, HTTPStatus(503)) => Some(Code::NoHealthyUpstream),
+        (_, HTTPStatus(504)) => Some(Code::UpstreamTimeout),
+        (_, HTTPStatus(_)) => Some(Code::UpstreamUnavailable),
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+        (ErrorSource::Downstream, ReadTimedout) => Some(Code::RequestTimeout),
+        (ErrorSource::Downstream, _) => Some(Code::BadRequest),
+        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => Some(Code::UpstreamTimeout),
+        (ErrorSource::Upstream, ConnectTimedout) => Some(Code::UpstreamUnavailable),
+        (ErrorSource::Upstream, _) => Some(Code::UpstreamUnavailable),
+        (
+            _,
+            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure,
+        ) => Some(Code::UpstreamUnavailable),
+        (_, ReadTimedout | WriteTimedout) => Some(Code::UpstreamTimeout),
+        _ => Some(Code::InternalError),
+    }
+}

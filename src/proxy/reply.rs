@@ -1,0 +1,207 @@
+//! Local answers: the problem+json error edge (RFC 9457) and static `respond` replies. Every
+//! answer the gateway writes itself goes through `write`, with `X-Request-Id` and a length.
+
+use crate::state::StaticReply;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use serde::Serialize;
+
+/// The stable machine codes clients see in the `code` member of an error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    BadRequest,
+    RouteNotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
+    RequestTimeout,
+    NoHealthyUpstream,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    Unauthorized,
+    InternalError,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::RouteNotFound => "route_not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::UriTooLong => "uri_too_long",
+            Code::HeadersTooLarge => "headers_too_large",
+            Code::RequestTimeout => "request_timeout",
+            Code::NoHealthyUpstream => "no_healthy_upstream",
+            Code::UpstreamUnavailable => "upstream_unavailable",
+            Code::UpstreamTimeout => "upstream_timeout",
+            Code::Unauthorized => "unauthorized",
+            Code::InternalError => "internal_error",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Code::BadRequest => 400,
+            Code::RouteNotFound => 404,
+            Code::MethodNotAllowed => 405,
+            Code::PayloadTooLarge => 413,
+            Code::UriTooLong => 414,
+            Code::HeadersTooLarge => 431,
+            Code::RequestTimeout => 408,
+            Code::NoHealthyUpstream => 503,
+            Code::UpstreamUnavailable => 502,
+            Code::UpstreamTimeout => 504,
+            Code::Unauthorized => 401,
+            Code::InternalError => 500,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Code::BadRequest => "Bad request",
+            Code::RouteNotFound => "No route matches this request",
+            Code::MethodNotAllowed => "Method not allowed on this route",
+            Code::PayloadTooLarge => "Request body too large",
+            Code::UriTooLong => "Request line too long",
+            Code::HeadersTooLarge => "Request headers too large",
+            Code::RequestTimeout => "Request not received in time",
+            Code::NoHealthyUpstream => "No healthy upstream target",
+            Code::UpstreamUnavailable => "Upstream unavailable",
+            Code::UpstreamTimeout => "Upstream timed out",
+            Code::Unauthorized => "Unauthorized",
+            Code::InternalError => "Internal error",
+        }
+    }
+}
+
+/// A denial or error answer: a value, written once by `write_problem`.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: Code,
+    pub detail: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        Reply {
+            code,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+    request_id: &'a str,
+}
+
+/// The body of a problem answer.
+pub fn problem_body(code: Code, detail: &str, request_id: &str) -> Bytes {
+    let body = ProblemBody {
+        kind: format!("urn:turnpike:problem:{}", code.as_str()),
+        title: code.title(),
+        status: code.status(),
+        detail,
+        code: code.as_str(),
+        request_id,
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Builds the response header of a problem answer.
+pub fn problem_header(reply: &Reply, request_id: &str, len: usize) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(reply.code.status(), Some(4 + reply.headers.len()))?;
+    h.insert_header("Content-Type", "application/problem+json")?;
+    h.insert_header("Content-Length", len.to_string())?;
+    h.insert_header("X-Request-Id", request_id)?;
+    h.insert_header("Cache-Control", "no-store")?;
+    for (name, value) in &reply.headers {
+        h.insert_header(*name, value.as_str())?;
+    }
+    Ok(h)
+}
+
+/// Writes a problem answer. `close` asks for the connection to be closed afterwards (used when
+/// the request body was not read, so leftover bytes are never parsed as a next request).
+pub async fn write_problem(
+    session: &mut Session,
+    reply: &Reply,
+    request_id: &str,
+    close: bool,
+) -> Result<()> {
+    let body = problem_body(reply.code, &reply.detail, request_id);
+    let header = problem_header(reply, request_id, body.len())?;
+    if close {
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Writes a static `respond` answer.
+pub async fn write_static(
+    session: &mut Session,
+    reply: &StaticReply,
+    request_id: &str,
+    close: bool,
+) -> Result<()> {
+    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+    for (name, value) in &reply.headers {
+        h.append_header(name.clone(), value.clone())?;
+    }
+    h.insert_header("Content-Length", reply.body.len().to_string())?;
+    h.insert_header("X-Request-Id", request_id)?;
+    if close {
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD || reply.body.is_empty();
+    session
+        .write_response_header(Box::new(h), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(reply.body.clone()), true)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_body_has_every_member() {
+        let b = problem_body(Code::RouteNotFound, "no route for GET /x", "abc");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["code"], "route_not_found");
+        assert_eq!(v["request_id"], "abc");
+        assert_eq!(v["type"], "urn:turnpike:problem:route_not_found");
+        assert_eq!(v["detail"], "no route for GET /x");
+        assert!(v["title"].is_string());
+    }
+}

@@ -1,0 +1,131 @@
+//! The compiled config (`Snapshot`, immutable, swapped atomically) and the state that outlives
+//! one config (`Shared`). Requests pin one snapshot for their whole life.
+
+use crate::config::file::FileConfig;
+use crate::route::Router;
+use crate::upstream::Pool;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// A secret value whose Debug output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// A static answer given by the gateway (`respond` blocks).
+#[derive(Debug)]
+pub struct StaticReply {
+    pub status: u16,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+/// What a matched route does.
+pub enum Action {
+    Proxy(Arc<Pool>),
+    Respond(Arc<StaticReply>),
+}
+
+/// The API a route belongs to.
+#[derive(Debug)]
+pub struct ApiInfo {
+    pub name: String,
+    pub version: Option<String>,
+}
+
+/// One routable endpoint: an API route (or a whole API without routes).
+pub struct Endpoint {
+    pub api: Arc<ApiInfo>,
+    /// The full template, e.g. `/catalog/v1/items/{id}` (never the raw path).
+    pub template: Arc<str>,
+    pub action: Action,
+    /// Bytes removed from the front of the path before forwarding (base-path strip).
+    pub strip: usize,
+    pub max_body: u64,
+}
+
+/// Edge limits in the form the hot path uses.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub request_line: usize,
+    pub header_line: usize,
+    pub header_block: usize,
+    pub header_count: usize,
+    pub head_timeout: Duration,
+    pub keepalive_idle: Duration,
+    pub keepalive_requests: u32,
+}
+
+/// One compiled config generation.
+pub struct Snapshot {
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub file: FileConfig,
+    pub router: Router,
+    pub endpoints: Vec<Endpoint>,
+    pub pools: HashMap<String, Arc<Pool>>,
+    pub limits: Limits,
+    pub admin_token: Option<Secret>,
+}
+
+/// State shared by every service of the process.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    pub config_path: PathBuf,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, config_path: PathBuf) -> Arc<Shared> {
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            config_path,
+        })
+    }
+
+    /// The current config generation.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Replaces the current config generation.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_bytes_and_lengths() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(format!("{:?}", Secret(b"abc".to_vec())).contains("redacted"));
+    }
+}

@@ -1,0 +1,181 @@
+//! Test support: real upstream servers on loopback, the real `turnpike` binary started with a
+//! generated config, and raw-socket clients for inputs that ordinary clients refuse to send.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A free loopback port (bound and released; the race is acceptable on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_turnpike"))
+}
+
+/// A running gateway process, killed (by its PID) when dropped.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the binary with `[server]` and `[admin]` generated (plus `server_extra` lines
+    /// inside `[server]`) and `body` after them.
+    pub fn start_with(server_extra: &str, body: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let admin_port = free_port();
+        let d = dir.path().display();
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{d}/tp.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n{server_extra}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TURNPIKE_TEST_ADMIN_TOKEN\"\n\n{body}\n"
+        );
+        let config = dir.path().join("turnpike.toml");
+        std::fs::write(&config, text).expect("write config");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(&config)
+            .env("TURNPIKE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the turnpike binary");
+        let mut gw = Gateway {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            dir,
+            config,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    pub fn start(body: &str) -> Gateway {
+        Gateway::start_with("", body)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("turnpike exited early ({status}); log:\n{}", self.log());
+            }
+            let proxy_up = TcpStream::connect(self.addr).is_ok();
+            let ready = raw_exchange(
+                self.admin,
+                b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .starts_with("HTTP/1.1 200");
+            if proxy_up && ready {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "turnpike did not become ready in 20 s; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes and returns everything read until the peer closes or 3 s pass.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    raw_exchange_for(addr, bytes, Duration::from_secs(3))
+}
+
+pub fn raw_exchange_for(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(wait));
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A reqwest client that never uses a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
+}
+
+/// Parses a problem+json body and checks the members every error answer must have.
+pub fn problem(body: &str, status: u16, code: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    assert_eq!(v["status"], status, "{body}");
+    assert_eq!(v["code"], code, "{body}");
+    for member in ["type", "title", "detail", "request_id"] {
+        assert!(v[member].is_string(), "{member} missing in {body}");
+    }
+    v
+}
+
+/// Runs `turnpike` with arguments and returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args(args);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("run turnpike");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
