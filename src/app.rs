@@ -3,6 +3,7 @@
 
 use crate::admin::AdminApp;
 use crate::config::{self, error::ConfigError};
+use crate::proxy::deadline::EdgeApp;
 use crate::proxy::Gateway;
 use crate::state::Shared;
 use crate::upstream::health::HealthService;
@@ -70,13 +71,24 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     }
     let shared = Shared::new(snapshot, config_path.to_path_buf());
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let l = &s.limits;
+    let mut proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway {
             shared: shared.clone(),
         },
-        "turnpike proxy",
     );
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = s.h2c;
+    opts.keepalive_request_limit = (l.keepalive_requests > 0).then_some(l.keepalive_requests);
+    opts.h2_idle_timeout = Some(l.keepalive_idle.0);
+    proxy_app.server_options = Some(opts);
+    proxy_app.h2_options = Some(h2_options(l));
+    let edge = EdgeApp {
+        inner: Arc::new(proxy_app),
+        head_timeout: l.head_timeout.0,
+    };
+    let mut proxy = Service::new("turnpike proxy".to_string(), edge);
     for addr in &s.listen {
         proxy.add_tcp(addr);
     }
@@ -89,15 +101,6 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
             settings.enable_h2();
         }
         proxy.add_tls_with_settings(&t.listen, None, settings);
-    }
-    if let Some(app) = proxy.app_logic_mut() {
-        let l = &s.limits;
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = s.h2c;
-        opts.keepalive_request_limit = (l.keepalive_requests > 0).then_some(l.keepalive_requests);
-        opts.h2_idle_timeout = Some(l.keepalive_idle.0);
-        app.server_options = Some(opts);
-        app.h2_options = Some(h2_options(&file.server.limits));
     }
 
     let mut admin = Service::new(

@@ -3,6 +3,7 @@
 //! `headers` sets forwarding headers and `reply` writes every answer the gateway gives itself.
 
 pub mod ctx;
+pub mod deadline;
 pub mod edge;
 pub mod headers;
 pub mod reply;

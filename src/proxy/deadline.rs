@@ -1,0 +1,314 @@
+//! A total deadline for receiving each HTTP/1 request head, which Pingora does not have (its
+//! timeouts apply per read, so a client sending one byte every few seconds could hold a
+//! connection forever).
+//!
+//! `EdgeApp` wraps the proxy app and puts every plaintext or HTTP/1-over-TLS connection behind
+//! `HeadDeadline`, a transparent stream that watches the bytes going by: the first byte of a
+//! request head starts the clock, the blank line that ends the head stops it, and the first
+//! response bytes written mean the next bytes read start a new head. If the clock runs out,
+//! reads fail with `TimedOut` and the connection is closed. Upgraded (101) and HTTP/2
+//! connections are left alone, as is the wait between keep-alive requests (that is the
+//! keep-alive idle limit's job).
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// The server app that applies the head deadline before handing connections to `inner`.
+pub struct EdgeApp<A> {
+    pub inner: Arc<A>,
+    pub head_timeout: Duration,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            Box::new(HeadDeadline::new(stream, self.head_timeout))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// A stream that fails reads once a request head takes longer than the deadline.
+#[derive(Debug)]
+pub struct HeadDeadline {
+    inner: Stream,
+    timeout: Duration,
+    /// The next byte read starts a request head.
+    expecting_head: bool,
+    /// Running while a head is being received.
+    clock: Option<Pin<Box<Sleep>>>,
+    /// The last head byte was '\n' (ignoring '\r'): a second one ends the head.
+    after_lf: bool,
+    /// Nothing read yet on this connection.
+    fresh: bool,
+    /// Watching stopped for good (HTTP/2 prior knowledge, or an upgraded connection).
+    off: bool,
+}
+
+impl HeadDeadline {
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        HeadDeadline {
+            inner,
+            timeout,
+            expecting_head: true,
+            clock: None,
+            after_lf: false,
+            fresh: true,
+            off: false,
+        }
+    }
+
+    fn saw_read(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || self.off {
+            return;
+        }
+        if std::mem::take(&mut self.fresh) && bytes.starts_with(b"PRI * HTTP/2.0") {
+            self.off = true;
+            return;
+        }
+        if self.expecting_head && self.clock.is_none() {
+            self.clock = Some(Box::pin(tokio::time::sleep(self.timeout)));
+            self.after_lf = false;
+        }
+        if self.clock.is_none() {
+            return;
+        }
+        for &b in bytes {
+            match b {
+                b'\n' if self.after_lf => {
+                    self.clock = None;
+                    self.expecting_head = false;
+                    return;
+                }
+                b'\n' => self.after_lf = true,
+                b'\r' => {}
+                _ => self.after_lf = false,
+            }
+        }
+    }
+
+    fn saw_write(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || self.off {
+            return;
+        }
+        if bytes.starts_with(b"HTTP/1.1 101") || bytes.starts_with(b"HTTP/1.0 101") {
+            self.off = true;
+            self.clock = None;
+        } else if !(bytes.starts_with(b"HTTP/1.1 100") || bytes.starts_with(b"HTTP/1.1 103")) {
+            self.expecting_head = true;
+        }
+    }
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(clock) = this.clock.as_mut() {
+            if clock.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head deadline passed",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            let filled = buf.filled();
+            this.saw_read(&filled[before..]);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.saw_write(&buf[..n]);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(first)) = (&res, bufs.iter().find(|b| !b.is_empty())) {
+            if *n > 0 {
+                this.saw_write(&first[..(*n).min(first.len())]);
+            }
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair(timeout: Duration) -> (HeadDeadline, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let client = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (server, _) = l.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
+        (HeadDeadline::new(stream, timeout), client)
+    }
+
+    #[tokio::test]
+    async fn a_dribbled_head_times_out_but_a_quick_one_and_its_slow_body_do_not() {
+        let (mut s, mut c) = pair(Duration::from_millis(300)).await;
+        let mut buf = [0u8; 64];
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let n = s.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(n > 0);
+        // The head is complete: a slow body is not this deadline's business.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.write_all(b"more").await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+        // A response, then a new head that never ends.
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.write_all(b"GET / HT")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+        let err = s.read(&mut buf).await.err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::TimedOut));
+    }
+
+    #[tokio::test]
+    async fn upgraded_connections_are_left_alone() {
+        let (mut s, mut c) = pair(Duration::from_millis(200)).await;
+        let mut buf = [0u8; 64];
+        c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.write_all(b"frame")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.write_all(b"frame")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+    }
+}

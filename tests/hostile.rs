@@ -1,0 +1,310 @@
+//! Bad input from clients (see shared/design/hostile-inputs.md): every case gets a clear,
+//! typed answer and the upstream sees nothing of a refused request.
+
+mod support;
+
+use std::time::Duration;
+use support::upstream::Upstream;
+use support::{problem, raw_exchange, raw_exchange_for, raw_request, Gateway};
+
+fn config(up: &Upstream) -> String {
+    format!(
+        r#"
+[upstreams.app]
+targets = [ {{ addr = "{}" }} ]
+
+[[apis]]
+name = "app"
+base_path = "/app"
+upstream = "app"
+max_body = "1KiB"
+
+[[apis.routes]]
+path = "/echo"
+methods = ["GET", "POST"]
+
+[[apis.routes]]
+path = "/big"
+methods = ["POST"]
+max_body = "64KiB"
+"#,
+        up.addr
+    )
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn body_of(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_never_reach_the_upstream() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&config(&up));
+    let long_header = format!("X-Long: {}\r\n", "a".repeat(9000));
+    let many_headers: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let block: String = (0..10)
+        .map(|i| format!("X-B{i}: {}\r\n", "b".repeat(7000)))
+        .collect();
+    let long_path = format!("/app/echo?{}", "q".repeat(9000));
+    let cases: Vec<(String, String, u16, &str)> = vec![
+        (
+            "dot segments".into(),
+            "GET /app/../admin HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "encoded dots".into(),
+            "GET /app/%2e%2e/admin HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "encoded slash".into(),
+            "GET /app%2Fecho HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "encoded backslash".into(),
+            "GET /app/echo%5C HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "double encoding".into(),
+            "GET /app/%252e%252e/x HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "encoded letter".into(),
+            "GET /%61pp/echo HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "encoded NUL".into(),
+            "GET /app/echo%00 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "bad escape".into(),
+            "GET /app/echo%zz HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "double slash".into(),
+            "GET /app//echo HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "matrix parameter".into(),
+            "GET /app;x=1/echo HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "absolute form".into(),
+            "GET http://other/app/echo HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "",
+        ),
+        (
+            "asterisk form".into(),
+            "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "missing host".into(),
+            "GET /app/echo HTTP/1.1\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "duplicate host".into(),
+            "GET /app/echo HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n".into(),
+            400,
+            "",
+        ),
+        (
+            "bad CL".into(),
+            "POST /app/echo HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello".into(),
+            400,
+            "",
+        ),
+        (
+            "body over limit".into(),
+            "POST /app/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".into(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "header line".into(),
+            format!("GET /app/echo HTTP/1.1\r\nHost: x\r\n{long_header}\r\n"),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "header count".into(),
+            format!("GET /app/echo HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n"),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "header block".into(),
+            format!("GET /app/echo HTTP/1.1\r\nHost: x\r\n{block}\r\n"),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "request line".into(),
+            format!("GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            414,
+            "uri_too_long",
+        ),
+    ];
+    for (name, req, want, code) in &cases {
+        let resp = raw_request(gw.addr, req.as_bytes());
+        assert_eq!(status_of(&resp), *want, "{name}: {resp}");
+        if !code.is_empty() {
+            assert!(resp.contains("application/problem+json"), "{name}: {resp}");
+            problem(body_of(&resp), *want, code);
+        }
+    }
+    assert_eq!(up.hits(), 0, "no refused request reached the upstream");
+
+    // A body over the limit sent chunked (no length known up front) is refused too.
+    let chunk = format!("{:x}\r\n{}\r\n", 2000, "z".repeat(2000));
+    let req = format!(
+        "POST /app/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}0\r\n\r\n"
+    );
+    let resp = raw_exchange(gw.addr, req.as_bytes());
+    assert_eq!(status_of(&resp), 413, "{resp}");
+
+    // A route may raise the limit.
+    let body = "y".repeat(30_000);
+    let req = format!("POST /app/big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    assert_eq!(status_of(&raw_exchange(gw.addr, req.as_bytes())), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_never_lets_the_body_become_a_request() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&config(&up));
+    // The 413 is given before the body is read; the "body" holds a second request that must
+    // never be parsed as one.
+    let smuggled = "GET /app/echo?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let req = format!(
+        "POST /app/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}{}",
+        2000,
+        smuggled,
+        "p".repeat(2000 - smuggled.len())
+    );
+    let resp = raw_exchange(gw.addr, req.as_bytes());
+    assert_eq!(status_of(&resp), 413, "{resp}");
+    assert_eq!(
+        resp.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one answer: {resp}"
+    );
+    // A 404 while a body is on its way: same rule.
+    let req = format!(
+        "POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let resp = raw_exchange(gw.addr, req.as_bytes());
+    assert_eq!(status_of(&resp), 404, "{resp}");
+    assert_eq!(
+        resp.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one answer: {resp}"
+    );
+    assert_eq!(up.hits(), 0);
+
+    // Content-Length and Transfer-Encoding together: framed by the chunked encoding only, and
+    // the connection is closed after the answer, so the trailing bytes are never a request.
+    let req = "POST /app/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /app/echo?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let resp = raw_exchange(gw.addr, req.as_bytes());
+    assert_eq!(
+        resp.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one answer: {resp}"
+    );
+    assert!(
+        up.last().is_none_or(|s| !s.uri.contains("smuggled")),
+        "the smuggled request never reached the upstream"
+    );
+    let hits_after_cl_te = up.hits();
+    assert!(hits_after_cl_te <= 1);
+
+    // Pipelined requests where the first is refused: the second is still answered correctly.
+    let req = "GET /app/../x HTTP/1.1\r\nHost: x\r\n\r\nGET /app/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let resp = raw_exchange(gw.addr, req.as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert_eq!(
+        up.hits() - hits_after_cl_te,
+        resp.matches("HTTP/1.1 200").count(),
+        "the upstream saw only what was answered 200"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_head_hits_the_deadline() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start_with(
+        "",
+        &format!("[server.limits]\nhead_timeout = \"1s\"\n{}", config(&up)),
+    );
+    // One byte of the head every 300 ms: each read is quick, but the head never completes in 1 s.
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let head = b"GET /app/echo HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed = false;
+    for b in head.iter() {
+        use std::io::{Read, Write};
+        if s.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    assert!(closed, "the connection was closed or answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed near the 1 s deadline, not per read: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(up.hits(), 0);
+    // The gateway keeps serving.
+    let resp = raw_exchange_for(
+        gw.addr,
+        b"GET /app/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert_eq!(status_of(&resp), 200);
+}
