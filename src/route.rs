@@ -149,7 +149,7 @@ impl Router {
                             .push((suffix.to_string(), Node::default()));
                         // Longest suffix first, so the most specific wildcard wins.
                         self.wildcard_hosts
-                            .sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
                     }
                     match self.wildcard_hosts.iter_mut().find(|(s, _)| s == suffix) {
                         Some((_, node)) => node,

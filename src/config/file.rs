@@ -179,7 +179,7 @@ pub struct HealthSection {
     pub kind: HealthKind,
     #[serde(default = "d_health_path")]
     pub path: String,
-    /// Host header of HTTP checks (default: the target address).
+    /// Host header of HTTP checks (default: `localhost`).
     pub host: Option<String>,
     #[serde(default = "d_health_interval")]
     pub interval: Dur,

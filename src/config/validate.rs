@@ -328,7 +328,7 @@ fn respond(v: &mut Problems, key: &str, r: &RespondSection) {
             format!("must be between 200 and 599, got {}", r.status),
         );
     }
-    if r.content_type.is_empty() || r.content_type.bytes().any(|b| b < 0x20 || b >= 0x7f) {
+    if r.content_type.is_empty() || r.content_type.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
         v.add(
             format!("{key}.content_type"),
             "must be a printable ASCII media type",
@@ -411,8 +411,7 @@ fn apis(v: &mut Problems, cfg: &FileConfig) {
                 && name.len() <= 253
                 && name
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
-                && !host[..host.len() - name.len()].contains('*');
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
             if !ok {
                 v.add(
                     format!("{key}.hosts[{h}]"),
@@ -524,5 +523,76 @@ fn apis(v: &mut Problems, cfg: &FileConfig) {
             second,
             format!("overlaps {first}: same hosts, same path and a shared method"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let cfg: FileConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        validate(&cfg).iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn hosts_may_be_exact_or_leading_wildcards() {
+        let ok = "[[apis]]\nname = \"a\"\nbase_path = \"/a\"\nhosts = [\"api.example.com\", \"*.example.com\"]\n[apis.respond]\n";
+        assert!(problems(ok).is_empty(), "{:?}", problems(ok));
+        for bad in ["*", "a.*.com", "**.example.com", "exa mple.com", ""] {
+            let text = format!(
+                "[[apis]]\nname = \"a\"\nbase_path = \"/a\"\nhosts = [\"{bad}\"]\n[apis.respond]\n"
+            );
+            assert!(
+                problems(&text)
+                    .iter()
+                    .any(|p| p.contains("apis[0].hosts[0]")),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn route_templates() {
+        let route = |path: &str| {
+            format!("[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n[apis.respond]\n[[apis.routes]]\npath = \"{path}\"\n")
+        };
+        for ok in [
+            "/items",
+            "/items/{id}",
+            "/v1/things:batchGet",
+            "/a/{x}/b/{y}",
+        ] {
+            assert!(
+                problems(&route(ok)).is_empty(),
+                "{ok}: {:?}",
+                problems(&route(ok))
+            );
+        }
+        for bad in [
+            "items",
+            "/",
+            "/a//b",
+            "/a/{x}/{x}",
+            "/a/%41",
+            "/a/..",
+            "/a b",
+            "/a/{}",
+            "/a/x{y}",
+        ] {
+            assert!(!problems(&route(bad)).is_empty(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn base_path_rules() {
+        let api = |base: &str| {
+            format!("[[apis]]\nname = \"a\"\nbase_path = \"{base}\"\n[apis.respond]\n")
+        };
+        assert!(problems(&api("/")).is_empty());
+        assert!(problems(&api("/a/b")).is_empty());
+        for bad in ["/a/", "a", "/{x}", "/a/../b"] {
+            assert!(!problems(&api(bad)).is_empty(), "{bad} should be refused");
+        }
     }
 }

@@ -191,7 +191,7 @@ mod tests {
             code(check_head(&req("/", &[("host", "x"), ("a", &long)]), &l)),
             Some("headers_too_large")
         );
-        let mid = "v".repeat(50);
+        let mid = "v".repeat(58);
         assert_eq!(
             code(check_head(
                 &req("/", &[("host", "x"), ("a", &mid), ("b", &mid), ("c", &mid)]),

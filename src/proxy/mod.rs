@@ -242,12 +242,14 @@ impl ProxyHttp for Gateway {
             } else {
                 [&b"/"[..], rest].concat()
             };
-            let uri = http::Uri::builder()
-                .path_and_query(path)
-                .build()
-                .map_err(|e| {
-                    Error::because(ErrorType::InternalError, "cannot rewrite the path", e)
-                })?;
+            // Keep the scheme and authority (HTTP/2 carries the host there); replace the path.
+            let mut parts = upstream.uri.clone().into_parts();
+            parts.path_and_query = Some(http::uri::PathAndQuery::try_from(path).map_err(|e| {
+                Error::because(ErrorType::InternalError, "cannot rewrite the path", e)
+            })?);
+            let uri = http::Uri::from_parts(parts).map_err(|e| {
+                Error::because(ErrorType::InternalError, "cannot rewrite the path", e)
+            })?;
             upstream.set_uri(uri);
         }
         let host = session

@@ -1,0 +1,97 @@
+//! The admin listener: probes without a token, everything else only with the bearer token,
+//! and none of it reachable through the proxy listener.
+
+mod support;
+
+use support::upstream::Upstream;
+use support::{client, problem, Gateway, ADMIN_TOKEN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_rule() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[apis]]\nname = \"app\"\nbase_path = \"/\"\nupstream = \"app\"\n",
+        up.addr
+    ));
+    let c = client();
+    for probe in ["/health", "/ready"] {
+        let r = c.get(gw.admin_url(probe)).send().await.expect("probe");
+        assert_eq!(r.status(), 200, "{probe} needs no token");
+    }
+    let ready: serde_json::Value = c
+        .get(gw.admin_url("/ready"))
+        .send()
+        .await
+        .expect("ready")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["config_generation"], 1);
+
+    for (auth, why) in [
+        (None, "missing"),
+        (Some("Bearer wrong"), "invalid"),
+        (Some(ADMIN_TOKEN), "no scheme"),
+    ] {
+        let mut req = c.get(gw.admin_url("/upstreams"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.expect("admin");
+        assert_eq!(r.status(), 401, "{why}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"turnpike-admin\""
+        );
+        problem(&r.text().await.expect("body"), 401, "unauthorized");
+    }
+    // Unknown admin routes say nothing without the token.
+    assert_eq!(
+        c.get(gw.admin_url("/secret-route"))
+            .send()
+            .await
+            .expect("admin")
+            .status(),
+        401
+    );
+    let r = c
+        .get(gw.admin_url("/secret-route"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status(), 404);
+
+    let r = c
+        .get(gw.admin_url("/upstreams"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["upstreams"][0]["name"], "app");
+    assert_eq!(
+        v["upstreams"][0]["targets"][0]["address"],
+        up.addr.to_string()
+    );
+    assert_eq!(v["upstreams"][0]["targets"][0]["state"], "up");
+
+    // The proxy listener routes /upstreams like any other path: to the API, never to admin.
+    let r = c
+        .get(gw.url("/upstreams"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("proxy");
+    assert_eq!(
+        r.headers()
+            .get("x-upstream")
+            .map(|v| v.to_str().unwrap_or("")),
+        Some("app")
+    );
+    assert!(
+        !gw.log().contains(ADMIN_TOKEN),
+        "the token never reaches the log"
+    );
+}

@@ -1,0 +1,163 @@
+//! The command line: `check` on good and broken configs, `run` refusing a broken config,
+//! `--version` and `--help`.
+
+mod support;
+
+use support::run_cli;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p.display().to_string()
+}
+
+#[test]
+fn every_config_file_shipped_passes_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    let entries = std::fs::read_dir(root.join("conf"))
+        .expect("conf/")
+        .chain(std::fs::read_dir(root.join("loadtest")).expect("loadtest/"));
+    for entry in entries {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (code, out, err) = run_cli(&["check", "-c", &path.display().to_string()], None);
+            assert_eq!(code, 0, "{}: {out}{err}", path.display());
+            assert!(out.contains(": ok: "), "one-line summary: {out}");
+            assert_eq!(out.lines().count(), 1, "{out}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 3,
+        "quickstart.toml, turnpike.toml and the load-test scenarios"
+    );
+}
+
+#[test]
+fn syntax_errors_show_file_line_column_and_text() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = write(
+        dir.path(),
+        "bad.toml",
+        "[server]\nlisten = [\"127.0.0.1:8080\"\nthreads = 2\n",
+    );
+    let (code, _, err) = run_cli(&["check", "-c", &f], None);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{f}:3:")), "file:line:col in: {err}");
+
+    let f = write(
+        dir.path(),
+        "unknown.toml",
+        "[server]\nlisten = [\"127.0.0.1:8080\"]\nthredas = 2\n",
+    );
+    let (code, _, err) = run_cli(&["check", "-c", &f], None);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{f}:3:1:")), "{err}");
+    assert!(err.contains("unknown field `thredas`"), "{err}");
+    assert!(
+        err.contains("| thredas = 2"),
+        "the offending text is shown: {err}"
+    );
+
+    let f = write(
+        dir.path(),
+        "dur.toml",
+        "[upstreams.a]\ntargets = [{ addr = \"127.0.0.1:1\" }]\nread_timeout = \"10 sec\"\n",
+    );
+    let (code, _, err) = run_cli(&["check", "-c", &f], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("{f}:3:")) && err.contains("invalid duration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn semantic_errors_are_all_reported_with_key_paths() {
+    let dir = tempfile::tempdir().expect("dir");
+    let text = r#"
+[server]
+listen = ["127.0.0.1:8080", "nonsense"]
+
+[admin]
+listen = "127.0.0.1:8080"
+
+[upstreams.catalog]
+targets = [ { addr = "127.0.0.1:9001", weight = 0 } ]
+
+[upstreams.empty]
+targets = []
+
+[[apis]]
+name = "catalog"
+version = "v1"
+base_path = "/catalog/v1"
+upstream = "catalgo"
+
+[[apis]]
+name = "catalog"
+version = "v1"
+base_path = "/other"
+upstream = "catalog"
+
+[[apis.routes]]
+path = "/items/{id}"
+methods = ["GET"]
+
+[[apis.routes]]
+path = "/items/{key}"
+methods = ["GET", "POST"]
+
+[[apis.routes]]
+path = "/x"
+methods = ["FETCH"]
+"#;
+    let f = write(dir.path(), "semantic.toml", text);
+    let (code, _, err) = run_cli(&["check", "-c", &f], None);
+    assert_eq!(code, 1, "{err}");
+    for expected in [
+        "apis[0].upstream: unknown upstream \"catalgo\"; known: catalog, empty",
+        "apis[1].name: API \"catalog\" version \"v1\" is already defined by apis[0]",
+        "upstreams.empty.targets: an upstream needs at least one target",
+        "upstreams.catalog.targets[0].weight: weight must be between 1 and 1000, got 0",
+        "apis[1].routes[1]: overlaps apis[1].routes[0]",
+        "server.listen[1]: invalid listen address \"nonsense\"",
+        "admin.listen: address 127.0.0.1:8080 is already used by server.listen[0]",
+        "apis[1].routes[2].methods: unknown method \"FETCH\"",
+    ] {
+        assert!(
+            err.contains(&format!("{f}:{expected}")),
+            "missing {expected:?} in:\n{err}"
+        );
+    }
+    assert!(err.contains("8 problems"), "{err}");
+
+    // `run` refuses the same file with the same report.
+    let (code, _, err) = run_cli(&["run", "-c", &f], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown upstream \"catalgo\""), "{err}");
+}
+
+#[test]
+fn version_and_help() {
+    let (code, out, _) = run_cli(&["--version"], None);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("turnpike {}", env!("CARGO_PKG_VERSION"))
+    );
+    let (code, out, _) = run_cli(&["--help"], None);
+    assert_eq!(code, 0);
+    for word in ["run", "check", "API management gateway"] {
+        assert!(out.contains(word), "{out}");
+    }
+    let (code, out, _) = run_cli(&["run", "--help"], None);
+    assert_eq!(code, 0);
+    for flag in ["--config", "--daemon", "--upgrade"] {
+        assert!(out.contains(flag), "{out}");
+    }
+    let (code, _, err) = run_cli(&["check", "-c", "/nonexistent/turnpike.toml"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read the file"), "{err}");
+}
