@@ -95,3 +95,52 @@ async fn the_admin_token_rule() {
         "the token never reaches the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_the_proxy_listeners_accept_connections() {
+    // A socket bound to the proxy port but not listening: Pingora cannot bind it (it retries
+    // every second) and nothing accepts connections there.
+    let blocker = tokio::net::TcpSocket::new_v4().expect("socket");
+    blocker
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = blocker.local_addr().expect("addr").port();
+    let mut gw = Gateway::spawn_on(
+        port,
+        "",
+        "[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n[apis.respond]\n",
+    );
+    let c = client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let health = loop {
+        if let Ok(r) = c.get(gw.admin_url("/health")).send().await {
+            break r.status();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin never came up: {}",
+            gw.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(health, 200, "alive");
+    let r = c.get(gw.admin_url("/ready")).send().await.expect("ready");
+    assert_eq!(
+        r.status(),
+        503,
+        "not ready while the proxy listener is down"
+    );
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["status"], "not_ready");
+    assert_eq!(v["listeners_down"][0], format!("127.0.0.1:{port}"));
+
+    // Once the port is free Pingora binds it and /ready turns 200.
+    drop(blocker);
+    gw.wait_ready();
+    let r = c.get(gw.admin_url("/ready")).send().await.expect("ready");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        c.get(gw.url("/a")).send().await.expect("proxy").status(),
+        200
+    );
+}

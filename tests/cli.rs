@@ -161,3 +161,15 @@ fn version_and_help() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot read the file"), "{err}");
 }
+
+#[test]
+fn the_sample_config_of_the_issue_loads_as_written() {
+    let f =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/issue-sample.toml");
+    let (code, out, err) = run_cli(&["check", "-c", &f.display().to_string()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok: 2 APIs, 3 routes, 1 upstreams with 2 targets"),
+        "{out}"
+    );
+}

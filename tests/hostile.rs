@@ -308,3 +308,29 @@ async fn a_slow_request_head_hits_the_deadline() {
     );
     assert_eq!(status_of(&resp), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    use std::io::{Read, Write};
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&format!(
+        "[server.limits]\nkeepalive_idle = \"1s\"\n{}",
+        config(&up)
+    ));
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    s.write_all(b"GET /app/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf).expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    // The next read returns end-of-stream once the idle limit closes the connection.
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without another answer");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+}

@@ -11,7 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct AdminApp {
     pub shared: Arc<Shared>,
@@ -63,6 +63,36 @@ fn problem(code: Code, detail: &str, request_id: &str) -> Response<Vec<u8>> {
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The proxy listen addresses that do not accept connections (probed on loopback for
+/// wildcard addresses).
+async fn listeners_down(server: &crate::config::file::ServerSection) -> Vec<String> {
+    let addrs = server
+        .listen
+        .iter()
+        .chain(server.tls.iter().map(|t| &t.listen));
+    let mut down = Vec::new();
+    for text in addrs {
+        let Ok(mut addr) = text.parse::<std::net::SocketAddr>() else {
+            continue;
+        };
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let probe = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        if !matches!(probe, Ok(Ok(_))) {
+            down.push(text.clone());
+        }
+    }
+    down
 }
 
 impl AdminApp {
@@ -138,9 +168,20 @@ impl ServeHttp for AdminApp {
             }
             ("GET" | "HEAD", "/ready") => {
                 let s = self.shared.snapshot();
+                let down = listeners_down(&s.file.server).await;
+                let (status, word) = if down.is_empty() {
+                    (200, "ready")
+                } else {
+                    (503, "not_ready")
+                };
                 return json_response(
-                    200,
-                    json!({"status": "ready", "config_generation": s.generation, "loaded_at": unix_secs(s.loaded_at)}),
+                    status,
+                    json!({
+                        "status": word,
+                        "config_generation": s.generation,
+                        "loaded_at": unix_secs(s.loaded_at),
+                        "listeners_down": down,
+                    }),
                     "application/json",
                     &rid,
                 );

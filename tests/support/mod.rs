@@ -37,8 +37,14 @@ impl Gateway {
     /// Starts the binary with `[server]` and `[admin]` generated (plus `server_extra` lines
     /// inside `[server]`) and `body` after them.
     pub fn start_with(server_extra: &str, body: &str) -> Gateway {
+        let mut gw = Gateway::spawn_on(free_port(), server_extra, body);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Starts the binary with the proxy on `port` and does not wait for it to be ready.
+    pub fn spawn_on(port: u16, server_extra: &str, body: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let admin_port = free_port();
         let d = dir.path().display();
         let text = format!(
@@ -56,22 +62,20 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("start the turnpike binary");
-        let mut gw = Gateway {
+        Gateway {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             dir,
             config,
-        };
-        gw.wait_ready();
-        gw
+        }
     }
 
     pub fn start(body: &str) -> Gateway {
         Gateway::start_with("", body)
     }
 
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
