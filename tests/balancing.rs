@@ -34,6 +34,17 @@ async fn which(c: &reqwest::Client, url: &str) -> (u16, String) {
     (status, up)
 }
 
+async fn admin_upstreams(c: &reqwest::Client, gw: &Gateway) -> serde_json::Value {
+    c.get(gw.admin_url("/upstreams"))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_round_robin_within_ten_percent() {
     let a = Upstream::start("a").await;
@@ -123,15 +134,7 @@ async fn failover_when_a_target_fails_its_health_checks() {
     assert_eq!(a.hits() - before, 50);
 
     // The admin API shows the state.
-    let v: serde_json::Value = c
-        .get(gw.admin_url("/upstreams"))
-        .bearer_auth(support::ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin")
-        .json()
-        .await
-        .expect("json");
+    let v = admin_upstreams(&c, &gw).await;
     let targets = v["upstreams"][0]["targets"]
         .as_array()
         .expect("targets")
@@ -170,15 +173,7 @@ async fn passive_ejection_after_consecutive_5xx() {
     }
     assert_eq!(failures, 3, "b is ejected after 3 consecutive 5xx");
     assert_eq!(b.hits(), 3);
-    let v: serde_json::Value = c
-        .get(gw.admin_url("/upstreams"))
-        .bearer_auth(support::ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin")
-        .json()
-        .await
-        .expect("json");
+    let v = admin_upstreams(&c, &gw).await;
     let ejected: Vec<&serde_json::Value> = v["upstreams"][0]["targets"]
         .as_array()
         .expect("targets")

@@ -48,7 +48,7 @@ pub fn compile(
             api.base_path.as_str()
         };
         let strip = if api.strip_base_path { base.len() } else { 0 };
-        let api_action = match (&api.respond, &api.upstream) {
+        let mut api_action = match (&api.respond, &api.upstream) {
             (Some(r), _) => match static_reply(r) {
                 Ok(r) => Some(Action::Respond(Arc::new(r))),
                 Err(e) => {
@@ -60,30 +60,17 @@ pub fn compile(
             (None, None) => None,
         };
         let api_body = api.max_body.map_or(default_body, |s| s.0);
+        // (template, catch-all, methods, action, body limit) of each endpoint of this API.
+        let mut planned: Vec<(Arc<str>, bool, Methods, Action, u64)> = Vec::new();
         if api.routes.is_empty() {
-            if let Some(action) = api_action {
-                let id = endpoints.len();
+            if let Some(action) = api_action.take() {
                 let template: Arc<str> = if base.is_empty() {
                     "/".into()
                 } else {
                     base.into()
                 };
-                router.insert(
-                    &api.hosts,
-                    &template_segments(&template),
-                    true,
-                    Methods::ANY,
-                    id,
-                );
-                endpoints.push(Endpoint {
-                    api: info.clone(),
-                    template,
-                    action,
-                    strip,
-                    max_body: api_body,
-                });
+                planned.push((template, true, Methods::ANY, action, api_body));
             }
-            continue;
         }
         for (r, route) in api.routes.iter().enumerate() {
             let action = match &route.respond {
@@ -104,11 +91,20 @@ pub fn compile(
                 continue;
             };
             let template: Arc<str> = format!("{base}{}", route.path).into();
+            planned.push((
+                template,
+                false,
+                methods,
+                action,
+                route.max_body.map_or(api_body, |s| s.0),
+            ));
+        }
+        for (template, catch_all, methods, action, max_body) in planned {
             let id = endpoints.len();
             router.insert(
                 &api.hosts,
                 &template_segments(&template),
-                false,
+                catch_all,
                 methods,
                 id,
             );
@@ -117,7 +113,7 @@ pub fn compile(
                 template,
                 action,
                 strip,
-                max_body: route.max_body.map_or(api_body, |s| s.0),
+                max_body,
             });
         }
     }
