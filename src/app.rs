@@ -3,7 +3,7 @@
 
 use crate::admin::AdminApp;
 use crate::config::{self, error::ConfigError};
-use crate::proxy::deadline::EdgeApp;
+use crate::proxy::deadline::{EdgeApp, RequestEnd};
 use crate::proxy::Gateway;
 use crate::state::Shared;
 use crate::upstream::health::HealthService;
@@ -85,7 +85,7 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     proxy_app.server_options = Some(opts);
     proxy_app.h2_options = Some(h2_options(l));
     let edge = EdgeApp {
-        inner: Arc::new(proxy_app),
+        inner: Arc::new(RequestEnd(Arc::new(proxy_app))),
         head_timeout: l.head_timeout.0,
     };
     let mut proxy = Service::new("turnpike proxy".to_string(), edge);

@@ -6,7 +6,7 @@ use turnpike::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     match cli.command {
         Command::Check { config } => match turnpike::config::load_snapshot(&config, None) {
             Ok(snapshot) => {
@@ -36,4 +36,18 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Logs to stderr at `RUST_LOG` (default `info`). Pingora's own modules never log below info:
+/// at debug they print whole request headers, which carry credentials.
+fn init_logging() {
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    let capped = format!("{wanted},pingora_core=info,pingora_proxy=info,pingora_cache=info,pingora_load_balancing=info");
+    let verbose = wanted.contains("debug") || wanted.contains("trace");
+    let filters = if verbose {
+        capped.as_str()
+    } else {
+        wanted.as_str()
+    };
+    env_logger::Builder::new().parse_filters(filters).init();
 }

@@ -5,9 +5,11 @@
 //! - only origin-form targets (`/path?query`); `*`, absolute and authority forms are refused;
 //! - no dot segments (`.`, `..`, also as `%2e`), no empty segments (`//`), no `;` parameters;
 //! - no control bytes, spaces, bytes >= 0x80, backslashes or fragments in the raw target;
-//! - percent escapes must be complete (`%HH`) and must not encode `/`, `\`, `%`, `.`, a control
-//!   byte, or any character that may stand unencoded in a route (letters, digits, `-_~:`):
-//!   such an escape could make one path look like another.
+//! - percent escapes must be complete (`%HH`) and must not encode `/`, `\`, `%`, `.`, `;`, a
+//!   control byte, or any character that may stand unencoded in a route (letters, digits,
+//!   `-_~:`): such an escape could make one path look like another;
+//! - escaped bytes >= 0x80 in the path must form valid UTF-8 (no overlong `%C0%AE` for `.`) and
+//!   must not be the fullwidth look-alikes of `/`, `\` or `.` that some servers fold.
 //!
 //! Route templates in the config may only use characters that a request must send unencoded,
 //! so a static route segment can only ever equal the raw request segment byte for byte.
@@ -64,7 +66,21 @@ fn hex(b: u8) -> Option<u8> {
 
 /// A byte that may not be sent in percent-encoded form.
 fn forbidden_decoded(b: u8) -> bool {
-    b < 0x20 || b == 0x7f || matches!(b, b'/' | b'\\' | b'%') || is_route_char(b)
+    b < 0x20 || b == 0x7f || matches!(b, b'/' | b'\\' | b'%' | b';') || is_route_char(b)
+}
+
+/// A run of escaped bytes >= 0x80 in the path: valid UTF-8 without look-alikes of separators.
+fn check_high_run(bytes: &[u8]) -> Result<(), TargetError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| TargetError::ForbiddenEscape)?;
+    if text.chars().any(|c| {
+        matches!(
+            c,
+            '\u{FF0E}' | '\u{FF0F}' | '\u{FF3C}' | '\u{2215}' | '\u{2216}'
+        )
+    }) {
+        return Err(TargetError::ForbiddenEscape);
+    }
+    Ok(())
 }
 
 /// Checks a raw request target (as received) against the rules above.
@@ -109,6 +125,8 @@ pub fn check_target(raw: &[u8]) -> Result<Target<'_>, TargetError> {
 }
 
 fn check_escapes(s: &[u8], strict: bool) -> Result<(), TargetError> {
+    // Escaped bytes >= 0x80 of the current run (paths only); allocated only for such paths.
+    let mut high: Vec<u8> = Vec::new();
     let mut i = 0;
     while i < s.len() {
         if s[i] == b'%' {
@@ -123,9 +141,20 @@ fn check_escapes(s: &[u8], strict: bool) -> Result<(), TargetError> {
                 return Err(TargetError::ForbiddenEscape);
             }
             i += 3;
+            if strict && decoded >= 0x80 {
+                high.push(decoded);
+                continue;
+            }
         } else {
             i += 1;
         }
+        if !high.is_empty() {
+            check_high_run(&high)?;
+            high.clear();
+        }
+    }
+    if !high.is_empty() {
+        check_high_run(&high)?;
     }
     Ok(())
 }
@@ -151,6 +180,8 @@ mod tests {
             ("/items/42".into(), Some("x=1&y=%2F".into()))
         );
         assert_eq!(ok("/caf%C3%A9/a%20b").0, "/caf%C3%A9/a%20b");
+        assert_eq!(ok("/%E6%97%A5%E6%9C%AC/x").0, "/%E6%97%A5%E6%9C%AC/x");
+        assert_eq!(ok("/a?bin=%FF%FE").1, Some("bin=%FF%FE".into()));
         assert_eq!(ok("/v1/things:batchGet").0, "/v1/things:batchGet");
         assert_eq!(ok("/file.txt").0, "/file.txt");
     }
@@ -187,6 +218,13 @@ mod tests {
             ("//a", EmptySegment),
             ("/a//b", EmptySegment),
             ("/admin;x=1/a", Parameter),
+            ("/admin%3Bx/a", ForbiddenEscape),
+            ("/a/%C0%AE%C0%AE/admin", ForbiddenEscape),
+            ("/a%C0%AFb", ForbiddenEscape),
+            ("/a%EF%BC%8Fb", ForbiddenEscape),
+            ("/a/%EF%BC%8E%EF%BC%8E/b", ForbiddenEscape),
+            ("/a%C3", ForbiddenEscape),
+            ("/a%C3/b", ForbiddenEscape),
         ];
         for (raw, want) in cases {
             assert_eq!(check_target(raw.as_bytes()), Err(*want), "{raw:?}");

@@ -2,10 +2,11 @@
 //!
 //! Matching walks a segment trie on the raw request path (already checked by `path`). At each
 //! level a static segment beats a `{param}`, which beats an API's catch-all base path, so the
-//! most specific template wins regardless of config order. When the best path match does not
-//! allow the method, less specific matches are tried; if none allows it the answer is 405 with
-//! the methods of the best path match. Exact hosts beat `*.suffix` wildcards, which beat routes
-//! without hosts. Cost grows with path depth, not with the number of routes.
+//! most specific template wins regardless of config order. The method is checked only against
+//! the most specific path match: when it does not allow the method the answer is 405 with its
+//! methods, never a less specific route (which could belong to another API with other
+//! policies). Exact hosts beat `*.suffix` wildcards, which beat routes without hosts. Cost grows
+//! with path depth, not with the number of routes.
 
 use std::collections::HashMap;
 
@@ -165,11 +166,7 @@ impl Router {
     /// Finds the endpoint for a host (as sent, port allowed), a checked raw path and a method.
     pub fn find(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Match {
         let bit = method_bit(method);
-        let mut best_allow: Option<Methods> = None;
         if let Some(host) = host.map(host_name) {
-            let exact = std::str::from_utf8(host)
-                .ok()
-                .and_then(|h| self.exact_hosts.get(&h.to_ascii_lowercase()));
             let lower;
             let host = if host.iter().any(u8::is_ascii_uppercase) {
                 lower = host.to_ascii_lowercase();
@@ -177,6 +174,9 @@ impl Router {
             } else {
                 host
             };
+            let exact = std::str::from_utf8(host)
+                .ok()
+                .and_then(|h| self.exact_hosts.get(h));
             let wild = self
                 .wildcard_hosts
                 .iter()
@@ -185,72 +185,61 @@ impl Router {
                 })
                 .map(|(_, n)| n);
             for root in exact.into_iter().chain(wild) {
-                if let Some(id) = self.walk(root, rest_of(path), bit, &mut best_allow) {
-                    return Match::Found(id);
+                if let Some(m) = self.walk(root, rest_of(path), bit) {
+                    return m;
                 }
             }
         }
-        if let Some(id) = self.walk(&self.any_host, rest_of(path), bit, &mut best_allow) {
-            return Match::Found(id);
-        }
-        match best_allow {
-            Some(m) => Match::MethodNotAllowed(m),
-            None => Match::NotFound,
-        }
+        self.walk(&self.any_host, rest_of(path), bit)
+            .unwrap_or(Match::NotFound)
     }
 
-    /// Depth-first in specificity order. `rest` is the path after the current node's '/',
-    /// `None` once the path is used up.
-    fn walk(
-        &self,
-        node: &Node,
-        rest: Option<&[u8]>,
-        bit: u16,
-        allow: &mut Option<Methods>,
-    ) -> Option<usize> {
+    /// Depth-first in specificity order; the first node whose endpoints match the path decides.
+    /// `rest` is the path after the current node's '/', `None` once the path is used up.
+    fn walk(&self, node: &Node, rest: Option<&[u8]>, bit: u16) -> Option<Match> {
         match rest {
             None => {
-                if let Some(id) = self.pick(&node.exact, bit, allow) {
-                    return Some(id);
+                if let Some(m) = self.pick(&node.exact, bit) {
+                    return Some(m);
                 }
             }
+            // A trailing slash: "/items/" is not "/items", but catch-alls take it.
+            Some([]) => {}
             Some(rest) => {
                 let (seg, next) = match rest.iter().position(|&b| b == b'/') {
                     Some(i) => (&rest[..i], Some(&rest[i + 1..])),
                     None => (rest, None),
                 };
-                if seg.is_empty() && next.is_none() {
-                    // A trailing slash: "/items/" is not "/items", but catch-alls take it.
-                } else {
-                    if let Some(child) = node.statics.get(seg) {
-                        if let Some(id) = self.walk(child, next, bit, allow) {
-                            return Some(id);
-                        }
+                if let Some(child) = node.statics.get(seg) {
+                    if let Some(m) = self.walk(child, next, bit) {
+                        return Some(m);
                     }
-                    if let (Some(child), false) = (&node.param, seg.is_empty()) {
-                        if let Some(id) = self.walk(child, next, bit, allow) {
-                            return Some(id);
-                        }
+                }
+                if let (Some(child), false) = (&node.param, seg.is_empty()) {
+                    if let Some(m) = self.walk(child, next, bit) {
+                        return Some(m);
                     }
                 }
             }
         }
-        self.pick(&node.prefix, bit, allow)
+        self.pick(&node.prefix, bit)
     }
 
-    fn pick(&self, ids: &[usize], bit: u16, allow: &mut Option<Methods>) -> Option<usize> {
+    /// The endpoint among `ids` that allows the method, or 405 with their methods; `None` when
+    /// there are no endpoints here.
+    fn pick(&self, ids: &[usize], bit: u16) -> Option<Match> {
+        if ids.is_empty() {
+            return None;
+        }
         let mut here = Methods(0);
         for &id in ids {
             let m = self.methods[id];
             if m.allows(bit) {
-                return Some(id);
+                return Some(Match::Found(id));
             }
             here = here.union(m);
         }
-        if !ids.is_empty() && allow.is_none() {
-            *allow = Some(here);
-        }
-        None
+        Some(Match::MethodNotAllowed(here))
     }
 }
 
@@ -352,10 +341,17 @@ mod tests {
             Match::MethodNotAllowed(m) => assert_eq!(m.allow_header(), "GET, POST"),
             other => panic!("{other:?}"),
         }
-        // A less specific route that allows the method is taken instead of 405.
+        // Never a less specific route: the root catch-all allows DELETE here, but the items
+        // route is the best match for the path, so DELETE gets 405.
+        let mut fall = table();
+        fall.insert(&[], &seg("/"), true, Methods::ANY, 7);
+        assert!(matches!(
+            fall.find(None, b"/catalog/v1/items/42", b"DELETE"),
+            Match::MethodNotAllowed(_)
+        ));
         assert_eq!(
-            r.find(None, b"/catalog/v1/items/42", b"GET"),
-            Match::Found(0)
+            fall.find(None, b"/catalog/v1/other", b"DELETE"),
+            Match::Found(7)
         );
         let mut only = Router::new();
         only.insert(

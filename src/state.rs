@@ -25,7 +25,7 @@ impl fmt::Debug for Secret {
 
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    let mut diff = u8::from(a.len() != b.len());
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);
         let y = b.get(i).copied().unwrap_or(0xff);
@@ -126,6 +126,12 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secret1"));
         assert!(!constant_time_eq(b"", b"x"));
         assert!(constant_time_eq(b"", b""));
+        let mut long = b"secret".to_vec();
+        long.extend(std::iter::repeat_n(0xff, 65_536));
+        assert!(
+            !constant_time_eq(b"secret", &long),
+            "lengths differing by 2^16 still differ"
+        );
         assert!(format!("{:?}", Secret(b"abc".to_vec())).contains("redacted"));
     }
 }

@@ -173,3 +173,36 @@ fn the_sample_config_of_the_issue_loads_as_written() {
         "{out}"
     );
 }
+
+#[test]
+fn broken_tls_material_is_reported_by_check() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key_a = rcgen::KeyPair::generate().expect("key");
+    let key_b = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key_a)
+        .expect("cert");
+    let cert_path = write(dir.path(), "cert.pem", &cert.pem());
+    let other_key = write(dir.path(), "other-key.pem", &key_b.serialize_pem());
+    let good_key = write(dir.path(), "key.pem", &key_a.serialize_pem());
+    let garbage = write(dir.path(), "garbage.pem", "not a certificate");
+    let config = |cert: &str, key: &str| {
+        format!("[server]\nlisten = []\n[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"{cert}\"\nkey = \"{key}\"\n")
+    };
+    let f = write(dir.path(), "ok.toml", &config(&cert_path, &good_key));
+    let (code, out, err) = run_cli(&["check", "-c", &f], None);
+    assert_eq!(code, 0, "{out}{err}");
+    for (name, cert, key) in [
+        ("mismatch", &cert_path, &other_key),
+        ("garbage", &garbage, &good_key),
+    ] {
+        let f = write(dir.path(), &format!("{name}.toml"), &config(cert, key));
+        let (code, _, err) = run_cli(&["check", "-c", &f], None);
+        assert_eq!(code, 1, "{name}");
+        assert!(
+            err.contains(&format!("{f}:server.tls[0]: ")),
+            "{name}: {err}"
+        );
+    }
+}

@@ -334,3 +334,22 @@ async fn idle_keep_alive_connections_are_closed() {
         "closed after {waited:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_without_keep_alive_is_closed_after_the_answer() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&config(&up));
+    let started = std::time::Instant::now();
+    let resp = raw_exchange(gw.addr, b"GET /app/echo HTTP/1.0\r\nHost: x\r\n\r\nGET /app/echo?second=1 HTTP/1.0\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(
+        resp.matches("HTTP/1.").count(),
+        1,
+        "one answer, then the connection closes: {resp}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed at once, not by a timeout"
+    );
+    assert_eq!(up.hits(), 1);
+}

@@ -104,13 +104,17 @@ async fn ws_echo_server() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_gateway() {
     let echo = ws_echo_server().await;
-    let gw = Gateway::start(&api(&echo.to_string(), "read_timeout = \"30s\""));
+    // A small body limit: WebSocket frames are not a request body and are not counted.
+    let gw = Gateway::start(&format!(
+        "{}max_body = \"1KiB\"\n",
+        api(&echo.to_string(), "read_timeout = \"30s\"")
+    ));
     let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/app/chat", gw.addr))
         .await
         .expect("websocket upgrade through the gateway");
     assert_eq!(resp.status(), 101);
     for i in 0..5 {
-        let text = format!("hello {i}");
+        let text = format!("hello {i} {}", "w".repeat(600));
         ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
             .await
             .expect("send");

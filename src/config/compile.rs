@@ -34,6 +34,12 @@ pub fn compile(
         }
     }
 
+    for (i, t) in file.server.tls.iter().enumerate() {
+        if let Err(e) = check_tls(&t.cert, &t.key) {
+            problems.push(Problem::at(format!("server.tls[{i}]"), e));
+        }
+    }
+
     let mut router = Router::new();
     let mut endpoints = Vec::new();
     let default_body = file.server.limits.body.0;
@@ -184,4 +190,23 @@ fn static_reply(r: &RespondSection) -> Result<StaticReply, String> {
         headers,
         body: Bytes::from(r.body.clone()),
     })
+}
+
+/// Loads a TLS certificate chain and key the way the listener will, so that a bad or mismatched
+/// pair is reported by `check` instead of failing when the listener starts.
+fn check_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
+    pingora::tls::install_default_crypto_provider();
+    let (chain, key) = match pingora::tls::load_certs_and_key_files(
+        &cert.to_string_lossy(),
+        &key.to_string_lossy(),
+    ) {
+        Ok(Some(pair)) => pair,
+        Ok(None) => return Err("no certificate or no private key found in the PEM files".into()),
+        Err(e) => return Err(format!("cannot load the certificate or key: {e}")),
+    };
+    pingora::tls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map(|_| ())
+        .map_err(|e| format!("the certificate and key cannot be used together: {e}"))
 }

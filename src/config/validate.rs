@@ -15,6 +15,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
     admin(&mut v, &cfg.admin);
     for (name, up) in &cfg.upstreams {
         upstream(&mut v, name, up);
+        loops(&mut v, cfg, name, up);
     }
     apis(&mut v, cfg);
     v.0
@@ -186,6 +187,10 @@ fn upstream(v: &mut Problems, name: &str, u: &UpstreamSection) {
             format!("{key}.hash_header"),
             "hash_on = \"header\" needs hash_header",
         ),
+        (HashOn::ClientIp, Some(_)) => v.add(
+            format!("{key}.hash_header"),
+            "hash_header only applies with hash_on = \"header\"",
+        ),
         (_, Some(h)) if !is_header_name(h) => v.add(
             format!("{key}.hash_header"),
             format!("{h:?} is not a header name"),
@@ -216,7 +221,10 @@ fn upstream(v: &mut Problems, name: &str, u: &UpstreamSection) {
     }
     if let Some(h) = &u.health {
         let hkey = format!("{key}.health");
-        if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= 0x20 || b >= 0x7f) {
+        if !h.path.starts_with('/')
+            || h.path.bytes().any(|b| b <= 0x20 || b >= 0x7f)
+            || h.path.parse::<http::uri::PathAndQuery>().is_err()
+        {
             v.add(
                 format!("{hkey}.path"),
                 format!("{:?} must be a path starting with '/'", h.path),
@@ -253,6 +261,44 @@ fn upstream(v: &mut Problems, name: &str, u: &UpstreamSection) {
             format!("{key}.passive"),
             "failures and cooldown must be above 0 (or set enabled = false)",
         );
+    }
+}
+
+/// A target that is one of the gateway's own listeners would expose the admin API through the
+/// proxy, or make requests loop.
+fn loops(v: &mut Problems, cfg: &FileConfig, name: &str, u: &UpstreamSection) {
+    let own: Vec<(SocketAddr, &str)> = cfg
+        .server
+        .listen
+        .iter()
+        .map(|a| (a.as_str(), "a proxy listener"))
+        .chain(
+            cfg.server
+                .tls
+                .iter()
+                .map(|t| (t.listen.as_str(), "a TLS listener")),
+        )
+        .chain(std::iter::once((
+            cfg.admin.listen.as_str(),
+            "the admin listener",
+        )))
+        .filter_map(|(a, what)| a.parse().ok().map(|a| (a, what)))
+        .collect();
+    for (i, t) in u.targets.iter().enumerate() {
+        let Ok(target) = t.addr.parse::<SocketAddr>() else {
+            continue;
+        };
+        for (listen, what) in &own {
+            let same_ip = listen.ip() == target.ip()
+                || (listen.ip().is_unspecified()
+                    && (target.ip().is_loopback() || target.ip().is_unspecified()));
+            if same_ip && listen.port() == target.port() {
+                v.add(
+                    format!("upstreams.{name}.targets[{i}].addr"),
+                    format!("{} is {what} of this gateway", t.addr),
+                );
+            }
+        }
     }
 }
 
@@ -321,6 +367,22 @@ fn template(v: &mut Problems, key: &str, t: &str, allow_root: bool) -> Option<St
     Some(shape)
 }
 
+/// Response headers a `respond` block may not set: framing and hop-by-hop headers, and the
+/// ones the gateway sets itself.
+const GATEWAY_SET_RESPONSE_HEADERS: [&str; 11] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "x-request-id",
+    "content-type",
+    "date",
+];
+
 fn respond(v: &mut Problems, key: &str, r: &RespondSection) {
     if !(200..=599).contains(&r.status) {
         v.add(
@@ -339,6 +401,12 @@ fn respond(v: &mut Problems, key: &str, r: &RespondSection) {
             v.add(
                 format!("{key}.headers"),
                 format!("{name:?} is not a header name"),
+            );
+        }
+        if GATEWAY_SET_RESPONSE_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            v.add(
+                format!("{key}.headers.{name}"),
+                "framing, hop-by-hop and gateway-set headers cannot be set here (use content_type for Content-Type)",
             );
         }
         if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
@@ -439,7 +507,7 @@ fn apis(v: &mut Problems, cfg: &FileConfig) {
             (Some(_), true) => v.add(&key, "set either upstream or respond, not both"),
             (None, true) => {}
             (None, false) => {
-                if api.routes.iter().any(|r| r.respond.is_none()) {
+                if api.routes.is_empty() || api.routes.iter().any(|r| r.respond.is_none()) {
                     v.add(format!("{key}.upstream"), "missing: an API needs an upstream, or a respond block on the API or on every route");
                 }
             }
@@ -500,12 +568,20 @@ fn apis(v: &mut Problems, cfg: &FileConfig) {
             }
         }
     }
-    let mut by_shape: HashMap<(&[String], &str, bool), Vec<&Claim>> = HashMap::new();
+    // Two claims overlap when they share a host (or both have none), a path shape and a method.
+    let mut by_shape: HashMap<(&str, &str, bool), Vec<&Claim>> = HashMap::new();
     for c in &claims {
-        by_shape
-            .entry((&c.hosts, &c.shape, c.catch_all))
-            .or_default()
-            .push(c);
+        let hosts: Vec<&str> = if c.hosts.is_empty() {
+            vec![""]
+        } else {
+            c.hosts.iter().map(String::as_str).collect()
+        };
+        for host in hosts {
+            by_shape
+                .entry((host, &c.shape, c.catch_all))
+                .or_default()
+                .push(c);
+        }
     }
     let mut overlaps: Vec<(String, String)> = Vec::new();
     for group in by_shape.values() {
@@ -518,6 +594,7 @@ fn apis(v: &mut Problems, cfg: &FileConfig) {
         }
     }
     overlaps.sort();
+    overlaps.dedup();
     for (second, first) in overlaps {
         v.add(
             second,
@@ -582,6 +659,51 @@ mod tests {
         ] {
             assert!(!problems(&route(bad)).is_empty(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn more_semantic_rules() {
+        let all = problems(
+            r#"
+[server]
+listen = ["0.0.0.0:8080"]
+[admin]
+listen = "127.0.0.1:9901"
+[upstreams.self]
+targets = [ { addr = "127.0.0.1:8080" }, { addr = "127.0.0.1:9901" } ]
+hash_header = "x-user"
+[upstreams.self.health]
+type = "http"
+path = "/a b"
+[[apis]]
+name = "nothing"
+base_path = "/nothing"
+[[apis]]
+name = "two"
+base_path = "/two"
+hosts = ["a.com", "b.com"]
+[apis.respond]
+headers = { "Transfer-Encoding" = "chunked", "X-Ok" = "1" }
+[[apis]]
+name = "one"
+base_path = "/two"
+hosts = ["B.com"]
+[apis.respond]
+"#,
+        )
+        .join("\n");
+        for expected in [
+            "upstreams.self.targets[0].addr: 127.0.0.1:8080 is a proxy listener of this gateway",
+            "upstreams.self.targets[1].addr: 127.0.0.1:9901 is the admin listener of this gateway",
+            "upstreams.self.hash_header: hash_header only applies with hash_on = \"header\"",
+            "upstreams.self.health.path",
+            "apis[0].upstream: missing",
+            "apis[1].respond.headers.Transfer-Encoding",
+            "apis[2]: overlaps apis[1]",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+        assert!(!all.contains("X-Ok"), "{all}");
     }
 
     #[test]

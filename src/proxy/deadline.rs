@@ -2,16 +2,20 @@
 //! timeouts apply per read, so a client sending one byte every few seconds could hold a
 //! connection forever).
 //!
-//! `EdgeApp` wraps the proxy app and puts every plaintext or HTTP/1-over-TLS connection behind
+//! Two layers do it. `EdgeApp` puts every connection that is not HTTP/2 by ALPN behind
 //! `HeadDeadline`, a transparent stream that watches the bytes going by: the first byte of a
-//! request head starts the clock, the blank line that ends the head stops it, and the first
-//! response bytes written mean the next bytes read start a new head. If the clock runs out,
-//! reads fail with `TimedOut` and the connection is closed. Upgraded (101) and HTTP/2
+//! request head starts the clock and the blank line that ends the head stops it (blank lines
+//! before the head, which parsers skip, do not). `RequestEnd` sits between Pingora's connection
+//! loop and the proxy: when a request is finished and the connection is kept for another, it
+//! tells the stream that the next bytes start a new head. If the clock runs out, reads fail with
+//! `TimedOut` and the connection is closed. Upgraded (101) and HTTP/2 prior-knowledge
 //! connections are left alone, as is the wait between keep-alive requests (that is the
 //! keep-alive idle limit's job).
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::v2::server::H2Options;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN,
@@ -20,20 +24,21 @@ use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// The server app that applies the head deadline before handing connections to `inner`.
+/// The server app that applies the head deadline before Pingora's connection loop runs.
 pub struct EdgeApp<A> {
-    pub inner: Arc<A>,
+    pub inner: Arc<RequestEnd<A>>,
     pub head_timeout: Duration,
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -48,7 +53,38 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        self.inner.http_cleanup().await
+    }
+}
+
+/// Wraps the HTTP app to tell the connection's `HeadDeadline` when a request has ended.
+pub struct RequestEnd<A>(pub Arc<A>);
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for RequestEnd<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let reused = self.0.process_new_http(session, shutdown).await?;
+        let (stream, settings) = reused.consume();
+        if let Some(watch) = stream.as_any().downcast_ref::<HeadDeadline>() {
+            watch.next_request();
+        }
+        Some(ReusedHttpStream::new(stream, settings))
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.0.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.0.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.0.http_cleanup().await
     }
 }
 
@@ -59,8 +95,12 @@ pub struct HeadDeadline {
     timeout: Duration,
     /// The next byte read starts a request head.
     expecting_head: bool,
+    /// Set from outside when a request ended and the connection waits for the next one.
+    request_ended: AtomicBool,
     /// Running while a head is being received.
     clock: Option<Pin<Box<Sleep>>>,
+    /// A byte other than CR or LF was seen in this head.
+    in_head: bool,
     /// The last head byte was '\n' (ignoring '\r'): a second one ends the head.
     after_lf: bool,
     /// Nothing read yet on this connection.
@@ -75,11 +115,18 @@ impl HeadDeadline {
             inner,
             timeout,
             expecting_head: true,
+            request_ended: AtomicBool::new(false),
             clock: None,
+            in_head: false,
             after_lf: false,
             fresh: true,
             off: false,
         }
+    }
+
+    /// The current request is finished: the next bytes read start a new head.
+    pub fn next_request(&self) {
+        self.request_ended.store(true, Ordering::Release);
     }
 
     fn saw_read(&mut self, bytes: &[u8]) {
@@ -90,8 +137,13 @@ impl HeadDeadline {
             self.off = true;
             return;
         }
+        if self.request_ended.swap(false, Ordering::AcqRel) {
+            self.expecting_head = true;
+            self.clock = None;
+        }
         if self.expecting_head && self.clock.is_none() {
             self.clock = Some(Box::pin(tokio::time::sleep(self.timeout)));
+            self.in_head = false;
             self.after_lf = false;
         }
         if self.clock.is_none() {
@@ -99,6 +151,8 @@ impl HeadDeadline {
         }
         for &b in bytes {
             match b {
+                // Empty lines before a request line are skipped by parsers: not an end.
+                b'\r' | b'\n' if !self.in_head => {}
                 b'\n' if self.after_lf => {
                     self.clock = None;
                     self.expecting_head = false;
@@ -106,20 +160,18 @@ impl HeadDeadline {
                 }
                 b'\n' => self.after_lf = true,
                 b'\r' => {}
-                _ => self.after_lf = false,
+                _ => {
+                    self.in_head = true;
+                    self.after_lf = false;
+                }
             }
         }
     }
 
     fn saw_write(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() || self.off {
-            return;
-        }
-        if bytes.starts_with(b"HTTP/1.1 101") || bytes.starts_with(b"HTTP/1.0 101") {
+        if !self.off && (bytes.starts_with(b"HTTP/1.1 101") || bytes.starts_with(b"HTTP/1.0 101")) {
             self.off = true;
             self.clock = None;
-        } else if !(bytes.starts_with(b"HTTP/1.1 100") || bytes.starts_with(b"HTTP/1.1 103")) {
-            self.expecting_head = true;
         }
     }
 }
@@ -274,15 +326,32 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let n = s.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
         assert!(n > 0);
-        // The head is complete: a slow body is not this deadline's business.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        c.write_all(b"more").await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(s.read(&mut buf).await.is_ok());
-        // A response, then a new head that never ends.
+        // The head is complete: a slow body is not this deadline's business, even after an
+        // early response has been written.
         s.write_all(b"HTTP/1.1 200 OK\r\n\r\n")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.write_all(b"more").await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.write_all(b"more").await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+        // The request ends; a new head that never ends times out.
+        s.next_request();
         c.write_all(b"GET / HT")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+        let err = s.read(&mut buf).await.err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::TimedOut));
+    }
+
+    #[tokio::test]
+    async fn leading_blank_lines_do_not_end_the_head() {
+        let (mut s, mut c) = pair(Duration::from_millis(300)).await;
+        let mut buf = [0u8; 64];
+        c.write_all(b"\r\n\r\n\r\nG")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(s.read(&mut buf).await.is_ok());

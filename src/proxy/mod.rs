@@ -127,7 +127,11 @@ impl ProxyHttp for Gateway {
         ctx.traceparent =
             headers::traceparent(req.headers.get("traceparent").map(|v| v.as_bytes()));
         let limits = &ctx.snapshot.limits;
-        session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
+        // Only refresh the idle limit: Pingora turns keep-alive off when the request demands it
+        // (Connection: close, HTTP/1.0, Content-Length with Transfer-Encoding) and that stays so.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
+        }
         match self.admit(session, ctx) {
             Err((reply, close)) => {
                 reply::write_problem(session, &reply, &ctx.request_id, close).await?;
@@ -146,11 +150,15 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Bytes of an upgraded connection (WebSocket) are not a request body.
+        if session.was_upgraded() {
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > ctx.max_body {
@@ -285,7 +293,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some((addr, pool)) = self.attempt(ctx) {
-            if !ctx.reported && !resp.status.is_informational() {
+            let final_or_upgrade = !resp.status.is_informational() || resp.status == 101;
+            if !ctx.reported && final_or_upgrade {
                 ctx.reported = true;
                 if resp.status.is_server_error() && pool.def.passive.on_5xx {
                     pool.report_failure(&addr);
@@ -320,7 +329,13 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let code = ctx.fail.or_else(|| classify(e));
         if let (Some((addr, pool)), Some(c)) = (self.attempt(ctx), code) {
-            if !ctx.reported && matches!(c, Code::UpstreamTimeout | Code::UpstreamUnavailable) {
+            // Once the upstream answered, a later failure (an idle WebSocket timing out, a client
+            // going away) says nothing about the target's health.
+            let answered = session.response_written().is_some();
+            if !ctx.reported
+                && !answered
+                && matches!(c, Code::UpstreamTimeout | Code::UpstreamUnavailable)
+            {
                 ctx.reported = true;
                 pool.report_failure(&addr);
             }
