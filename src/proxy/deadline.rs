@@ -107,6 +107,8 @@ pub struct HeadDeadline {
     fresh: bool,
     /// Watching stopped for good (HTTP/2 prior knowledge, or an upgraded connection).
     off: bool,
+    /// The 408 answer was written.
+    answered: bool,
 }
 
 impl HeadDeadline {
@@ -121,6 +123,7 @@ impl HeadDeadline {
             after_lf: false,
             fresh: true,
             off: false,
+            answered: false,
         }
     }
 
@@ -176,6 +179,24 @@ impl HeadDeadline {
     }
 }
 
+/// The 408 problem answer written when a head misses its deadline.
+fn timeout_answer() -> Vec<u8> {
+    use super::reply::{problem_body, Code};
+    let request_id = super::headers::request_id(None);
+    let body = problem_body(
+        Code::RequestTimeout,
+        "the request head was not received in time",
+        &request_id,
+    );
+    let mut out = format!(
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/problem+json\r\nContent-Length: {}\r\nX-Request-Id: {request_id}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
 impl AsyncRead for HeadDeadline {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -185,6 +206,13 @@ impl AsyncRead for HeadDeadline {
         let this = self.get_mut();
         if let Some(clock) = this.clock.as_mut() {
             if clock.as_mut().poll(cx).is_ready() {
+                if !std::mem::replace(&mut this.answered, true) {
+                    // Best effort: tell the client why before the connection closes. Nothing
+                    // else is being written while a head is awaited.
+                    let answer = timeout_answer();
+                    let _ = Pin::new(&mut this.inner).poll_write(cx, &answer);
+                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                }
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "request head deadline passed",
