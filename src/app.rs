@@ -5,6 +5,7 @@ use crate::admin::AdminApp;
 use crate::config::{self, error::ConfigError};
 use crate::proxy::deadline::{EdgeApp, RequestEnd};
 use crate::proxy::Gateway;
+use crate::reload::ReloadSignals;
 use crate::state::Shared;
 use crate::upstream::health::HealthService;
 use pingora::apps::HttpServerOptions;
@@ -121,6 +122,12 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
+    server.add_service(background_service(
+        "config reload on SIGHUP",
+        ReloadSignals {
+            shared: shared.clone(),
+        },
+    ));
     Ok((server, shared))
 }
 

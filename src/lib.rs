@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod path;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod state;
 pub mod upstream;

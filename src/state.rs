@@ -2,6 +2,7 @@
 //! one config (`Shared`). Requests pin one snapshot for their whole life.
 
 use crate::config::file::FileConfig;
+use crate::reload::ReloadReport;
 use crate::route::Router;
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
@@ -10,7 +11,7 @@ use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// A secret value whose Debug output never shows it.
@@ -94,6 +95,10 @@ pub struct Snapshot {
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub config_path: PathBuf,
+    pub started_at: SystemTime,
+    /// Serialises reloads.
+    pub reload_lock: Mutex<()>,
+    last_reload: Mutex<Option<ReloadReport>>,
 }
 
 impl Shared {
@@ -101,6 +106,9 @@ impl Shared {
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             config_path,
+            started_at: SystemTime::now(),
+            reload_lock: Mutex::new(()),
+            last_reload: Mutex::new(None),
         })
     }
 
@@ -112,6 +120,18 @@ impl Shared {
     /// Replaces the current config generation.
     pub fn swap(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The outcome of the last reload attempt, if any.
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_last_reload(&self, report: ReloadReport) {
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
     }
 }
 

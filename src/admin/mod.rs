@@ -1,9 +1,10 @@
 //! The admin listener: `/health` and `/ready` for probes, and token-protected routes for
-//! operators (`/upstreams` today). The token is compared in constant time; requests without
+//! operators (`/upstreams`, `/status`, `POST /reload`). The token is compared in constant time; requests without
 //! it get 401 problem+json. The proxy listeners never serve these routes.
 
 use crate::proxy::headers::request_id;
 use crate::proxy::reply::{problem_body, Code};
+use crate::reload::ReloadError;
 use crate::state::{constant_time_eq, Shared};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -61,6 +62,23 @@ fn problem(code: Code, detail: &str, request_id: &str) -> Response<Vec<u8>> {
     resp
 }
 
+/// A problem answer with extra members (RFC 9457 extensions).
+fn problem_with(
+    code: Code,
+    detail: &str,
+    request_id: &str,
+    extra: serde_json::Value,
+) -> Response<Vec<u8>> {
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&problem_body(code, detail, request_id))
+            .unwrap_or_else(|_| json!({}));
+    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    problem_or_json(code.status(), bytes, "application/problem+json", request_id)
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -112,6 +130,82 @@ impl AdminApp {
             Ok(())
         } else {
             Err("invalid bearer token")
+        }
+    }
+
+    fn status(&self, rid: &str) -> Response<Vec<u8>> {
+        let s = self.shared.snapshot();
+        let last = self.shared.last_reload().map(|r| {
+            json!({
+                "at": unix_secs(r.at),
+                "ok": r.error.is_none(),
+                "error": r.error.as_ref().map(|e| e.to_string()),
+            })
+        });
+        json_response(
+            200,
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "config_file": self.shared.config_path.display().to_string(),
+                "config_generation": s.generation,
+                "loaded_at": unix_secs(s.loaded_at),
+                "started_at": unix_secs(self.shared.started_at),
+                "last_reload": last,
+            }),
+            "application/json",
+            rid,
+        )
+    }
+
+    async fn reload(&self, rid: &str) -> Response<Vec<u8>> {
+        let shared = self.shared.clone();
+        let outcome =
+            match tokio::task::spawn_blocking(move || crate::reload::reload(&shared)).await {
+                Ok(outcome) => outcome,
+                Err(_) => return problem(Code::InternalError, "the reload task failed", rid),
+            };
+        match outcome {
+            Ok(generation) => json_response(
+                200,
+                json!({"status": "reloaded", "config_generation": generation}),
+                "application/json",
+                rid,
+            ),
+            Err(ReloadError::Invalid(e)) => {
+                let file = e.file.display().to_string();
+                let problems: Vec<serde_json::Value> = e
+                    .problems
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "location": match p.line_col {
+                                Some((l, c)) => format!("{file}:{l}:{c}"),
+                                None => file.clone(),
+                            },
+                            "key_path": (!p.key_path.is_empty()).then(|| p.key_path.clone()),
+                            "message": p.message,
+                        })
+                    })
+                    .collect();
+                let detail = format!(
+                    "{} problem(s); the running config is unchanged",
+                    problems.len()
+                );
+                problem_with(
+                    Code::InvalidConfig,
+                    &detail,
+                    rid,
+                    json!({ "problems": problems }),
+                )
+            }
+            Err(ReloadError::NeedsRestart(keys)) => {
+                let detail = format!(
+                    "{} can only change with a restart or an upgrade; the running config is unchanged",
+                    keys.join(", ")
+                );
+                problem_with(Code::RestartRequired, &detail, rid, json!({ "keys": keys }))
+            }
         }
     }
 
@@ -193,9 +287,12 @@ impl ServeHttp for AdminApp {
         }
         match (method.as_str(), path.as_str()) {
             ("GET", "/upstreams") => self.upstreams(&rid),
-            (_, "/upstreams" | "/health" | "/ready") => {
+            ("GET", "/status") => self.status(&rid),
+            ("POST", "/reload") => self.reload(&rid).await,
+            (_, "/upstreams" | "/health" | "/ready" | "/status") => {
                 problem(Code::MethodNotAllowed, "use GET", &rid)
             }
+            (_, "/reload") => problem(Code::MethodNotAllowed, "use POST", &rid),
             _ => problem(Code::RouteNotFound, "no such admin route", &rid),
         }
     }

@@ -23,6 +23,8 @@ pub enum Code {
     UpstreamTimeout,
     Unauthorized,
     InternalError,
+    InvalidConfig,
+    RestartRequired,
 }
 
 impl Code {
@@ -40,6 +42,8 @@ impl Code {
             Code::UpstreamTimeout => "upstream_timeout",
             Code::Unauthorized => "unauthorized",
             Code::InternalError => "internal_error",
+            Code::InvalidConfig => "invalid_config",
+            Code::RestartRequired => "restart_required",
         }
     }
 
@@ -57,6 +61,8 @@ impl Code {
             Code::UpstreamTimeout => 504,
             Code::Unauthorized => 401,
             Code::InternalError => 500,
+            Code::InvalidConfig => 422,
+            Code::RestartRequired => 409,
         }
     }
 
@@ -74,6 +80,8 @@ impl Code {
             Code::UpstreamTimeout => "Upstream timed out",
             Code::Unauthorized => "Unauthorized",
             Code::InternalError => "Internal error",
+            Code::InvalidConfig => "The config file has problems",
+            Code::RestartRequired => "The change needs a restart or an upgrade",
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The generated `[server]` and `[admin]` part of the config file.
+    header: String,
 }
 
 impl Gateway {
@@ -47,9 +49,10 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let admin_port = free_port();
         let d = dir.path().display();
-        let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{d}/tp.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n{server_extra}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TURNPIKE_TEST_ADMIN_TOKEN\"\n\n{body}\n"
+        let header = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{d}/tp.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n{server_extra}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TURNPIKE_TEST_ADMIN_TOKEN\"\n\n"
         );
+        let text = format!("{header}{body}\n");
         let config = dir.path().join("turnpike.toml");
         std::fs::write(&config, text).expect("write config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
@@ -68,7 +71,31 @@ impl Gateway {
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             dir,
             config,
+            header,
         }
+    }
+
+    /// Rewrites the config file with the same `[server]` and `[admin]` and a new body.
+    pub fn rewrite(&self, body: &str) {
+        std::fs::write(&self.config, format!("{}{body}\n", self.header)).expect("rewrite config");
+    }
+
+    /// Rewrites the whole config file.
+    pub fn rewrite_raw(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("rewrite config");
+    }
+
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+
+    /// Sends SIGHUP to the gateway process this test started.
+    pub fn sighup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP failed");
     }
 
     pub fn start(body: &str) -> Gateway {

@@ -1,0 +1,197 @@
+//! Hot reload of the config file: read, validate and compile a whole new `Snapshot` off the hot
+//! path, then swap it in at once. On any problem nothing changes and the old config keeps
+//! serving. Settings that only take effect when the process starts (listeners, threads, process
+//! files, connection-level limits, the admin listener) cannot change by reload: a file that
+//! changes them is refused as a whole, naming the keys, so the running config is always exactly
+//! one file. Triggers: SIGHUP (`ReloadSignals`) and `POST /reload` on the admin listener.
+
+use crate::config::error::ConfigError;
+use crate::config::file::FileConfig;
+use crate::state::Shared;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Why a reload changed nothing.
+#[derive(Debug, Clone)]
+pub enum ReloadError {
+    /// The file could not be read, parsed, validated or compiled.
+    Invalid(ConfigError),
+    /// The file changes settings that need a restart or a binary upgrade.
+    NeedsRestart(Vec<String>),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Invalid(e) => write!(f, "{}", e.to_string().trim_end()),
+            ReloadError::NeedsRestart(keys) => write!(
+                f,
+                "these changes need a restart or an upgrade, so nothing was applied: {}",
+                keys.join(", ")
+            ),
+        }
+    }
+}
+
+/// The outcome of the last reload attempt, for `GET /status`.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    pub at: SystemTime,
+    pub error: Option<ReloadError>,
+}
+
+/// Reloads the config file of `shared`. Blocking (file I/O, DNS): call it from a blocking
+/// context. Reloads are serialised.
+pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
+    let _one_at_a_time = shared.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let current = shared.snapshot();
+    let result = crate::config::load_snapshot(&shared.config_path, Some(&current))
+        .map_err(ReloadError::Invalid)
+        .and_then(|next| {
+            let keys = restart_only_changes(&current.file, &next.file);
+            if keys.is_empty() {
+                Ok(next)
+            } else {
+                Err(ReloadError::NeedsRestart(keys))
+            }
+        });
+    let outcome = match result {
+        Ok(next) => {
+            let generation = next.generation;
+            shared.swap(next);
+            log::info!(
+                "config {} reloaded: generation {generation}",
+                shared.config_path.display()
+            );
+            Ok(generation)
+        }
+        Err(e) => {
+            log::error!("config reload refused, the running config is unchanged: {e}");
+            Err(e)
+        }
+    };
+    shared.set_last_reload(ReloadReport {
+        at: SystemTime::now(),
+        error: outcome.as_ref().err().cloned(),
+    });
+    outcome
+}
+
+/// The keys whose change needs a restart or an upgrade.
+pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
+    let (o, n) = (&old.server, &new.server);
+    let (ol, nl) = (&o.limits, &n.limits);
+    let checks: [(&str, bool); 16] = [
+        ("server.listen", o.listen != n.listen),
+        ("server.tls", o.tls != n.tls),
+        ("server.threads", o.threads != n.threads),
+        ("server.h2c", o.h2c != n.h2c),
+        ("server.pid_file", o.pid_file != n.pid_file),
+        ("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock),
+        ("server.grace_period", o.grace_period != n.grace_period),
+        (
+            "server.graceful_shutdown_timeout",
+            o.graceful_shutdown_timeout != n.graceful_shutdown_timeout,
+        ),
+        (
+            "server.upstream_keepalive_pool_size",
+            o.upstream_keepalive_pool_size != n.upstream_keepalive_pool_size,
+        ),
+        (
+            "server.limits.head_timeout",
+            ol.head_timeout != nl.head_timeout,
+        ),
+        (
+            "server.limits.keepalive_requests",
+            ol.keepalive_requests != nl.keepalive_requests,
+        ),
+        (
+            "server.limits.h2_max_concurrent_streams",
+            ol.h2_max_concurrent_streams != nl.h2_max_concurrent_streams,
+        ),
+        (
+            "server.limits.h2_max_header_list",
+            ol.h2_max_header_list != nl.h2_max_header_list,
+        ),
+        (
+            "server.limits.h2_stream_window",
+            ol.h2_stream_window != nl.h2_stream_window,
+        ),
+        (
+            "server.limits.h2_connection_window",
+            ol.h2_connection_window != nl.h2_connection_window,
+        ),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+    ];
+    checks
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(k, _)| k.to_string())
+        .collect()
+}
+
+/// Reloads the config on SIGHUP. Pingora does not handle SIGHUP, whose default action would
+/// end the process.
+pub struct ReloadSignals {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadSignals {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload by signal is off: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    log::info!("SIGHUP: reloading {}", self.shared.config_path.display());
+                    let shared = self.shared.clone();
+                    // The outcome is logged and kept for GET /status.
+                    let _ = tokio::task::spawn_blocking(move || reload(&shared)).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn restart_only_keys_are_named() {
+        let a = cfg("[server]\nlisten = [\"127.0.0.1:1\"]\nthreads = 2\n[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n[apis.respond]\n");
+        let routes_only = cfg("[server]\nlisten = [\"127.0.0.1:1\"]\nthreads = 2\n[server.limits]\nbody = \"1MiB\"\n[[apis]]\nname = \"b\"\nbase_path = \"/b\"\n[apis.respond]\n");
+        assert!(
+            restart_only_changes(&a, &routes_only).is_empty(),
+            "routes and per-request limits reload live"
+        );
+        let listeners = cfg("[server]\nlisten = [\"127.0.0.1:2\"]\nthreads = 4\n[server.limits]\nhead_timeout = \"5s\"\n[admin]\nlisten = \"127.0.0.1:3\"\n");
+        assert_eq!(
+            restart_only_changes(&a, &listeners),
+            vec![
+                "server.listen",
+                "server.threads",
+                "server.limits.head_timeout",
+                "admin.listen"
+            ]
+        );
+    }
+}

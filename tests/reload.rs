@@ -1,0 +1,341 @@
+//! Hot reload under continuous load: alternating configs by `POST /reload` and SIGHUP with no
+//! failed request, the routing change visible right after each reload, and refused reloads
+//! (invalid file, restart-only change) leaving the running config intact.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::upstream::Upstream;
+use support::{client, Gateway, ADMIN_TOKEN};
+
+fn config(target: &Upstream, pool: &str, marker: &str) -> String {
+    format!(
+        r#"
+[upstreams.{pool}]
+targets = [ {{ addr = "{}" }} ]
+
+[[apis]]
+name = "svc"
+base_path = "/svc"
+upstream = "{pool}"
+
+[[apis]]
+name = "marker"
+base_path = "/marker"
+[apis.respond]
+body = "{marker}"
+"#,
+        target.addr
+    )
+}
+
+/// Clients hammering the gateway until told to stop: keep-alive ones and ones that open a new
+/// connection per request. Every non-200 answer or transport error is a failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(gw: &Gateway) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let keep_alive = client();
+        let per_request = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let mut tasks = Vec::new();
+        for (i, c) in [
+            keep_alive.clone(),
+            keep_alive,
+            per_request.clone(),
+            per_request,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            let url = gw.url(&format!("/svc/load{i}"));
+            tasks.push(tokio::spawn(async move {
+                // Bounded: at most 60 s of load whatever happens.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                    match c.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let _ = r.bytes().await;
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failures
+                            .lock()
+                            .expect("lock")
+                            .push(format!("client {i}: status {}", r.status())),
+                        Err(e) => failures
+                            .lock()
+                            .expect("lock")
+                            .push(format!("client {i}: {e}")),
+                    }
+                }
+            }));
+        }
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let failures = self.failures.lock().expect("lock").clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+async fn generation(c: &reqwest::Client, gw: &Gateway) -> u64 {
+    let v: serde_json::Value = c
+        .get(gw.admin_url("/status"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    v["config_generation"].as_u64().expect("generation")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_reloads_under_load_fail_no_request() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&config(&a, "one", "first"));
+    let c = client();
+    let load = Load::start(&gw);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..20u64 {
+        let (target, pool, marker, name) = if i % 2 == 0 {
+            (&b, "two", "second", "b")
+        } else {
+            (&a, "one", "first", "a")
+        };
+        gw.rewrite(&config(target, pool, marker));
+        if i % 4 == 3 {
+            // By signal: wait until the new generation is live.
+            gw.sighup();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while generation(&c, &gw).await != i + 2 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "SIGHUP reload {i} not applied: {}",
+                    gw.log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } else {
+            let r = c
+                .post(gw.admin_url("/reload"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("reload");
+            assert_eq!(r.status(), 200, "reload {i}");
+            let v: serde_json::Value = r.json().await.expect("json");
+            assert_eq!(v["config_generation"], i + 2);
+        }
+        // The change is visible right away.
+        let r = c.get(gw.url("/svc/check")).send().await.expect("request");
+        assert_eq!(r.headers()["x-upstream"], name, "after reload {i}");
+        assert_eq!(
+            c.get(gw.url("/marker"))
+                .send()
+                .await
+                .expect("marker")
+                .text()
+                .await
+                .expect("body"),
+            marker
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 200, "the load ran: {ok} requests");
+    assert!(
+        a.hits() > 50 && b.hits() > 50,
+        "both configs served traffic: a {} b {}",
+        a.hits(),
+        b.hits()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_reloads_change_nothing() {
+    let a = Upstream::start("a").await;
+    let gw = Gateway::start(&config(&a, "one", "first"));
+    let c = client();
+    let load = Load::start(&gw);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // An invalid file: every problem is reported with its location, nothing changes.
+    gw.rewrite(&format!(
+        "{}\n[[apis]]\nname = \"broken\"\nbase_path = \"/broken\"\nupstream = \"nope\"\n",
+        config(&a, "one", "first")
+    ));
+    let r = c
+        .post(gw.admin_url("/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["code"], "invalid_config");
+    assert_eq!(v["problems"][0]["key_path"], "apis[2].upstream");
+    assert!(
+        v["problems"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown upstream \"nope\"")),
+        "{v}"
+    );
+    // A syntax error carries file:line:col.
+    gw.rewrite("[[apis]\nname = 1\n");
+    let v: serde_json::Value = c
+        .post(gw.admin_url("/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("reload")
+        .json()
+        .await
+        .expect("json");
+    let location = v["problems"][0]["location"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        location.starts_with(&format!("{}:", gw.config.display()))
+            && location.matches(':').count() >= 2,
+        "{v}"
+    );
+
+    // The old behaviour is intact.
+    assert_eq!(
+        c.get(gw.url("/marker"))
+            .send()
+            .await
+            .expect("marker")
+            .text()
+            .await
+            .expect("body"),
+        "first"
+    );
+    assert_eq!(
+        c.get(gw.url("/broken"))
+            .send()
+            .await
+            .expect("request")
+            .status(),
+        404
+    );
+
+    // A change of a listener is refused as a whole, naming the key.
+    let moved = gw.header().replace(
+        &format!("127.0.0.1:{}", gw.addr.port()),
+        &format!("127.0.0.1:{}", support::free_port()),
+    );
+    gw.rewrite_raw(&format!("{moved}{}", config(&a, "one", "changed")));
+    let r = c
+        .post(gw.admin_url("/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(r.status(), 409);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["code"], "restart_required");
+    assert_eq!(v["keys"], serde_json::json!(["server.listen"]));
+    assert_eq!(
+        c.get(gw.url("/marker"))
+            .send()
+            .await
+            .expect("marker")
+            .text()
+            .await
+            .expect("body"),
+        "first",
+        "routes were not half-applied"
+    );
+
+    // A SIGHUP with a broken file is refused the same way and shows in /status.
+    gw.rewrite("this is not toml");
+    gw.sighup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let v: serde_json::Value = c
+            .get(gw.admin_url("/status"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        if v["last_reload"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not toml") || e.contains("expected"))
+        {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP reload not reported: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["last_reload"]["ok"], false);
+    assert_eq!(status["config_generation"], 1);
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["config_file"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("turnpike.toml")));
+
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 50, "{ok}");
+    assert!(
+        gw.log().contains("config reload refused"),
+        "problems are logged"
+    );
+    // Still alive after all of it.
+    assert_eq!(
+        c.get(gw.url("/svc/x"))
+            .send()
+            .await
+            .expect("request")
+            .status(),
+        200
+    );
+}
