@@ -86,7 +86,10 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     proxy_app.server_options = Some(opts);
     proxy_app.h2_options = Some(h2_options(l));
     let edge = EdgeApp {
-        inner: Arc::new(RequestEnd(Arc::new(proxy_app))),
+        inner: Arc::new(RequestEnd {
+            app: Arc::new(proxy_app),
+            drain: s.keepalive_drain.0,
+        }),
         head_timeout: l.head_timeout.0,
     };
     let mut proxy = Service::new("turnpike proxy".to_string(), edge);

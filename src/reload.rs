@@ -84,7 +84,7 @@ pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
 pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (o, n) = (&old.server, &new.server);
     let (ol, nl) = (&o.limits, &n.limits);
-    let checks: [(&str, bool); 16] = [
+    let checks: [(&str, bool); 17] = [
         ("server.listen", o.listen != n.listen),
         ("server.tls", o.tls != n.tls),
         ("server.threads", o.threads != n.threads),
@@ -92,6 +92,10 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
         ("server.pid_file", o.pid_file != n.pid_file),
         ("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock),
         ("server.grace_period", o.grace_period != n.grace_period),
+        (
+            "server.keepalive_drain",
+            o.keepalive_drain != n.keepalive_drain,
+        ),
         (
             "server.graceful_shutdown_timeout",
             o.graceful_shutdown_timeout != n.graceful_shutdown_timeout,

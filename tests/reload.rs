@@ -4,9 +4,8 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::load::Load;
 use support::upstream::Upstream;
 use support::{client, Gateway, ADMIN_TOKEN};
 
@@ -31,78 +30,6 @@ body = "{marker}"
     )
 }
 
-/// Clients hammering the gateway until told to stop: keep-alive ones and ones that open a new
-/// connection per request. Every non-200 answer or transport error is a failure.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(gw: &Gateway) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let keep_alive = client();
-        let per_request = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client");
-        let mut tasks = Vec::new();
-        for (i, c) in [
-            keep_alive.clone(),
-            keep_alive,
-            per_request.clone(),
-            per_request,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-            let url = gw.url(&format!("/svc/load{i}"));
-            tasks.push(tokio::spawn(async move {
-                // Bounded: at most 60 s of load whatever happens.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
-                    match c.get(&url).send().await {
-                        Ok(r) if r.status() == 200 => {
-                            let _ = r.bytes().await;
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(r) => failures
-                            .lock()
-                            .expect("lock")
-                            .push(format!("client {i}: status {}", r.status())),
-                        Err(e) => failures
-                            .lock()
-                            .expect("lock")
-                            .push(format!("client {i}: {e}")),
-                    }
-                }
-            }));
-        }
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let failures = self.failures.lock().expect("lock").clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
-}
-
 async fn generation(c: &reqwest::Client, gw: &Gateway) -> u64 {
     let v: serde_json::Value = c
         .get(gw.admin_url("/status"))
@@ -122,7 +49,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
     let b = Upstream::start("b").await;
     let gw = Gateway::start(&config(&a, "one", "first"));
     let c = client();
-    let load = Load::start(&gw);
+    let load = Load::start(&gw, "/svc");
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..20u64 {
         let (target, pool, marker, name) = if i % 2 == 0 {
@@ -169,7 +96,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (ok, failures) = load.finish().await;
+    let (ok, failures) = load.finish().await.totals();
     assert!(
         failures.is_empty(),
         "{} failed requests, e.g. {:?}",
@@ -190,7 +117,7 @@ async fn refused_reloads_change_nothing() {
     let a = Upstream::start("a").await;
     let gw = Gateway::start(&config(&a, "one", "first"));
     let c = client();
-    let load = Load::start(&gw);
+    let load = Load::start(&gw, "/svc");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // An invalid file: every problem is reported with its location, nothing changes.
@@ -317,7 +244,7 @@ async fn refused_reloads_change_nothing() {
         .as_str()
         .is_some_and(|f| f.ends_with("turnpike.toml")));
 
-    let (ok, failures) = load.finish().await;
+    let (ok, failures) = load.finish().await.totals();
     assert!(
         failures.is_empty(),
         "{} failed requests, e.g. {:?}",

@@ -43,6 +43,11 @@ pub struct ServerSection {
     /// How long an old process keeps serving in-flight requests after an upgrade or shutdown.
     #[serde(default = "default_grace_period")]
     pub grace_period: Dur,
+    /// After a shutdown or upgrade closes the listeners, how long idle keep-alive connections
+    /// stay open so that their next request is answered (with `Connection: close`) instead of
+    /// the connection being cut. Shorter than `grace_period`.
+    #[serde(default = "default_keepalive_drain")]
+    pub keepalive_drain: Dur,
     /// How long the final shutdown of services may take after the grace period.
     #[serde(default = "default_shutdown_timeout")]
     pub graceful_shutdown_timeout: Dur,
@@ -280,6 +285,9 @@ fn default_upgrade_sock() -> String {
 }
 fn default_grace_period() -> Dur {
     Dur(Duration::from_secs(30))
+}
+fn default_keepalive_drain() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 fn default_shutdown_timeout() -> Dur {
     Dur(Duration::from_secs(10))

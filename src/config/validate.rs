@@ -69,6 +69,15 @@ fn server(v: &mut Problems, cfg: &FileConfig) {
         }
     }
     listen_addr(v, "admin.listen", &cfg.admin.listen, &mut seen);
+    if s.keepalive_drain.0 >= s.grace_period.0 {
+        v.add(
+            "server.keepalive_drain",
+            format!(
+                "must be shorter than server.grace_period ({}s)",
+                s.grace_period.0.as_secs()
+            ),
+        );
+    }
     if s.threads == 0 || s.threads > 1024 {
         v.add(
             "server.threads",

@@ -57,8 +57,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
     }
 }
 
-/// Wraps the HTTP app to tell the connection's `HeadDeadline` when a request has ended.
-pub struct RequestEnd<A>(pub Arc<A>);
+/// Wraps the HTTP app to tell the connection's `HeadDeadline` when a request has ended, and to
+/// drain idle keep-alive connections on shutdown or upgrade: once the listeners are closed,
+/// Pingora would cut idle keep-alive connections at once, failing a client that sends on one
+/// at that moment. For `drain`, they stay open instead, and the next request on each is
+/// answered with `Connection: close` (Pingora does that once shutdown has begun), so clients
+/// move to the new process without an error.
+pub struct RequestEnd<A> {
+    pub app: Arc<A>,
+    pub drain: Duration,
+}
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for RequestEnd<A> {
@@ -67,7 +75,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for RequestEnd<A> {
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let reused = self.0.process_new_http(session, shutdown).await?;
+        let reused = self.app.process_new_http(session, shutdown).await?;
         let (stream, settings) = reused.consume();
         if let Some(watch) = stream.as_any().downcast_ref::<HeadDeadline>() {
             watch.next_request();
@@ -76,15 +84,22 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for RequestEnd<A> {
     }
 
     fn h2_options(&self) -> Option<H2Options> {
-        self.0.h2_options()
+        self.app.h2_options()
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.0.server_options()
+        self.app.server_options()
     }
 
     async fn http_cleanup(&self) {
-        self.0.http_cleanup().await
+        if !self.drain.is_zero() {
+            log::info!(
+                "listeners closed: idle keep-alive connections may send one more request for {:?}",
+                self.drain
+            );
+            tokio::time::sleep(self.drain).await;
+        }
+        self.app.http_cleanup().await
     }
 }
 

@@ -2,6 +2,7 @@
 //! generated config, and raw-socket clients for inputs that ordinary clients refuse to send.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod upstream;
 
 use std::io::{Read, Write};
@@ -91,11 +92,47 @@ impl Gateway {
 
     /// Sends SIGHUP to the gateway process this test started.
     pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends a signal (`HUP`, `QUIT`, `TERM`...) to the gateway process this test started.
+    pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "kill -HUP failed");
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Starts a new gateway process on the same config with `-u`, to take over the listening
+    /// sockets from this one. The caller stops it (it is returned as a child process).
+    pub fn spawn_upgrade(&self) -> Child {
+        let log = std::fs::File::create(self.dir.path().join("gateway-new.log")).expect("log file");
+        Command::new(binary())
+            .args(["run", "-u", "-c"])
+            .arg(&self.config)
+            .env("TURNPIKE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the new turnpike binary")
+    }
+
+    pub fn new_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway-new.log")).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for this gateway process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn start(body: &str) -> Gateway {
