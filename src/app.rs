@@ -43,6 +43,9 @@ impl std::fmt::Display for StartError {
 
 /// Loads the config and builds a ready-to-run server.
 pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>), StartError> {
+    // Daemon mode may change the working directory: keep absolute paths for later reloads.
+    let config_path =
+        &std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     let snapshot = config::load_snapshot(config_path, None).map_err(StartError::Config)?;
     let file = snapshot.file.clone();
     let s = &file.server;
@@ -97,8 +100,9 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
         proxy.add_tcp(addr);
     }
     for t in &s.tls {
-        let cert = t.cert.to_string_lossy();
-        let key = t.key.to_string_lossy();
+        let cert = std::path::absolute(&t.cert).unwrap_or_else(|_| t.cert.clone());
+        let key = std::path::absolute(&t.key).unwrap_or_else(|_| t.key.clone());
+        let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
         let mut settings = TlsSettings::intermediate(&cert, &key)
             .map_err(|e| StartError::Listener(format!("TLS listener {}: {e}", t.listen)))?;
         if t.h2 {

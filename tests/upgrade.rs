@@ -31,11 +31,12 @@ async fn upgrade_under_load_fails_no_request() {
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // The documented order: start the new binary with -u, then SIGQUIT the old one.
+    // The order of systemd/turnpike.service: (config checked,) SIGQUIT the old process, which
+    // offers its sockets for 5 s, then start the new binary with -u to take them.
     let started = Instant::now();
-    let mut new = old.spawn_upgrade();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     old.signal("QUIT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = old.spawn_upgrade();
 
     // The new process serves (the admin listener moved too) while the old one drains.
     let deadline = Instant::now() + Duration::from_secs(15);
