@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONFIG ?= conf/quickstart.toml
 
-.PHONY: setup run test check lint bench
+.PHONY: setup run test check lint bench loadtest
 
 # Installs what the build needs (cmake, for zlib-ng inside Pingora) or says how to.
 setup:
@@ -36,3 +36,7 @@ lint: setup
 
 bench: setup
 	cargo bench --bench routing
+
+# Load tests against the direct backend and nginx, on loopback; appends to loadtest/RESULTS.md.
+loadtest: setup
+	python3 loadtest/run.py --record

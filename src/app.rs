@@ -52,6 +52,7 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
 
     let conf = ServerConf {
         threads: s.threads,
+        work_stealing: s.work_stealing,
         daemon: flags.daemon,
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),

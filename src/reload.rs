@@ -84,10 +84,11 @@ pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
 pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (o, n) = (&old.server, &new.server);
     let (ol, nl) = (&o.limits, &n.limits);
-    let checks: [(&str, bool); 17] = [
+    let checks: [(&str, bool); 18] = [
         ("server.listen", o.listen != n.listen),
         ("server.tls", o.tls != n.tls),
         ("server.threads", o.threads != n.threads),
+        ("server.work_stealing", o.work_stealing != n.work_stealing),
         ("server.h2c", o.h2c != n.h2c),
         ("server.pid_file", o.pid_file != n.pid_file),
         ("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock),

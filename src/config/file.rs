@@ -33,6 +33,10 @@ pub struct ServerSection {
     /// Worker threads of the proxy service; 0 is rejected.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Pingora's work-stealing runtime (tokio multi-thread) when true; one single-threaded
+    /// runtime per thread when false (less cross-thread overhead per request).
+    #[serde(default = "yes")]
+    pub work_stealing: bool,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plaintext listeners.
     #[serde(default)]
     pub h2c: bool,

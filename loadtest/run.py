@@ -1,0 +1,360 @@
+#!/usr/bin/env python3
+"""Turnpike load-test harness.
+
+Runs, on 127.0.0.1 only, a fixed fast backend (nginx, one process, small body from memory), nginx
+as a plain reverse proxy (one process, upstream keep-alive) and Turnpike (release build), pins
+the load generator to CPU 0 and the servers to CPU 1, and for every scenario measures the direct
+backend, nginx-as-proxy and Turnpike in the same run: req/s, p50/p99 latency, CPU microseconds
+per request of each process (utime+stime from /proc/PID/stat around the measured window), and
+new upstream connections per request (the backend's accepted-connection counter). Every load
+loop is bounded (warm-up + measured window) and only the processes started here are stopped,
+by PID. Results are printed as Markdown tables and appended to loadtest/RESULTS.md with --record.
+
+Usage: python3 loadtest/run.py [--scenario NAME ...] [--duration 10] [--record]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKEND_PORT, PROXY_PORT, TURNPIKE_PORT, ADMIN_PORT = 18081, 18082, 18090, 19990
+TICK = os.sysconf("SC_CLK_TCK")
+SERVER_CPU, LOAD_CPU = "1", "0"
+SMALL_BODY = '{"id":42,"name":"widget","price":9.99,"tags":["a","b"]}'
+
+
+def die(msg):
+    print(msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def need(tool, package):
+    if shutil.which(tool):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {package}")
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, stdout=subprocess.DEVNULL)
+        return
+    die(f"{tool} is missing: run 'sudo apt-get install -y {package}' and try again")
+
+
+def oha_path():
+    for cand in [shutil.which("oha"), os.path.expanduser("~/.cargo/bin/oha"), "/tmp/oha-root/bin/oha"]:
+        if cand and os.path.exists(cand):
+            return cand
+    print("installing oha (fixed-rate load generator) with cargo; this takes a few minutes once")
+    subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+    return os.path.expanduser("~/.cargo/bin/oha")
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15)
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
+            return
+        except urllib.error.HTTPError:
+            return
+        except Exception:
+            time.sleep(0.1)
+    die(f"nothing answers on 127.0.0.1:{port}")
+
+
+def accepts():
+    with urllib.request.urlopen(f"http://127.0.0.1:{BACKEND_PORT}/nginx_status", timeout=2) as r:
+        text = r.read().decode()
+    return int(text.splitlines()[2].split()[0])
+
+
+class Servers:
+    """The backend, nginx-as-proxy and Turnpike, each started here and stopped by PID."""
+
+    def __init__(self, work, turnpike_config):
+        self.work = work
+        self.procs = {}
+        big = os.path.join(work, "big.json")
+        with open(big, "w") as f:
+            f.write('{"blob":"' + "x" * (100 * 1024 - 12) + '"}')
+        backend = f"""
+master_process off; daemon off; worker_processes 1; pid {work}/backend.pid;
+error_log {work}/backend-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  open_file_cache max=10; sendfile on;
+  server {{
+    listen 127.0.0.1:{BACKEND_PORT} backlog=4096;
+    location = /nginx_status {{ stub_status; }}
+    location /big {{ default_type application/json; alias {big}; }}
+    location / {{ default_type application/json; return 200 '{SMALL_BODY}'; }}
+  }}
+}}"""
+        proxy = f"""
+master_process off; daemon off; worker_processes 1; pid {work}/proxy.pid;
+error_log {work}/proxy-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{PROXY_PORT} backlog=4096;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}"""
+        self.start_nginx("backend", backend)
+        self.start_nginx("nginx-proxy", proxy)
+        wait_port(BACKEND_PORT)
+        wait_port(PROXY_PORT)
+        self.start_turnpike(turnpike_config)
+
+    def start_nginx(self, name, conf):
+        path = os.path.join(self.work, f"{name}.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        self.procs[name] = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU, "nginx", "-c", path, "-p", self.work],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_turnpike(self, config_text):
+        path = os.path.join(self.work, "turnpike.toml")
+        with open(path, "w") as f:
+            f.write(config_text)
+        binary = os.path.join(ROOT, "target", "release", "turnpike")
+        check = subprocess.run([binary, "check", "-c", path], capture_output=True, text=True)
+        if check.returncode != 0:
+            die(check.stderr)
+        log = open(os.path.join(self.work, "turnpike.log"), "w")
+        self.procs["turnpike"] = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU, binary, "run", "-c", path],
+            stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+        wait_port(TURNPIKE_PORT)
+
+    def restart_turnpike(self, config_text):
+        self.stop("turnpike")
+        time.sleep(0.3)
+        self.start_turnpike(config_text)
+
+    def pid(self, name):
+        return self.procs[name].pid
+
+    def stop(self, name):
+        p = self.procs.pop(name, None)
+        if p and p.poll() is None:
+            p.send_signal(signal.SIGINT if name == "turnpike" else signal.SIGQUIT)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop_all(self):
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def parse_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+def run_wrk(url, duration, conn_close):
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{duration}s", "--latency", url]
+    if conn_close:
+        cmd[5:5] = ["-H", "Connection: close"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    req = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"requests": req, "rps": rps, "p50": p50, "p99": p99,
+            "non2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def run_oha(url, duration, rate):
+    cmd = ["taskset", "-c", LOAD_CPU, oha_path(), "-z", f"{duration}s", "-q", str(rate), "-c", "64",
+           "--latency-correction", "--no-tui", "--output-format", "json", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    data = json.loads(out)
+    pct = data["latencyPercentiles"]
+    ok = sum(v for k, v in data.get("statusCodeDistribution", {}).items() if k.startswith("2"))
+    return {"requests": ok, "rps": data["summary"]["requestsPerSec"], "p50": pct["p50"] * 1000,
+            "p99": pct["p99"] * 1000, "non2xx": sum(data.get("statusCodeDistribution", {}).values()) - ok,
+            "socket_errors": json.dumps(data.get("errorDistribution", {})) if data.get("errorDistribution") else ""}
+
+
+def measure(servers, target, path, duration, conn_close=False, rate=None):
+    port = {"backend": BACKEND_PORT, "nginx-proxy": PROXY_PORT, "turnpike": TURNPIKE_PORT}[target]
+    url = f"http://127.0.0.1:{port}{path}"
+    warm = max(2, duration // 5)
+    (run_oha(url, warm, rate) if rate else run_wrk(url, warm, conn_close))
+    names = ["backend"] + ([target] if target != "backend" else [])
+    before = {n: cpu_ticks(servers.pid(n)) for n in names}
+    acc0 = accepts()
+    res = run_oha(url, duration, rate) if rate else run_wrk(url, duration, conn_close)
+    acc1 = accepts() - 1  # the status request itself
+    after = {n: cpu_ticks(servers.pid(n)) for n in names}
+    n = max(res["requests"], 1)
+    res["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / TICK / n for k in names}
+    res["new_upstream_conns_per_req"] = (acc1 - acc0) / n if target != "backend" else None
+    return res
+
+
+def routes_config(n_apis):
+    parts = [base_config("")]
+    for i in range(n_apis):
+        parts.append(f"""
+[[apis]]
+name = "svc{i}"
+version = "v1"
+base_path = "/svc{i}/v1"
+upstream = "backend"
+strip_base_path = true
+[[apis.routes]]
+path = "/items"
+methods = ["GET", "POST"]
+[[apis.routes]]
+path = "/items/{{id}}"
+methods = ["GET"]
+""")
+    return "".join(parts)
+
+
+def base_config(apis):
+    return f"""
+[server]
+listen = ["127.0.0.1:{TURNPIKE_PORT}"]
+threads = 1
+pid_file = "/tmp/turnpike-loadtest.pid"
+upgrade_sock = "/tmp/turnpike-loadtest-upgrade.sock"
+
+[admin]
+listen = "127.0.0.1:{ADMIN_PORT}"
+
+[upstreams.backend]
+targets = [ {{ addr = "127.0.0.1:{BACKEND_PORT}" }} ]
+idle_timeout = "50s"
+{apis}"""
+
+
+def scenario_config(name):
+    """The scenario configs kept in loadtest/ (ports rewritten to this harness's)."""
+    with open(os.path.join(ROOT, "loadtest", f"{name}.toml")) as f:
+        return f.read()
+
+
+SCENARIOS = {
+    # name: (turnpike config, request path, options)
+    "plain-proxy": (lambda: scenario_config("plain-proxy"), "/items/42", {}),
+    "10k-routes": (lambda: scenario_config("10k-routes"), "/svc4999/v1/items/42", {}),
+    "100KiB-response": (lambda: scenario_config("plain-proxy"), "/big", {}),
+    "connection-per-request": (lambda: scenario_config("plain-proxy"), "/items/42", {"conn_close": True}),
+    "fixed-rate-2000": (lambda: scenario_config("plain-proxy"), "/items/42", {"rate": 2000}),
+}
+
+
+def fmt_row(target, r, base):
+    cpu = r["cpu_us"]
+    own = cpu.get(target, cpu["backend"])
+    conns = "" if r["new_upstream_conns_per_req"] is None else f"{r['new_upstream_conns_per_req']:.4f}"
+    ratio_backend = r["rps"] / base["backend"]["rps"] if base.get("backend") else float("nan")
+    ratio_nginx = (own / base["nginx-proxy"]["cpu_us"]["nginx-proxy"]) if target == "turnpike" and base.get("nginx-proxy") else None
+    errors = r["non2xx"] + (1 if r["socket_errors"] else 0)
+    return (f"| {target} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {own:.1f} | {cpu['backend']:.1f} | "
+            f"{conns} | {ratio_backend:.2f} | {'' if ratio_nginx is None else f'{ratio_nginx:.2f}'} | "
+            f"{r['non2xx']} {r['socket_errors']} |")
+
+
+def write_routes_file():
+    """Writes loadtest/10k-routes.toml: 5,000 APIs of two routes each in front of the backend."""
+    text = "# Load-test scenario \"10,000 routes\": 5,000 APIs with two routes each (written by\n# `python3 loadtest/run.py --write-routes`).\n" + routes_config(5000)
+    with open(os.path.join(ROOT, "loadtest", "10k-routes.toml"), "w") as f:
+        f.write(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="run only these")
+    ap.add_argument("--duration", type=int, default=10, help="measured window in seconds (default 10)")
+    ap.add_argument("--record", action="store_true", help="append the tables to loadtest/RESULTS.md")
+    ap.add_argument("--write-routes", action="store_true", help="rewrite loadtest/10k-routes.toml and exit")
+    args = ap.parse_args()
+    if args.write_routes:
+        write_routes_file()
+        return
+    need("nginx", "nginx-light")
+    need("wrk", "wrk")
+    need("taskset", "util-linux")
+    if os.cpu_count() < 2:
+        die("the harness pins the load generator and the servers to separate CPUs: it needs 2")
+    names = args.scenario or list(SCENARIOS)
+    if "fixed-rate-2000" in names:
+        oha_path()
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+
+    load_before = os.getloadavg()
+    lines = []
+    work = tempfile.mkdtemp(prefix="turnpike-loadtest-")
+    servers = Servers(work, SCENARIOS[names[0]][0]())
+    try:
+        current = None
+        for name in names:
+            make_config, path, opts = SCENARIOS[name]
+            config = make_config()
+            if config != current:
+                servers.restart_turnpike(config)
+                current = config
+            results = {}
+            for target in ["backend", "nginx-proxy", "turnpike"]:
+                results[target] = measure(servers, target, path, args.duration, opts.get("conn_close", False), opts.get("rate"))
+            lines.append(f"\n### {name}\n")
+            lines.append(f"`GET {path}`, 64 connections{', Connection: close' if opts.get('conn_close') else ''}"
+                         f"{', ' + str(opts['rate']) + ' req/s fixed rate (oha, latency-corrected)' if opts.get('rate') else ' (wrk, 1 thread)'}"
+                         f", {args.duration} s measured after a warm-up.\n")
+            lines.append("| target | req/s | p50 ms | p99 ms | CPU us/req (this process) | CPU us/req (backend) | new upstream conns/req | req/s vs backend | CPU vs nginx | non-2xx / socket errors |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|")
+            for target in ["backend", "nginx-proxy", "turnpike"]:
+                lines.append(fmt_row(target, results[target], results))
+            print("\n".join(lines[-5:]), flush=True)
+    finally:
+        servers.stop_all()
+    load_after = os.getloadavg()
+
+    header = (f"\n## {datetime.date.today().isoformat()} {platform.node()}\n\n"
+              f"- machine: {os.cpu_count()} CPUs, {platform.machine()}, kernel {platform.release()}\n"
+              f"- tools: {subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}, "
+              f"{subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.splitlines()[0].split(' Copyright')[0]}"
+              f"{', oha ' + subprocess.run([oha_path(), '--version'], capture_output=True, text=True).stdout.strip() if 'fixed-rate-2000' in names else ''}, "
+              f"turnpike {subprocess.run([os.path.join(ROOT, 'target/release/turnpike'), '--version'], capture_output=True, text=True).stdout.strip()} (release)\n"
+              f"- load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}; load generator on CPU {LOAD_CPU}, servers on CPU {SERVER_CPU}\n")
+    report = header + "\n".join(lines) + "\n"
+    print(report)
+    if args.record:
+        with open(os.path.join(ROOT, "loadtest", "RESULTS.md"), "a") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    main()
