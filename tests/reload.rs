@@ -266,3 +266,92 @@ async fn refused_reloads_change_nothing() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_pools_keep_their_health_state_across_reloads() {
+    let a = Upstream::start("a").await;
+    let mut down = Upstream::start("down").await;
+    let pool = format!(
+        "[upstreams.one]\ntargets = [ {{ addr = \"{}\" }}, {{ addr = \"{}\" }} ]\n[upstreams.one.health]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nunhealthy_after = 1\nhealthy_after = 100\n",
+        a.addr, down.addr
+    );
+    let api = |marker: &str| {
+        format!("{pool}\n[[apis]]\nname = \"svc\"\nbase_path = \"/svc\"\nupstream = \"one\"\n\n[[apis]]\nname = \"marker\"\nbase_path = \"/marker\"\n[apis.respond]\nbody = \"{marker}\"\n")
+    };
+    let gw = Gateway::start(&api("first"));
+    let c = client();
+    down.stop().await;
+    let state = |v: &serde_json::Value| {
+        v["upstreams"][0]["targets"]
+            .as_array()
+            .and_then(|t| {
+                t.iter()
+                    .find(|t| t["address"] == down.addr.to_string())
+                    .cloned()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let before = loop {
+        let v: serde_json::Value = c
+            .get(gw.admin_url("/upstreams"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin")
+            .json()
+            .await
+            .expect("json");
+        if state(&v)["health"] == "unhealthy" {
+            break state(&v);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never marked down: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A reload that does not touch the pool: the target stays down at once (a rebuilt pool
+    // would start healthy and send traffic to the dead target until checks caught up).
+    gw.rewrite(&api("second"));
+    let r = c
+        .post(gw.admin_url("/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = c
+        .get(gw.admin_url("/upstreams"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(state(&v)["health"], "unhealthy", "{v}");
+    assert_eq!(
+        state(&v)["health_since"],
+        before["health_since"],
+        "the same state, carried over"
+    );
+    for _ in 0..20 {
+        let r = c.get(gw.url("/svc/x")).send().await.expect("request");
+        assert_eq!(
+            r.status(),
+            200,
+            "no request goes to the dead target after the reload"
+        );
+    }
+    assert_eq!(
+        c.get(gw.url("/marker"))
+            .send()
+            .await
+            .expect("marker")
+            .text()
+            .await
+            .expect("body"),
+        "second"
+    );
+}
