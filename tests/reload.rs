@@ -30,16 +30,29 @@ body = "{marker}"
     )
 }
 
-async fn generation(c: &reqwest::Client, gw: &Gateway) -> u64 {
-    let v: serde_json::Value = c
-        .get(gw.admin_url("/status"))
+async fn text(c: &reqwest::Client, url: &str) -> String {
+    c.get(url)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body")
+}
+
+async fn admin_json(c: &reqwest::Client, gw: &Gateway, path: &str) -> serde_json::Value {
+    c.get(gw.admin_url(path))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
-        .expect("status")
+        .expect("admin request")
         .json()
         .await
-        .expect("json");
+        .expect("json")
+}
+
+async fn generation(c: &reqwest::Client, gw: &Gateway) -> u64 {
+    let v: serde_json::Value = admin_json(&c, &gw, "/status").await;
     v["config_generation"].as_u64().expect("generation")
 }
 
@@ -84,16 +97,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
         // The change is visible right away.
         let r = c.get(gw.url("/svc/check")).send().await.expect("request");
         assert_eq!(r.headers()["x-upstream"], name, "after reload {i}");
-        assert_eq!(
-            c.get(gw.url("/marker"))
-                .send()
-                .await
-                .expect("marker")
-                .text()
-                .await
-                .expect("body"),
-            marker
-        );
+        assert_eq!(text(&c, &gw.url("/marker")).await, marker);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (ok, failures) = load.finish().await.totals();
@@ -164,16 +168,7 @@ async fn refused_reloads_change_nothing() {
     );
 
     // The old behaviour is intact.
-    assert_eq!(
-        c.get(gw.url("/marker"))
-            .send()
-            .await
-            .expect("marker")
-            .text()
-            .await
-            .expect("body"),
-        "first"
-    );
+    assert_eq!(text(&c, &gw.url("/marker")).await, "first");
     assert_eq!(
         c.get(gw.url("/broken"))
             .send()
@@ -200,13 +195,7 @@ async fn refused_reloads_change_nothing() {
     assert_eq!(v["code"], "restart_required");
     assert_eq!(v["keys"], serde_json::json!(["server.listen"]));
     assert_eq!(
-        c.get(gw.url("/marker"))
-            .send()
-            .await
-            .expect("marker")
-            .text()
-            .await
-            .expect("body"),
+        text(&c, &gw.url("/marker")).await,
         "first",
         "routes were not half-applied"
     );
@@ -216,15 +205,7 @@ async fn refused_reloads_change_nothing() {
     gw.sighup();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let status = loop {
-        let v: serde_json::Value = c
-            .get(gw.admin_url("/status"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("json");
+        let v: serde_json::Value = admin_json(&c, &gw, "/status").await;
         if v["last_reload"]["error"]
             .as_str()
             .is_some_and(|e| e.contains("not toml") || e.contains("expected"))
@@ -293,15 +274,7 @@ async fn unchanged_pools_keep_their_health_state_across_reloads() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let before = loop {
-        let v: serde_json::Value = c
-            .get(gw.admin_url("/upstreams"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("admin")
-            .json()
-            .await
-            .expect("json");
+        let v: serde_json::Value = admin_json(&c, &gw, "/upstreams").await;
         if state(&v)["health"] == "unhealthy" {
             break state(&v);
         }
@@ -321,15 +294,7 @@ async fn unchanged_pools_keep_their_health_state_across_reloads() {
         .await
         .expect("reload");
     assert_eq!(r.status(), 200);
-    let v: serde_json::Value = c
-        .get(gw.admin_url("/upstreams"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin")
-        .json()
-        .await
-        .expect("json");
+    let v: serde_json::Value = admin_json(&c, &gw, "/upstreams").await;
     assert_eq!(state(&v)["health"], "unhealthy", "{v}");
     assert_eq!(
         state(&v)["health_since"],
@@ -344,14 +309,5 @@ async fn unchanged_pools_keep_their_health_state_across_reloads() {
             "no request goes to the dead target after the reload"
         );
     }
-    assert_eq!(
-        c.get(gw.url("/marker"))
-            .send()
-            .await
-            .expect("marker")
-            .text()
-            .await
-            .expect("body"),
-        "second"
-    );
+    assert_eq!(text(&c, &gw.url("/marker")).await, "second");
 }
