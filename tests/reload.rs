@@ -52,7 +52,7 @@ async fn admin_json(c: &reqwest::Client, gw: &Gateway, path: &str) -> serde_json
 }
 
 async fn generation(c: &reqwest::Client, gw: &Gateway) -> u64 {
-    let v: serde_json::Value = admin_json(&c, &gw, "/status").await;
+    let v: serde_json::Value = admin_json(c, gw, "/status").await;
     v["config_generation"].as_u64().expect("generation")
 }
 
