@@ -74,9 +74,7 @@ pub struct Limits {
     pub header_line: usize,
     pub header_block: usize,
     pub header_count: usize,
-    pub head_timeout: Duration,
     pub keepalive_idle: Duration,
-    pub keepalive_requests: u32,
 }
 
 /// One compiled config generation.

@@ -51,6 +51,14 @@ async fn admin_json(c: &reqwest::Client, gw: &Gateway, path: &str) -> serde_json
         .expect("json")
 }
 
+async fn post_reload(c: &reqwest::Client, gw: &Gateway) -> reqwest::Response {
+    c.post(gw.admin_url("/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("reload")
+}
+
 async fn generation(c: &reqwest::Client, gw: &Gateway) -> u64 {
     let v: serde_json::Value = admin_json(c, gw, "/status").await;
     v["config_generation"].as_u64().expect("generation")
@@ -84,12 +92,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         } else {
-            let r = c
-                .post(gw.admin_url("/reload"))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .expect("reload");
+            let r = post_reload(&c, &gw).await;
             assert_eq!(r.status(), 200, "reload {i}");
             let v: serde_json::Value = r.json().await.expect("json");
             assert_eq!(v["config_generation"], i + 2);
@@ -129,12 +132,7 @@ async fn refused_reloads_change_nothing() {
         "{}\n[[apis]]\nname = \"broken\"\nbase_path = \"/broken\"\nupstream = \"nope\"\n",
         config(&a, "one", "first")
     ));
-    let r = c
-        .post(gw.admin_url("/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("reload");
+    let r = post_reload(&c, &gw).await;
     assert_eq!(r.status(), 422);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let v: serde_json::Value = r.json().await.expect("json");
@@ -148,15 +146,7 @@ async fn refused_reloads_change_nothing() {
     );
     // A syntax error carries file:line:col.
     gw.rewrite("[[apis]\nname = 1\n");
-    let v: serde_json::Value = c
-        .post(gw.admin_url("/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("reload")
-        .json()
-        .await
-        .expect("json");
+    let v: serde_json::Value = post_reload(&c, &gw).await.json().await.expect("json");
     let location = v["problems"][0]["location"]
         .as_str()
         .unwrap_or("")
@@ -184,12 +174,7 @@ async fn refused_reloads_change_nothing() {
         &format!("127.0.0.1:{}", support::free_port()),
     );
     gw.rewrite_raw(&format!("{moved}{}", config(&a, "one", "changed")));
-    let r = c
-        .post(gw.admin_url("/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("reload");
+    let r = post_reload(&c, &gw).await;
     assert_eq!(r.status(), 409);
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["code"], "restart_required");
@@ -287,12 +272,7 @@ async fn unchanged_pools_keep_their_health_state_across_reloads() {
     // A reload that does not touch the pool: the target stays down at once (a rebuilt pool
     // would start healthy and send traffic to the dead target until checks caught up).
     gw.rewrite(&api("second"));
-    let r = c
-        .post(gw.admin_url("/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("reload");
+    let r = post_reload(&c, &gw).await;
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = admin_json(&c, &gw, "/upstreams").await;
     assert_eq!(state(&v)["health"], "unhealthy", "{v}");

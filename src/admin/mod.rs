@@ -3,7 +3,7 @@
 //! it get 401 problem+json. The proxy listeners never serve these routes.
 
 use crate::proxy::headers::request_id;
-use crate::proxy::reply::{problem_body, Code};
+use crate::proxy::reply::{problem_body, problem_value, Code};
 use crate::reload::ReloadError;
 use crate::state::{constant_time_eq, Shared};
 use async_trait::async_trait;
@@ -69,9 +69,7 @@ fn problem_with(
     request_id: &str,
     extra: serde_json::Value,
 ) -> Response<Vec<u8>> {
-    let mut body: serde_json::Value =
-        serde_json::from_slice(&problem_body(code, detail, request_id))
-            .unwrap_or_else(|_| json!({}));
+    let mut body = problem_value(code, detail, request_id);
     if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
         body.extend(extra);
     }

@@ -165,9 +165,7 @@ pub fn compile(
             header_line: l.header_line.0 as usize,
             header_block: l.header_block.0 as usize,
             header_count: l.header_count,
-            head_timeout: l.head_timeout.0,
             keepalive_idle: l.keepalive_idle.0,
-            keepalive_requests: l.keepalive_requests,
         },
         admin_token,
     })

@@ -144,9 +144,7 @@ mod tests {
             header_line: 64,
             header_block: 200,
             header_count: 4,
-            head_timeout: std::time::Duration::from_secs(10),
             keepalive_idle: std::time::Duration::from_secs(60),
-            keepalive_requests: 0,
         }
     }
 

@@ -120,17 +120,25 @@ struct ProblemBody<'a> {
     request_id: &'a str,
 }
 
-/// The body of a problem answer.
-pub fn problem_body(code: Code, detail: &str, request_id: &str) -> Bytes {
-    let body = ProblemBody {
+fn problem<'a>(code: Code, detail: &'a str, request_id: &'a str) -> ProblemBody<'a> {
+    ProblemBody {
         kind: format!("urn:turnpike:problem:{}", code.as_str()),
         title: code.title(),
         status: code.status(),
         detail,
         code: code.as_str(),
         request_id,
-    };
-    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+/// The body of a problem answer.
+pub fn problem_body(code: Code, detail: &str, request_id: &str) -> Bytes {
+    Bytes::from(serde_json::to_vec(&problem(code, detail, request_id)).unwrap_or_default())
+}
+
+/// The members of a problem answer as a JSON object, for answers that add extension members.
+pub fn problem_value(code: Code, detail: &str, request_id: &str) -> serde_json::Value {
+    serde_json::to_value(problem(code, detail, request_id)).unwrap_or_default()
 }
 
 /// Builds the response header of a problem answer.
