@@ -271,3 +271,32 @@ async fn slow_upstream_gets_504_and_dead_pool_gets_503() {
     assert_eq!(r.status(), 503);
     problem(&r.text().await.expect("body"), 503, "no_healthy_upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_ejection_after_consecutive_connect_failures() {
+    let a = Upstream::start("a").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let targets = format!(r#"{{ addr = "{}" }}, {{ addr = "{dead}" }}"#, a.addr);
+    // No active checks: only live-traffic failures can take the dead target out.
+    let extra = "retries = 1\n[upstreams.svc.passive]\nfailures = 2\ncooldown = \"30s\"";
+    let gw = Gateway::start(&pool("svc", &targets, extra));
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(
+            which(&c, &gw.url("/svc/x")).await.0,
+            200,
+            "retried on the live target"
+        );
+    }
+    let v = admin_upstreams(&c, &gw).await;
+    let dead_state = v["upstreams"][0]["targets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["address"] == dead).cloned())
+        .unwrap_or_default();
+    assert_eq!(dead_state["ejected"], true, "{v}");
+    assert_eq!(
+        dead_state["ejections"], 1,
+        "ejected once, then left out: {v}"
+    );
+    assert_eq!(a.hits(), 10);
+}
