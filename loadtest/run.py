@@ -83,16 +83,12 @@ def accepts():
     return int(text.splitlines()[2].split()[0])
 
 
-class Servers:
-    """The backend, nginx-as-proxy and Turnpike, each started here and stopped by PID."""
-
-    def __init__(self, work, turnpike_config):
-        self.work = work
-        self.procs = {}
-        big = os.path.join(work, "big.json")
-        with open(big, "w") as f:
-            f.write('{"blob":"' + "x" * (100 * 1024 - 12) + '"}')
-        backend = f"""
+def backend_conf(work):
+    """The fixed backend: nginx, one process, small body from memory, a 100 KiB file."""
+    big = os.path.join(work, "big.json")
+    with open(big, "w") as f:
+        f.write('{"blob":"' + "x" * (100 * 1024 - 12) + '"}')
+    return f"""
 master_process off; daemon off; worker_processes 1; pid {work}/backend.pid;
 error_log {work}/backend-error.log warn;
 events {{ worker_connections 8192; }}
@@ -106,7 +102,11 @@ http {{
     location / {{ default_type application/json; return 200 '{SMALL_BODY}'; }}
   }}
 }}"""
-        proxy = f"""
+
+
+def proxy_conf(work):
+    """nginx as a plain reverse proxy with upstream keep-alive: the yardstick."""
+    return f"""
 master_process off; daemon off; worker_processes 1; pid {work}/proxy.pid;
 error_log {work}/proxy-error.log warn;
 events {{ worker_connections 8192; }}
@@ -118,6 +118,15 @@ http {{
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}"""
+
+
+class Servers:
+    """The backend, nginx-as-proxy and Turnpike, each started here and stopped by PID."""
+
+    def __init__(self, work, turnpike_config):
+        self.work = work
+        self.procs = {}
+        backend, proxy = backend_conf(work), proxy_conf(work)
         self.start_nginx("backend", backend)
         self.start_nginx("nginx-proxy", proxy)
         wait_port(BACKEND_PORT)
@@ -275,6 +284,79 @@ SCENARIOS = {
 }
 
 
+def callgrind_total(work, name, cmd, port, requests, stop_signal):
+    """User-space instructions (callgrind's Ir) a process executes from start to exit when it
+    serves `requests` keep-alive requests (oha, 4 connections) and is then stopped."""
+    out = os.path.join(work, f"callgrind-{name}-{requests}.out")
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=120)
+        res = subprocess.run([oha_path(), "-n", str(requests), "-c", "4", "--no-tui",
+                              f"http://127.0.0.1:{port}/items/42"], capture_output=True, text=True, timeout=900)
+        if res.returncode != 0 or "Success rate:\t100.00%" not in res.stdout:
+            die(f"{name}: the instruction-count run had failures:\n{res.stdout}{res.stderr}")
+    finally:
+        proc.send_signal(stop_signal)
+        proc.wait(timeout=120)
+    with open(out) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    die(f"{name}: no instruction total in {out}")
+
+
+def instruction_counts(record):
+    """Instructions per proxied request for nginx-as-proxy and Turnpike (plain-proxy), each run
+    under callgrind twice (1,000 and 5,000 requests) so that start-up and shutdown cancel out.
+    Repeatable whatever else the machine is doing; kernel work (syscalls, TCP) is not counted."""
+    need("valgrind", "valgrind")
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="turnpike-instructions-")
+    backend_path = os.path.join(work, "backend.conf")
+    with open(backend_path, "w") as f:
+        f.write(backend_conf(work))
+    proxy_path = os.path.join(work, "nginx-proxy.conf")
+    with open(proxy_path, "w") as f:
+        f.write(proxy_conf(work))
+    turnpike_path = os.path.join(work, "turnpike.toml")
+    with open(turnpike_path, "w") as f:
+        f.write(scenario_config("plain-proxy"))
+    binary = os.path.join(ROOT, "target", "release", "turnpike")
+    targets = {
+        "nginx-proxy": (["nginx", "-c", proxy_path, "-p", work], PROXY_PORT, signal.SIGQUIT),
+        "turnpike": ([binary, "run", "-c", turnpike_path], TURNPIKE_PORT, signal.SIGINT),
+    }
+    backend = subprocess.Popen(["nginx", "-c", backend_path, "-p", work],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    small, large = 1000, 5000
+    per_request = {}
+    try:
+        wait_port(BACKEND_PORT)
+        for name, (cmd, port, sig) in targets.items():
+            a = callgrind_total(work, name, cmd, port, small, sig)
+            b = callgrind_total(work, name, cmd, port, large, sig)
+            per_request[name] = (b - a) / (large - small)
+    finally:
+        backend.send_signal(signal.SIGQUIT)
+        backend.wait(timeout=10)
+    nginx = per_request["nginx-proxy"]
+    lines = [f"\n### instructions per request (plain-proxy, callgrind)\n",
+             f"`GET /items/42` over 4 keep-alive connections; (I(5,000 requests) - I(1,000)) / 4,000; user space only.\n",
+             "| target | instructions/request | vs nginx |", "|---|---|---|"]
+    for name, value in per_request.items():
+        lines.append(f"| {name} | {value:,.0f} | {value / nginx:.2f} |")
+    report = (f"\n## {datetime.date.today().isoformat()} {platform.node()} (instruction counts)\n\n"
+              f"- {subprocess.run(['valgrind', '--version'], capture_output=True, text=True).stdout.strip()}, "
+              f"{subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}, "
+              f"turnpike {subprocess.run([binary, '--version'], capture_output=True, text=True).stdout.strip()} (release)\n"
+              + "\n".join(lines) + "\n")
+    print(report)
+    if record:
+        with open(os.path.join(ROOT, "loadtest", "RESULTS.md"), "a") as f:
+            f.write(report)
+
+
 def fmt_row(target, r, base):
     cpu = r["cpu_us"]
     own = cpu.get(target, cpu["backend"])
@@ -300,9 +382,15 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="measured window in seconds (default 10)")
     ap.add_argument("--record", action="store_true", help="append the tables to loadtest/RESULTS.md")
     ap.add_argument("--write-routes", action="store_true", help="rewrite loadtest/10k-routes.toml and exit")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions per request under callgrind (plain proxy) instead of timing")
     args = ap.parse_args()
     if args.write_routes:
         write_routes_file()
+        return
+    if args.instructions:
+        need("nginx", "nginx-light")
+        instruction_counts(args.record)
         return
     need("nginx", "nginx-light")
     need("wrk", "wrk")

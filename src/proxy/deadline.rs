@@ -112,12 +112,19 @@ pub struct HeadDeadline {
     expecting_head: bool,
     /// Set from outside when a request ended and the connection waits for the next one.
     request_ended: AtomicBool,
-    /// Running while a head is being received.
+    /// The head timer, allocated on the first head and re-armed for later ones. It is only
+    /// polled (and so only registered with the runtime's timer) when a head takes more than
+    /// one read, which keeps the common one-read head free of timer work.
     clock: Option<Pin<Box<Sleep>>>,
+    /// A head is being received: `clock` is armed for it.
+    running: bool,
+    /// `clock` was polled for the current head, so it is registered with the timer and would
+    /// wake the task when it fires even after the head ended.
+    polled: bool,
     /// A byte other than CR or LF was seen in this head.
     in_head: bool,
-    /// The last head byte was '\n' (ignoring '\r'): a second one ends the head.
-    after_lf: bool,
+    /// The current, unfinished line has bytes other than CR (it may span reads).
+    line_content: bool,
     /// Nothing read yet on this connection.
     fresh: bool,
     /// Watching stopped for good (HTTP/2 prior knowledge, or an upgraded connection).
@@ -134,8 +141,10 @@ impl HeadDeadline {
             expecting_head: true,
             request_ended: AtomicBool::new(false),
             clock: None,
+            running: false,
+            polled: false,
             in_head: false,
-            after_lf: false,
+            line_content: false,
             fresh: true,
             off: false,
             answered: false,
@@ -157,40 +166,64 @@ impl HeadDeadline {
         }
         if self.request_ended.swap(false, Ordering::AcqRel) {
             self.expecting_head = true;
-            self.clock = None;
+            self.stop_clock();
         }
-        if self.expecting_head && self.clock.is_none() {
-            self.clock = Some(Box::pin(tokio::time::sleep(self.timeout)));
+        if self.expecting_head && !self.running {
+            self.start_clock();
             self.in_head = false;
-            self.after_lf = false;
+            self.line_content = false;
         }
-        if self.clock.is_none() {
+        if !self.running {
             return;
         }
-        for &b in bytes {
-            match b {
-                // Empty lines before a request line are skipped by parsers: not an end.
-                b'\r' | b'\n' if !self.in_head => {}
-                b'\n' if self.after_lf => {
-                    self.clock = None;
-                    self.expecting_head = false;
-                    return;
-                }
-                b'\n' => self.after_lf = true,
-                b'\r' => {}
-                _ => {
-                    self.in_head = true;
-                    self.after_lf = false;
-                }
+        // Only line ends matter: find them with memchr and look at the line before each one.
+        let mut line_start = 0;
+        for lf in memchr::memchr_iter(b'\n', bytes) {
+            let line = &bytes[line_start..lf];
+            line_start = lf + 1;
+            // A line with anything but CR in it is head content; the first empty one (only
+            // CRs) after head content ends the head. Empty lines before the head are skipped
+            // by parsers, so they neither start nor end it.
+            if std::mem::take(&mut self.line_content) || line.iter().any(|&b| b != b'\r') {
+                self.in_head = true;
+            } else if self.in_head {
+                self.stop_clock();
+                self.expecting_head = false;
+                return;
             }
+        }
+        // Bytes after the last line end start a line that the next read continues.
+        if bytes[line_start..].iter().any(|&b| b != b'\r') {
+            self.line_content = true;
         }
     }
 
     fn saw_write(&mut self, bytes: &[u8]) {
         if !self.off && (bytes.starts_with(b"HTTP/1.1 101") || bytes.starts_with(b"HTTP/1.0 101")) {
             self.off = true;
+            self.stop_clock();
+        }
+    }
+
+    /// Arms the timer for a new head, reusing the allocation of the previous one.
+    fn start_clock(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        match self.clock.as_mut() {
+            Some(clock) => clock.as_mut().reset(deadline),
+            None => self.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.running = true;
+        self.polled = false;
+    }
+
+    /// The head ended (or watching stopped). A timer that was registered is dropped so that
+    /// it cannot wake the task later; one that never was is kept for the next head.
+    fn stop_clock(&mut self) {
+        if self.running && self.polled {
             self.clock = None;
         }
+        self.running = false;
+        self.polled = false;
     }
 }
 
@@ -219,7 +252,8 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(clock) = this.clock.as_mut() {
+        if let (true, Some(clock)) = (this.running, this.clock.as_mut()) {
+            this.polled = true;
             if clock.as_mut().poll(cx).is_ready() {
                 if !std::mem::replace(&mut this.answered, true) {
                     // Best effort: tell the client why before the connection closes. Nothing
@@ -388,6 +422,37 @@ mod tests {
         assert!(s.read(&mut buf).await.is_ok());
         let err = s.read(&mut buf).await.err().map(|e| e.kind());
         assert_eq!(err, Some(io::ErrorKind::TimedOut));
+    }
+
+    #[tokio::test]
+    async fn the_head_end_is_found_wherever_the_reads_split_it() {
+        let heads: [&[u8]; 3] = [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\nGET / HTTP/1.1\nHost: x\n\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nA: \r\r\n\r\n",
+        ];
+        for head in heads {
+            for split in 0..=head.len() {
+                for second_split in split..=head.len() {
+                    let (mut s, _c) = pair(Duration::from_secs(5)).await;
+                    let parts = [
+                        &head[..split],
+                        &head[split..second_split],
+                        &head[second_split..],
+                    ];
+                    for (i, part) in parts.iter().enumerate() {
+                        s.saw_read(part);
+                        let done = i == 2 || parts[i + 1..].iter().all(|p| p.is_empty());
+                        assert_eq!(
+                            s.expecting_head,
+                            !done,
+                            "{:?} split at {split}/{second_split}, after part {i}",
+                            String::from_utf8_lossy(head)
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -21,7 +21,18 @@ pub fn request_id(client: Option<&[u8]>) -> String {
             return String::from_utf8_lossy(id).into_owned();
         }
     }
-    format!("{:032x}", rand::random::<u128>())
+    let mut id = String::with_capacity(32);
+    push_hex(&mut id, rand::random::<u128>(), 32);
+    id
+}
+
+/// Appends the low `digits` hex digits of `n`, lower case, zero-padded (no `fmt` machinery:
+/// this runs for every request).
+fn push_hex(out: &mut String, n: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((n >> (i * 4)) & 0xf) as usize]));
+    }
 }
 
 fn is_lower_hex(s: &[u8]) -> bool {
@@ -32,7 +43,8 @@ fn is_lower_hex(s: &[u8]) -> bool {
 /// The `traceparent` to send upstream: the client's trace continued with a fresh parent id, or a
 /// new trace when the client sent none or an invalid one.
 pub fn traceparent(client: Option<&[u8]>) -> String {
-    let span = format!("{:016x}", rand::random::<u64>().max(1));
+    let span = u128::from(rand::random::<u64>().max(1));
+    let mut out = String::with_capacity(55);
     if let Some(tp) = client {
         // version(2) - trace-id(32) - parent-id(16) - flags(2)
         let parts: Vec<&[u8]> = tp.split(|&b| b == b'-').collect();
@@ -50,13 +62,23 @@ pub fn traceparent(client: Option<&[u8]>) -> String {
                 && is_lower_hex(flags)
                 && (ver != b"00" || parts.len() == 4);
             if valid {
-                let trace = String::from_utf8_lossy(trace);
-                let flags = String::from_utf8_lossy(flags);
-                return format!("00-{trace}-{span}-{flags}");
+                // Checked lower-case hex above.
+                out.push_str("00-");
+                out.push_str(&String::from_utf8_lossy(trace));
+                out.push('-');
+                push_hex(&mut out, span, 16);
+                out.push('-');
+                out.push_str(&String::from_utf8_lossy(flags));
+                return out;
             }
         }
     }
-    format!("00-{:032x}-{span}-01", rand::random::<u128>().max(1))
+    out.push_str("00-");
+    push_hex(&mut out, rand::random::<u128>().max(1), 32);
+    out.push('-');
+    push_hex(&mut out, span, 16);
+    out.push_str("-01");
+    out
 }
 
 /// Request headers a client may not set for the upstream: the gateway sets them itself.
@@ -69,7 +91,50 @@ const GATEWAY_OWNED: [&str; 6] = [
     "x-real-ip",
 ];
 
-/// Sets the forwarding and identity headers of the upstream request.
+/// Removes the client headers the upstream must not receive: the names the gateway sets
+/// itself, and names with underscores (some servers read them as dashes, so a client could
+/// smuggle a copy of a trusted header). One pass over the names; removal only when present.
+pub fn strip_client_headers(req: &mut RequestHeader) {
+    let unwanted: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            n.contains('_') || GATEWAY_OWNED.contains(&n)
+        })
+        .cloned()
+        .collect();
+    for name in unwanted {
+        req.remove_header(&name);
+    }
+}
+
+/// The text of an address for `X-Forwarded-For` (IPv4 written by hand: this runs for every
+/// request and `Display` goes through the formatting machinery).
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+            out
+        }
+        IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
+/// Sets the forwarding and identity headers of the upstream request (after
+/// `strip_client_headers`).
 pub fn set_upstream_headers(
     req: &mut RequestHeader,
     client_ip: Option<IpAddr>,
@@ -78,11 +143,8 @@ pub fn set_upstream_headers(
     request_id: &str,
     traceparent: &str,
 ) -> pingora::Result<()> {
-    for h in GATEWAY_OWNED {
-        req.remove_header(h);
-    }
     if let Some(ip) = client_ip {
-        req.insert_header("X-Forwarded-For", ip.to_string())?;
+        req.insert_header("X-Forwarded-For", ip_text(ip))?;
     }
     req.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
     if let Some(host) = host {
@@ -96,6 +158,21 @@ pub fn set_upstream_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_like_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "192.168.9.99",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap_or_else(|e| panic!("{ip}: {e}"));
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn request_ids() {

@@ -266,16 +266,7 @@ impl ProxyHttp for Gateway {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned);
-        // Header names with underscores are dropped: some servers read them as dashes.
-        let underscored: Vec<http::HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|n| n.as_str().contains('_'))
-            .cloned()
-            .collect();
-        for name in underscored {
-            upstream.remove_header(&name);
-        }
+        headers::strip_client_headers(upstream);
         headers::set_upstream_headers(
             upstream,
             client_ip(session),
