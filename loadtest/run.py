@@ -262,6 +262,9 @@ upgrade_sock = "/tmp/turnpike-loadtest-upgrade.sock"
 [admin]
 listen = "127.0.0.1:{ADMIN_PORT}"
 
+[store]
+path = "/tmp/turnpike-loadtest.db"
+
 [upstreams.backend]
 targets = [ {{ addr = "127.0.0.1:{BACKEND_PORT}" }} ]
 idle_timeout = "50s"

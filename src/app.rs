@@ -3,6 +3,7 @@
 
 use crate::admin::AdminApp;
 use crate::config::{self, error::ConfigError};
+use crate::identity::{Identity, IdentitySync};
 use crate::proxy::deadline::{EdgeApp, RequestEnd};
 use crate::proxy::Gateway;
 use crate::reload::ReloadSignals;
@@ -30,6 +31,7 @@ pub struct RunFlags {
 pub enum StartError {
     Config(ConfigError),
     Listener(String),
+    Store(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -37,6 +39,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Config(e) => write!(f, "{e}"),
             StartError::Listener(e) => write!(f, "{e}"),
+            StartError::Store(e) => write!(f, "{e}"),
         }
     }
 }
@@ -74,7 +77,13 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
             "no admin token configured: admin routes other than /health and /ready will answer 401"
         );
     }
-    let shared = Shared::new(snapshot, config_path.to_path_buf());
+    let store_path = store_path(config_path, &file.store.path);
+    let identity = Identity::open(&store_path)
+        .map_err(|e| StartError::Store(format!("{}: {e}", store_path.display())))?;
+    // SQLite connections must not cross the fork into the background; the index stays.
+    identity.store.release();
+    let identity = Arc::new(identity);
+    let shared = Shared::new(snapshot, identity.clone(), config_path.to_path_buf());
 
     let l = &s.limits;
     let mut proxy_app = pingora::proxy::http_proxy(
@@ -131,12 +140,29 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     server.add_service(admin);
     server.add_service(health);
     server.add_service(background_service(
+        "identity index sync",
+        IdentitySync {
+            identity,
+            interval: std::time::Duration::from_millis(500),
+        },
+    ));
+    server.add_service(background_service(
         "config reload on SIGHUP",
         ReloadSignals {
             shared: shared.clone(),
         },
     ));
     Ok((server, shared))
+}
+
+/// The store file: relative paths are relative to the config file's directory.
+pub fn store_path(config_path: &Path, configured: &Path) -> std::path::PathBuf {
+    if configured.is_absolute() {
+        return configured.to_path_buf();
+    }
+    config_path
+        .parent()
+        .map_or_else(|| configured.to_path_buf(), |dir| dir.join(configured))
 }
 
 /// Explicit HTTP/2 settings: bounded streams, header list and windows.

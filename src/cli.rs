@@ -1,4 +1,4 @@
-//! Command-line interface: `run`, `check`, `--version`.
+//! Command-line interface: `run`, `check`, `keys hash|create`, `audit verify`, `--version`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,6 +28,41 @@ pub enum Command {
     /// Check a config file: print a one-line summary and exit 0, or every problem and exit 1.
     Check {
         /// The config file.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Print the SHA-256 digest of a key read from standard input (for `keys = [{ sha256 }]`).
+    Hash,
+    /// Create a key for a consumer in the store (works offline; a running gateway picks it up
+    /// within a second). Prints the key once, on standard output.
+    Create {
+        /// The consumer (created in the store if it does not exist).
+        #[arg(long, value_name = "ID")]
+        consumer: String,
+        /// A label shown in listings.
+        #[arg(long)]
+        label: Option<String>,
+        /// The config file (for [store] path).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain; prints the number of entries and the last hash.
+    Verify {
+        /// The config file (for [store] path).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
     },

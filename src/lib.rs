@@ -5,13 +5,18 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod identity;
+pub mod offline;
 pub mod path;
 pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod state;
+pub mod store;
 pub mod upstream;
 
 /// A one-line summary of a valid config, printed by `turnpike check`.

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use turnpike::cli::{Cli, Command};
+use turnpike::cli::{AuditCommand, Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,6 +18,13 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Keys(KeysCommand::Hash) => turnpike::offline::keys_hash(),
+        Command::Keys(KeysCommand::Create {
+            consumer,
+            label,
+            config,
+        }) => turnpike::offline::keys_create(&config, &consumer, label.as_deref()),
+        Command::Audit(AuditCommand::Verify { config }) => turnpike::offline::audit_verify(&config),
         Command::Run {
             config,
             daemon,

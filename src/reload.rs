@@ -84,7 +84,8 @@ pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
 pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (o, n) = (&old.server, &new.server);
     let (ol, nl) = (&o.limits, &n.limits);
-    let checks: [(&str, bool); 18] = [
+    let checks: [(&str, bool); 19] = [
+        ("store.path", old.store.path != new.store.path),
         ("server.listen", o.listen != n.listen),
         ("server.tls", o.tls != n.tls),
         ("server.threads", o.threads != n.threads),

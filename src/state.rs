@@ -65,6 +65,10 @@ pub struct Endpoint {
     /// Bytes removed from the front of the path before forwarding (base-path strip).
     pub strip: usize,
     pub max_body: u64,
+    /// How callers are identified (None: a public API).
+    pub auth: Option<Arc<crate::auth::AuthPolicy>>,
+    /// Scopes the caller needs for this route.
+    pub scopes: Vec<String>,
 }
 
 /// Edge limits in the form the hot path uses.
@@ -87,11 +91,15 @@ pub struct Snapshot {
     pub pools: HashMap<String, Arc<Pool>>,
     pub limits: Limits,
     pub admin_token: Option<Secret>,
+    /// Consumers and key digests of the config file.
+    pub identities: crate::identity::ConfigIdentities,
 }
 
 /// State shared by every service of the process.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
+    /// The store and its index (outlive config generations).
+    pub identity: Arc<crate::identity::Identity>,
     pub config_path: PathBuf,
     pub started_at: SystemTime,
     /// Serialises reloads.
@@ -100,9 +108,14 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, config_path: PathBuf) -> Arc<Shared> {
+    pub fn new(
+        snapshot: Snapshot,
+        identity: Arc<crate::identity::Identity>,
+        config_path: PathBuf,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
+            identity,
             config_path,
             started_at: SystemTime::now(),
             reload_lock: Mutex::new(()),

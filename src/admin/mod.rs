@@ -14,11 +14,19 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod consumers;
+
+/// Largest request body the admin API reads.
+const MAX_ADMIN_BODY: usize = 64 << 10;
+
+/// An admin answer.
+pub(crate) type Answer = Response<Vec<u8>>;
+
 pub struct AdminApp {
     pub shared: Arc<Shared>,
 }
 
-fn json_response(
+pub(crate) fn json_response(
     status: u16,
     body: serde_json::Value,
     content_type: &str,
@@ -50,7 +58,31 @@ fn problem_or_json(
     resp
 }
 
-fn problem(code: Code, detail: &str, request_id: &str) -> Response<Vec<u8>> {
+/// 204 with the usual admin headers.
+pub(crate) fn no_content(request_id: &str) -> Answer {
+    let mut resp = problem_or_json(204, Vec::new(), "application/json", request_id);
+    resp.headers_mut().remove(http::header::CONTENT_TYPE);
+    resp
+}
+
+/// Reads the request body, up to `limit` bytes (`None`: too large or unreadable).
+async fn read_body(session: &mut ServerSession, limit: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if out.len() + chunk.len() > limit {
+                    return None;
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(out),
+            Err(_) => return None,
+        }
+    }
+}
+
+pub(crate) fn problem(code: Code, detail: &str, request_id: &str) -> Response<Vec<u8>> {
     let body = problem_body(code, detail, request_id).to_vec();
     let mut resp = problem_or_json(code.status(), body, "application/problem+json", request_id);
     if code == Code::Unauthorized {
@@ -112,7 +144,9 @@ async fn listeners_down(server: &crate::config::file::ServerSection) -> Vec<Stri
 }
 
 impl AdminApp {
-    fn authorized(&self, session: &ServerSession) -> Result<(), &'static str> {
+    /// The actor recorded in the audit log for the request's token: a fingerprint of it
+    /// (never the token).
+    fn authorized(&self, session: &ServerSession) -> Result<String, &'static str> {
         let snapshot = self.shared.snapshot();
         let Some(token) = &snapshot.admin_token else {
             return Err("no admin token is configured (set [admin] token_env or token_file)");
@@ -125,7 +159,11 @@ impl AdminApp {
             .and_then(|v| v.strip_prefix(b"Bearer "))
             .ok_or("missing bearer token")?;
         if constant_time_eq(given, &token.0) {
-            Ok(())
+            let d = crate::identity::key::digest(&token.0);
+            Ok(format!(
+                "admin-token:{}",
+                &crate::identity::key::to_hex(&d)[..12]
+            ))
         } else {
             Err("invalid bearer token")
         }
@@ -252,8 +290,15 @@ impl ServeHttp for AdminApp {
         let rid = request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
         let method = req.method.clone();
         let path = req.uri.path().to_string();
-        // Bodies are never needed by these routes; drain a little so keep-alive stays usable.
-        let _ = session.drain_request_body().await;
+        let query = req.uri.query().map(str::to_string);
+        let Some(body) = read_body(session, MAX_ADMIN_BODY).await else {
+            session.set_keepalive(None);
+            return problem(
+                Code::PayloadTooLarge,
+                &format!("admin request bodies are limited to {MAX_ADMIN_BODY} bytes"),
+                &rid,
+            );
+        };
         match (method.as_str(), path.as_str()) {
             ("GET" | "HEAD", "/health") => {
                 return json_response(200, json!({"status": "ok"}), "application/json", &rid);
@@ -280,8 +325,21 @@ impl ServeHttp for AdminApp {
             }
             _ => {}
         }
-        if let Err(why) = self.authorized(session) {
-            return problem(Code::Unauthorized, why, &rid);
+        let actor = match self.authorized(session) {
+            Ok(actor) => actor,
+            Err(why) => return problem(Code::Unauthorized, why, &rid),
+        };
+        if path == "/audit" || path == "/consumers" || path.starts_with("/consumers/") {
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let call = consumers::Call {
+                method: method.as_str(),
+                segments,
+                query: query.as_deref(),
+                body: &body,
+                actor: &actor,
+                rid: &rid,
+            };
+            return consumers::handle(&self.shared, call).await;
         }
         match (method.as_str(), path.as_str()) {
             ("GET", "/upstreams") => self.upstreams(&rid),

@@ -13,6 +13,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// An endpoint before it is numbered: (template, catch-all, methods, action, body limit,
+/// required scopes).
+type Planned = (Arc<str>, bool, Methods, Action, u64, Vec<String>);
+
 /// Builds a snapshot; `previous` lends pools whose definition did not change.
 pub fn compile(
     file: &FileConfig,
@@ -66,8 +70,9 @@ pub fn compile(
             (None, None) => None,
         };
         let api_body = api.max_body.map_or(default_body, |s| s.0);
-        // (template, catch-all, methods, action, body limit) of each endpoint of this API.
-        let mut planned: Vec<(Arc<str>, bool, Methods, Action, u64)> = Vec::new();
+        let auth = api.auth.as_ref().and_then(super::identity::compile_auth);
+        // (template, catch-all, methods, action, body limit, scopes) of each endpoint.
+        let mut planned: Vec<Planned> = Vec::new();
         if api.routes.is_empty() {
             if let Some(action) = api_action.take() {
                 let template: Arc<str> = if base.is_empty() {
@@ -75,7 +80,7 @@ pub fn compile(
                 } else {
                     base.into()
                 };
-                planned.push((template, true, Methods::ANY, action, api_body));
+                planned.push((template, true, Methods::ANY, action, api_body, Vec::new()));
             }
         }
         for (r, route) in api.routes.iter().enumerate() {
@@ -103,9 +108,10 @@ pub fn compile(
                 methods,
                 action,
                 route.max_body.map_or(api_body, |s| s.0),
+                route.scopes.clone(),
             ));
         }
-        for (template, catch_all, methods, action, max_body) in planned {
+        for (template, catch_all, methods, action, max_body, scopes) in planned {
             let id = endpoints.len();
             router.insert(
                 &api.hosts,
@@ -120,6 +126,8 @@ pub fn compile(
                 action,
                 strip,
                 max_body,
+                auth: auth.clone(),
+                scopes,
             });
         }
     }
@@ -168,6 +176,7 @@ pub fn compile(
             keepalive_idle: l.keepalive_idle.0,
         },
         admin_token,
+        identities: super::identity::compile_identities(file),
     })
 }
 

@@ -20,6 +20,88 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]
     pub apis: Vec<ApiSection>,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub keys: KeysSection,
+    #[serde(default)]
+    pub consumers: Vec<ConsumerSection>,
+}
+
+/// `[store]`: the embedded SQLite store (consumers, key digests, audit log).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Relative paths are relative to the config file's directory.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+/// `[keys]`: API key policy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// How long a rotated key keeps working next to its replacement.
+    #[serde(default = "default_rotation_grace")]
+    pub rotation_grace: Dur,
+}
+
+/// `[[consumers]]`: a consumer defined in the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSection {
+    pub id: String,
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub keys: Vec<ConfigKeySection>,
+}
+
+/// A key of a config consumer, given by its digest (`turnpike keys hash`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigKeySection {
+    pub sha256: String,
+    pub label: Option<String>,
+    /// RFC 3339, e.g. `"2027-01-01T00:00:00Z"`.
+    pub expires_at: Option<String>,
+}
+
+/// `[apis.auth]`: how callers of an API are identified. Absent = a public API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Any of these identifies the caller.
+    pub methods: Vec<AuthMethod>,
+    #[serde(default)]
+    pub api_key: ApiKeySection,
+    /// When set, only consumers in one of these groups may call the API.
+    #[serde(default)]
+    pub allow_groups: Vec<String>,
+    /// Send the credential on to the upstream (default: removed).
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ApiKey,
+}
+
+/// `api_key = { header = "x-api-key", query_param = "api_key" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySection {
+    #[serde(default = "default_key_header")]
+    pub header: String,
+    /// Also accept the key in this query parameter (off unless set).
+    pub query_param: Option<String>,
 }
 
 /// `[server]`: public listeners and process settings.
@@ -241,6 +323,7 @@ pub struct ApiSection {
     #[serde(default)]
     pub routes: Vec<RouteSection>,
     pub respond: Option<RespondSection>,
+    pub auth: Option<AuthSection>,
 }
 
 /// `[[apis.routes]]`: a path template under the API's base path.
@@ -253,6 +336,9 @@ pub struct RouteSection {
     pub methods: Vec<String>,
     pub max_body: Option<Size>,
     pub respond: Option<RespondSection>,
+    /// Scopes a caller needs for this route (on an API with `auth`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// `respond`: a static answer given by the gateway itself.
@@ -298,6 +384,15 @@ fn default_shutdown_timeout() -> Dur {
 }
 fn default_keepalive_pool() -> usize {
     1024
+}
+fn default_store_path() -> PathBuf {
+    PathBuf::from("/var/lib/turnpike/turnpike.db")
+}
+fn default_rotation_grace() -> Dur {
+    Dur(Duration::from_secs(24 * 3600))
+}
+fn default_key_header() -> String {
+    "x-api-key".into()
 }
 fn default_admin_listen() -> String {
     "127.0.0.1:9901".into()
@@ -394,6 +489,21 @@ impl Default for LimitsSection {
 impl Default for AdminSection {
     fn default() -> Self {
         toml::from_str("").unwrap_or_else(|_| unreachable!("empty admin section parses"))
+    }
+}
+impl Default for StoreSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("empty store section parses"))
+    }
+}
+impl Default for KeysSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("empty keys section parses"))
+    }
+}
+impl Default for ApiKeySection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("empty api_key section parses"))
     }
 }
 impl Default for PassiveSection {

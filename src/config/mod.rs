@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod error;
 pub mod file;
+pub mod identity;
 pub mod units;
 pub mod validate;
 

@@ -18,6 +18,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
         loops(&mut v, cfg, name, up);
     }
     apis(&mut v, cfg);
+    v.0.extend(super::identity::validate(cfg));
     v.0
 }
 

@@ -1,6 +1,7 @@
 //! The per-request context carried through the proxy hooks.
 
 use super::reply::Code;
+use crate::identity::Consumer;
 use crate::state::Snapshot;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct RequestCtx {
     pub max_body: u64,
     /// Whether the current peer's outcome was already reported to passive health.
     pub reported: bool,
+    /// The identified caller, on APIs with auth.
+    pub consumer: Option<Arc<Consumer>>,
 }
 
 impl RequestCtx {
@@ -40,6 +43,7 @@ impl RequestCtx {
             body_seen: 0,
             max_body: u64::MAX,
             reported: false,
+            consumer: None,
         }
     }
 }

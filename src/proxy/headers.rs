@@ -82,7 +82,9 @@ pub fn traceparent(client: Option<&[u8]>) -> String {
 }
 
 /// Request headers a client may not set for the upstream: the gateway sets them itself.
-const GATEWAY_OWNED: [&str; 6] = [
+const GATEWAY_OWNED: [&str; 8] = [
+    "x-consumer-id",
+    "x-consumer-groups",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",

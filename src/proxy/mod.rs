@@ -98,6 +98,18 @@ impl Gateway {
         if let Action::Proxy(pool) = &ep.action {
             ctx.retries_left = pool.def.retries;
         }
+        if let Some(policy) = &ep.auth {
+            let consumer = crate::auth::authenticate(
+                req,
+                policy,
+                &ep.scopes,
+                &ctx.snapshot.identities,
+                &self.shared.identity,
+                crate::clock::now(),
+            )
+            .map_err(|r| (r, close))?;
+            ctx.consumer = Some(consumer);
+        }
         Ok(close)
     }
 }
@@ -267,6 +279,17 @@ impl ProxyHttp for Gateway {
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned);
         headers::strip_client_headers(upstream);
+        if let Some(policy) = ep.auth.as_ref().filter(|p| !p.forward_credentials) {
+            strip_credentials(upstream, policy)?;
+        }
+        if let Some(c) = &ctx.consumer {
+            if let Some(v) = &c.id_header {
+                upstream.insert_header("X-Consumer-Id", v.clone())?;
+            }
+            if let Some(v) = &c.groups_header {
+                upstream.insert_header("X-Consumer-Groups", v.clone())?;
+            }
+        }
         headers::set_upstream_headers(
             upstream,
             client_ip(session),
@@ -360,6 +383,36 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// Removes the API key (header and query parameter) from the upstream request.
+fn strip_credentials(upstream: &mut RequestHeader, policy: &crate::auth::AuthPolicy) -> Result<()> {
+    upstream.remove_header(&policy.header);
+    let Some(name) = &policy.query_param else {
+        return Ok(());
+    };
+    let Some(query) = upstream.uri.query() else {
+        return Ok(());
+    };
+    if crate::auth::query_values(query.as_bytes(), name).is_empty() {
+        return Ok(());
+    }
+    let rest = crate::auth::strip_query_param(query, name);
+    let path = upstream.uri.path();
+    let pq = if rest.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{rest}")
+    };
+    let mut parts = upstream.uri.clone().into_parts();
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(pq).map_err(|e| {
+            Error::because(ErrorType::InternalError, "cannot rewrite the query", e)
+        })?);
+    let uri = http::Uri::from_parts(parts)
+        .map_err(|e| Error::because(ErrorType::InternalError, "cannot rewrite the query", e))?;
+    upstream.set_uri(uri);
+    Ok(())
 }
 
 /// Maps a proxy failure to the answer's code; `None` when the client is gone.

@@ -25,6 +25,12 @@ pub enum Code {
     InternalError,
     InvalidConfig,
     RestartRequired,
+    MissingCredentials,
+    InvalidCredentials,
+    Forbidden,
+    NotFound,
+    Conflict,
+    InvalidRequest,
 }
 
 impl Code {
@@ -44,6 +50,12 @@ impl Code {
             Code::InternalError => "internal_error",
             Code::InvalidConfig => "invalid_config",
             Code::RestartRequired => "restart_required",
+            Code::MissingCredentials => "missing_credentials",
+            Code::InvalidCredentials => "invalid_credentials",
+            Code::Forbidden => "forbidden",
+            Code::NotFound => "not_found",
+            Code::Conflict => "conflict",
+            Code::InvalidRequest => "invalid_request",
         }
     }
 
@@ -63,6 +75,11 @@ impl Code {
             Code::InternalError => 500,
             Code::InvalidConfig => 422,
             Code::RestartRequired => 409,
+            Code::MissingCredentials | Code::InvalidCredentials => 401,
+            Code::Forbidden => 403,
+            Code::NotFound => 404,
+            Code::Conflict => 409,
+            Code::InvalidRequest => 422,
         }
     }
 
@@ -82,6 +99,12 @@ impl Code {
             Code::InternalError => "Internal error",
             Code::InvalidConfig => "The config file has problems",
             Code::RestartRequired => "The change needs a restart or an upgrade",
+            Code::MissingCredentials => "Credentials required",
+            Code::InvalidCredentials => "Invalid credentials",
+            Code::Forbidden => "Not allowed",
+            Code::NotFound => "Not found",
+            Code::Conflict => "Conflict",
+            Code::InvalidRequest => "The request body is not valid",
         }
     }
 }

@@ -51,7 +51,7 @@ impl Gateway {
         let admin_port = free_port();
         let d = dir.path().display();
         let header = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{d}/tp.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n{server_extra}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TURNPIKE_TEST_ADMIN_TOKEN\"\n\n"
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{d}/tp.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n{server_extra}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TURNPIKE_TEST_ADMIN_TOKEN\"\n\n[store]\npath = \"{d}/turnpike.db\"\n\n"
         );
         let text = format!("{header}{body}\n");
         let config = dir.path().join("turnpike.toml");

@@ -1,0 +1,210 @@
+//! Who is calling: consumers, their API keys, and the lookups the request path makes.
+//!
+//! Consumers come from two places. Those in the config file (`[[consumers]]`, keys given as
+//! digests) are compiled into each config snapshot. Those in the store (admin API, `turnpike
+//! keys create`) live in `Identity`, which owns the store and the in-memory `Index` built from
+//! it. A lookup checks the config first, then the index; neither touches SQLite.
+//!
+//! The index follows the store: admin changes update it in the same call, and `IdentitySync`
+//! polls SQLite's `data_version` twice a second so that changes made by another process (the
+//! CLI, the other process during an upgrade) are picked up within a second.
+
+pub mod index;
+pub mod key;
+
+use crate::store::{ConsumerRow, KeyRow, Store, StoreError};
+use async_trait::async_trait;
+use http::HeaderValue;
+use index::Index;
+use key::Digest;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A consumer as the request path sees it.
+#[derive(Debug)]
+pub struct Consumer {
+    pub id: String,
+    pub plan: Option<String>,
+    pub groups: Vec<String>,
+    pub scopes: Vec<String>,
+    /// Defined in the config file (read-only through the admin API).
+    pub from_config: bool,
+    /// `X-Consumer-Id` and `X-Consumer-Groups` for the upstream, built once.
+    pub id_header: Option<HeaderValue>,
+    pub groups_header: Option<HeaderValue>,
+}
+
+impl Consumer {
+    pub fn new(
+        id: &str,
+        plan: Option<String>,
+        groups: Vec<String>,
+        scopes: Vec<String>,
+        from_config: bool,
+    ) -> Consumer {
+        Consumer {
+            id_header: HeaderValue::from_str(id).ok(),
+            groups_header: (!groups.is_empty())
+                .then(|| HeaderValue::from_str(&groups.join(",")).ok())
+                .flatten(),
+            id: id.to_string(),
+            plan,
+            groups,
+            scopes,
+            from_config,
+        }
+    }
+
+    pub fn from_row(r: &ConsumerRow, from_config: bool) -> Consumer {
+        Consumer::new(
+            &r.id,
+            r.plan.clone(),
+            r.groups.clone(),
+            r.scopes.clone(),
+            from_config,
+        )
+    }
+
+    pub fn in_any_group(&self, groups: &[String]) -> bool {
+        groups.iter().any(|g| self.groups.contains(g))
+    }
+
+    /// The first of `required` this consumer does not have.
+    pub fn missing_scope<'a>(&self, required: &'a [String]) -> Option<&'a str> {
+        required
+            .iter()
+            .find(|s| !self.scopes.contains(s))
+            .map(String::as_str)
+    }
+}
+
+/// A key digest's entry in an index.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub key_id: String,
+    pub consumer: String,
+    pub expires_at: Option<i64>,
+}
+
+impl KeyEntry {
+    pub fn from_row(r: &KeyRow) -> KeyEntry {
+        KeyEntry {
+            key_id: r.id.clone(),
+            consumer: r.consumer_id.clone(),
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+/// The consumers and key digests of the config file, compiled into a snapshot.
+#[derive(Debug, Default)]
+pub struct ConfigIdentities {
+    pub consumers: HashMap<String, Arc<Consumer>>,
+    pub keys: HashMap<Digest, Arc<KeyEntry>>,
+}
+
+/// The result of looking up a presented key.
+pub enum KeyLookup {
+    Valid(Arc<Consumer>),
+    Expired,
+    Unknown,
+}
+
+/// The store and the index that mirrors it.
+pub struct Identity {
+    pub store: Store,
+    pub index: Index,
+    /// The store's `data_version` the index was last built from.
+    seen_version: AtomicI64,
+}
+
+impl Identity {
+    /// Opens the store (creating it) and builds the index.
+    pub fn open(path: &Path) -> Result<Identity, StoreError> {
+        let store = Store::open(path)?;
+        let identity = Identity {
+            store,
+            index: Index::default(),
+            seen_version: AtomicI64::new(i64::MIN),
+        };
+        identity.sync()?;
+        Ok(identity)
+    }
+
+    /// Rebuilds the index if another connection changed the store since the last build.
+    /// Returns whether it rebuilt.
+    pub fn sync(&self) -> Result<bool, StoreError> {
+        let version = self.store.data_version()?;
+        if self.seen_version.load(Ordering::Acquire) == version {
+            return Ok(false);
+        }
+        let (consumers, keys) = self.store.read(crate::store::consumers::load_all)?;
+        self.index.rebuild(&consumers, &keys);
+        self.seen_version.store(version, Ordering::Release);
+        log::info!(
+            "identity index built from the store: {} consumers, {} keys",
+            consumers.len(),
+            self.index.key_count()
+        );
+        Ok(true)
+    }
+
+    /// A consumer by id: the config's first, then the store's.
+    pub fn consumer(&self, config: &ConfigIdentities, id: &str) -> Option<Arc<Consumer>> {
+        config
+            .consumers
+            .get(id)
+            .cloned()
+            .or_else(|| self.index.consumer(id))
+    }
+
+    /// Looks up a presented key by its digest.
+    pub fn lookup_key(&self, config: &ConfigIdentities, digest: &Digest, now: i64) -> KeyLookup {
+        let Some(entry) = config
+            .keys
+            .get(digest)
+            .cloned()
+            .or_else(|| self.index.key(digest))
+        else {
+            return KeyLookup::Unknown;
+        };
+        if entry.expires_at.is_some_and(|t| t <= now) {
+            return KeyLookup::Expired;
+        }
+        match self.consumer(config, &entry.consumer) {
+            Some(c) => KeyLookup::Valid(c),
+            None => KeyLookup::Unknown,
+        }
+    }
+}
+
+/// Keeps the index in step with changes other processes make to the store.
+pub struct IdentitySync {
+    pub identity: Arc<Identity>,
+    pub interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for IdentitySync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let identity = self.identity.clone();
+            match tokio::task::spawn_blocking(move || identity.sync()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => log::warn!("identity index sync failed: {e}"),
+                Err(e) => log::warn!("identity index sync task failed: {e}"),
+            }
+        }
+    }
+}
