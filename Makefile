@@ -35,7 +35,7 @@ lint: setup
 	cargo clippy --all-targets -- -D warnings
 
 bench: setup
-	cargo bench --bench routing
+	cargo bench --bench routing --bench identity
 
 # Load tests against the direct backend and nginx, on loopback; appends to loadtest/RESULTS.md.
 loadtest: setup

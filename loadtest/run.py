@@ -31,6 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND_PORT, PROXY_PORT, TURNPIKE_PORT, ADMIN_PORT = 18081, 18082, 18090, 19990
 TICK = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = "1", "0"
+# The key of the api-key-auth scenario's consumer (its digest is in api-key-auth.toml).
+LOADTEST_KEY = "tpk_loadtestloadtestloadtestloadte000000"
 SMALL_BODY = '{"id":42,"name":"widget","price":9.99,"tags":["a","b"]}'
 
 
@@ -186,15 +188,18 @@ def parse_ms(text):
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
 
-def run_wrk(url, duration, conn_close):
+def run_wrk(url, duration, conn_close, headers=()):
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{duration}s", "--latency", url]
     if conn_close:
         cmd[5:5] = ["-H", "Connection: close"]
+    for h in headers:
+        cmd[5:5] = ["-H", h]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
     req = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # Anchored at the line start: "75.50%" in the Stdev column must not match.
+    p50 = parse_ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
+    p99 = parse_ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {"requests": req, "rps": rps, "p50": p50, "p99": p99,
@@ -214,15 +219,15 @@ def run_oha(url, duration, rate):
             "socket_errors": json.dumps(data.get("errorDistribution", {})) if data.get("errorDistribution") else ""}
 
 
-def measure(servers, target, path, duration, conn_close=False, rate=None):
+def measure(servers, target, path, duration, conn_close=False, rate=None, headers=()):
     port = {"backend": BACKEND_PORT, "nginx-proxy": PROXY_PORT, "turnpike": TURNPIKE_PORT}[target]
     url = f"http://127.0.0.1:{port}{path}"
     warm = max(2, duration // 5)
-    (run_oha(url, warm, rate) if rate else run_wrk(url, warm, conn_close))
+    (run_oha(url, warm, rate) if rate else run_wrk(url, warm, conn_close, headers))
     names = ["backend"] + ([target] if target != "backend" else [])
     before = {n: cpu_ticks(servers.pid(n)) for n in names}
     acc0 = accepts()
-    res = run_oha(url, duration, rate) if rate else run_wrk(url, duration, conn_close)
+    res = run_oha(url, duration, rate) if rate else run_wrk(url, duration, conn_close, headers)
     acc1 = accepts() - 1  # the status request itself
     after = {n: cpu_ticks(servers.pid(n)) for n in names}
     n = max(res["requests"], 1)
@@ -284,10 +289,12 @@ SCENARIOS = {
     "100KiB-response": (lambda: scenario_config("plain-proxy"), "/big", {}),
     "connection-per-request": (lambda: scenario_config("plain-proxy"), "/items/42", {"conn_close": True}),
     "fixed-rate-2000": (lambda: scenario_config("plain-proxy"), "/items/42", {"rate": 2000}),
+    "api-key-auth": (lambda: scenario_config("api-key-auth"), "/items/42",
+                     {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
 }
 
 
-def callgrind_total(work, name, cmd, port, requests, stop_signal):
+def callgrind_total(work, name, cmd, port, requests, stop_signal, headers=()):
     """User-space instructions (callgrind's Ir) a process executes from start to exit when it
     serves `requests` keep-alive requests (oha, 4 connections) and is then stopped."""
     out = os.path.join(work, f"callgrind-{name}-{requests}.out")
@@ -295,7 +302,8 @@ def callgrind_total(work, name, cmd, port, requests, stop_signal):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, timeout=120)
-        res = subprocess.run([oha_path(), "-n", str(requests), "-c", "4", "--no-tui",
+        extra = [arg for h in headers for arg in ("-H", h)]
+        res = subprocess.run([oha_path(), "-n", str(requests), "-c", "4", "--no-tui", *extra,
                               f"http://127.0.0.1:{port}/items/42"], capture_output=True, text=True, timeout=900)
         if res.returncode != 0 or "Success rate:\t100.00%" not in res.stdout:
             die(f"{name}: the instruction-count run had failures:\n{res.stdout}{res.stderr}")
@@ -325,10 +333,15 @@ def instruction_counts(record):
     turnpike_path = os.path.join(work, "turnpike.toml")
     with open(turnpike_path, "w") as f:
         f.write(scenario_config("plain-proxy"))
+    auth_path = os.path.join(work, "turnpike-api-key.toml")
+    with open(auth_path, "w") as f:
+        f.write(scenario_config("api-key-auth"))
     binary = os.path.join(ROOT, "target", "release", "turnpike")
+    key = (f"x-api-key: {LOADTEST_KEY}",)
     targets = {
-        "nginx-proxy": (["nginx", "-c", proxy_path, "-p", work], PROXY_PORT, signal.SIGQUIT),
-        "turnpike": ([binary, "run", "-c", turnpike_path], TURNPIKE_PORT, signal.SIGINT),
+        "nginx-proxy": (["nginx", "-c", proxy_path, "-p", work], PROXY_PORT, signal.SIGQUIT, ()),
+        "turnpike": ([binary, "run", "-c", turnpike_path], TURNPIKE_PORT, signal.SIGINT, ()),
+        "turnpike (api-key auth)": ([binary, "run", "-c", auth_path], TURNPIKE_PORT, signal.SIGINT, key),
     }
     backend = subprocess.Popen(["nginx", "-c", backend_path, "-p", work],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -336,9 +349,9 @@ def instruction_counts(record):
     per_request = {}
     try:
         wait_port(BACKEND_PORT)
-        for name, (cmd, port, sig) in targets.items():
-            a = callgrind_total(work, name, cmd, port, small, sig)
-            b = callgrind_total(work, name, cmd, port, large, sig)
+        for name, (cmd, port, sig, headers) in targets.items():
+            a = callgrind_total(work, name.split()[0], cmd, port, small, sig, headers)
+            b = callgrind_total(work, name.split()[0], cmd, port, large, sig, headers)
             per_request[name] = (b - a) / (large - small)
     finally:
         backend.send_signal(signal.SIGQUIT)
@@ -419,9 +432,11 @@ def main():
                 current = config
             results = {}
             for target in ["backend", "nginx-proxy", "turnpike"]:
-                results[target] = measure(servers, target, path, args.duration, opts.get("conn_close", False), opts.get("rate"))
+                results[target] = measure(servers, target, path, args.duration, opts.get("conn_close", False),
+                                          opts.get("rate"), opts.get("headers", ()))
             lines.append(f"\n### {name}\n")
             lines.append(f"`GET {path}`, 64 connections{', Connection: close' if opts.get('conn_close') else ''}"
+                         f"{', header ' + opts['headers'][0].split(':')[0] if opts.get('headers') else ''}"
                          f"{', ' + str(opts['rate']) + ' req/s fixed rate (oha, latency-corrected)' if opts.get('rate') else ' (wrk, 1 thread)'}"
                          f", {args.duration} s measured after a warm-up.\n")
             lines.append("| target | req/s | p50 ms | p99 ms | CPU us/req (this process) | CPU us/req (backend) | new upstream conns/req | req/s vs backend | CPU vs nginx | non-2xx / socket errors |")

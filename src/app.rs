@@ -140,6 +140,12 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     server.add_service(admin);
     server.add_service(health);
     server.add_service(background_service(
+        "JWKS refresh",
+        crate::auth::jwt::JwksRefresher {
+            shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "identity index sync",
         IdentitySync {
             identity,

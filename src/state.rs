@@ -93,6 +93,8 @@ pub struct Snapshot {
     pub admin_token: Option<Secret>,
     /// Consumers and key digests of the config file.
     pub identities: crate::identity::ConfigIdentities,
+    /// The JWKS sources of the APIs, by URL (carried over by reloads).
+    pub jwks: HashMap<String, Arc<crate::auth::jwt::JwksSource>>,
 }
 
 /// State shared by every service of the process.

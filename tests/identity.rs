@@ -332,9 +332,47 @@ keys = [
     }
     eprintln!("CLI key usable after {:?}", started.elapsed());
 
+    // Revocation by another process (here: a direct write to the store, as another node or the
+    // other process during an upgrade would make) reaches the running gateway within a second.
+    let db = rusqlite::Connection::open(gw.dir.path().join("turnpike.db")).expect("open store");
+    db.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    let digest = turnpike::identity::key::digest(cli_key.as_bytes());
+    let changed = db
+        .execute(
+            "UPDATE api_keys SET revoked_at = strftime('%s','now') WHERE digest = ?1",
+            [&digest[..]],
+        )
+        .expect("revoke from outside");
+    assert_eq!(changed, 1);
+    let revoked_at = Instant::now();
+    loop {
+        let (s, _, _) = call(&gw, "/orders/v1/items", &[("x-api-key", &cli_key)]).await;
+        if s == 401 {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "a revocation by another process took over a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "revocation by another process effective after {:?}",
+        revoked_at.elapsed()
+    );
+    drop(db);
+
     // The audit log recorded every change, chained, with a token fingerprint as the actor.
     let (s, v) = admin(&gw, "GET", "/audit?limit=100", None).await;
     assert_eq!(s, 200);
+    for k in [&key, &new_key, &outsider, &cli_key] {
+        assert!(
+            !v.to_string().contains(k.as_str()),
+            "a key in the audit log"
+        );
+        assert!(!listing.contains(k.as_str()), "a key in a listing");
+    }
     let entries = v["items"].as_array().expect("entries").clone();
     let actions: Vec<&str> = entries
         .iter()
@@ -371,4 +409,107 @@ keys = [
             assert!(!text.contains(k.as_str()), "a key leaked into a file");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_survives_kill_9_during_a_burst_of_admin_writes() {
+    let mut gw = Gateway::start("");
+    let started = Instant::now();
+    while admin(&gw, "GET", "/consumers", None).await.0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "admin never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let created = created.clone();
+        let url = gw.admin_url("");
+        writers.push(tokio::spawn(async move {
+            let c = client();
+            for i in 0..10_000 {
+                let id = format!("w{w}-{i}");
+                let post = |path: String, body: Value| {
+                    c.post(format!("{url}{path}"))
+                        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+                        .json(&body)
+                        .send()
+                };
+                let Ok(r) = post("/consumers".into(), json!({"id": id})).await else {
+                    return;
+                };
+                if r.status() != 201 {
+                    return;
+                }
+                let Ok(r) = post(format!("/consumers/{id}/keys"), json!({})).await else {
+                    return;
+                };
+                if r.status() != 201 {
+                    return;
+                }
+                let Ok(v) = r.json::<Value>().await else {
+                    return;
+                };
+                if let (Some(k), Ok(mut list)) = (v["key"].as_str(), created.lock()) {
+                    list.push((id, k.to_string()));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    gw.signal("KILL");
+    assert!(
+        gw.wait_exit(Duration::from_secs(5)).is_some(),
+        "the gateway did not die"
+    );
+    for w in writers {
+        let _ = w.await;
+    }
+    let created = created.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(
+        created.len() >= 5,
+        "too few writes before the kill: {}",
+        created.len()
+    );
+
+    // The file is intact, every acknowledged key is there with its consumer, every key row has
+    // its consumer and its audit entry, and the audit chain verifies.
+    let db = rusqlite::Connection::open(gw.dir.path().join("turnpike.db")).expect("open store");
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity check");
+    assert_eq!(check, "ok");
+    for (consumer, key) in &created {
+        let digest = turnpike::identity::key::digest(key.as_bytes());
+        let owner: String = db
+            .query_row(
+                "SELECT consumer_id FROM api_keys WHERE digest = ?1",
+                [&digest[..]],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| panic!("acknowledged key of {consumer} lost: {e}"));
+        assert_eq!(&owner, consumer);
+    }
+    let orphans: i64 = db
+        .query_row(
+            "SELECT count(*) FROM api_keys k WHERE NOT EXISTS (SELECT 1 FROM consumers c WHERE c.id = k.consumer_id)
+             OR NOT EXISTS (SELECT 1 FROM audit a WHERE a.action = 'key.create' AND a.target = 'consumer/' || k.consumer_id || '/keys/' || k.id)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("orphan query");
+    assert_eq!(orphans, 0, "a key without its consumer or audit entry");
+    let keys: i64 = db
+        .query_row("SELECT count(*) FROM api_keys", [], |r| r.get(0))
+        .expect("count");
+    eprintln!(
+        "{} keys acknowledged, {keys} in the store after kill -9",
+        created.len()
+    );
+    drop(db);
+    let config = gw.config.display().to_string();
+    let (code, out, err) = run_cli(&["audit", "verify", "-c", &config], None);
+    assert_eq!(code, 0, "{out}{err}");
 }

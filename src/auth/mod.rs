@@ -1,18 +1,23 @@
-//! Authentication of API callers: finds the credential an API accepts, rejects ambiguous
-//! ones, resolves the consumer, and checks the API's groups and the route's scopes.
+//! Authentication of API callers: finds the credential an API accepts (an API key in a header
+//! or query parameter, a bearer JWT), rejects ambiguous ones, resolves the consumer, and checks
+//! the API's groups and the route's scopes.
 //!
 //! Answers: 401 `missing_credentials` (none given), 401 `invalid_credentials` (unknown,
-//! revoked, expired or ambiguous), both with `WWW-Authenticate`; 403 `forbidden` for a known
-//! caller the API or route does not allow. The detail never repeats the credential.
+//! revoked, expired, not verifiable or more than one), both with a `WWW-Authenticate`
+//! challenge per method; 403 `forbidden` for a known caller the API or route does not allow.
+//! The detail never repeats the credential.
 //!
 //! Keys are matched by the SHA-256 of what was presented, looked up in a hash map: the lookup
 //! time depends on the digest, not on how much of a stored secret matches, so it tells an
-//! attacker nothing about any key.
+//! attacker nothing about any key. Bearer JWTs are verified by `jwt`.
+
+pub mod jwt;
 
 use crate::config::file::{AuthMethod, AuthSection};
 use crate::identity::{key, ConfigIdentities, Consumer, Identity, KeyLookup};
 use crate::proxy::reply::{Code, Reply};
 use http::HeaderName;
+use jwt::JwtPolicy;
 use pingora::http::RequestHeader;
 use std::sync::Arc;
 
@@ -24,31 +29,72 @@ pub struct AuthPolicy {
     pub query_param: Option<String>,
     pub allow_groups: Vec<String>,
     pub forward_credentials: bool,
-    /// The `WWW-Authenticate` challenge of 401 answers.
-    pub challenge: String,
+    pub jwt: Option<JwtPolicy>,
+    /// The `WWW-Authenticate` challenges of 401 answers, one per method.
+    pub challenges: Vec<String>,
 }
 
 impl AuthPolicy {
-    pub fn new(a: &AuthSection) -> Option<AuthPolicy> {
+    pub fn new(a: &AuthSection, jwt: Option<JwtPolicy>) -> Option<AuthPolicy> {
         let header =
             HeaderName::from_bytes(a.api_key.header.to_ascii_lowercase().as_bytes()).ok()?;
-        let mut challenge = format!("ApiKey realm=\"turnpike\", header=\"{header}\"");
-        if let Some(q) = &a.api_key.query_param {
-            challenge.push_str(&format!(", query=\"{q}\""));
+        let api_key = a.methods.contains(&AuthMethod::ApiKey);
+        let mut challenges = Vec::new();
+        if api_key {
+            let mut c = format!("ApiKey realm=\"turnpike\", header=\"{header}\"");
+            if let Some(q) = &a.api_key.query_param {
+                c.push_str(&format!(", query=\"{q}\""));
+            }
+            challenges.push(c);
+        }
+        let jwt = jwt.filter(|_| a.methods.contains(&AuthMethod::Jwt));
+        if jwt.is_some() {
+            challenges.push("Bearer realm=\"turnpike\"".to_string());
         }
         Some(AuthPolicy {
-            api_key: a.methods.contains(&AuthMethod::ApiKey),
+            api_key,
             header,
             query_param: a.api_key.query_param.clone(),
             allow_groups: a.allow_groups.clone(),
             forward_credentials: a.forward_credentials,
-            challenge,
+            jwt,
+            challenges,
         })
     }
 
     fn unauthorized(&self, code: Code, detail: &str) -> Reply {
-        Reply::new(code, detail).header("WWW-Authenticate", self.challenge.clone())
+        let mut reply = Reply::new(code, detail);
+        for c in &self.challenges {
+            reply = reply.header("WWW-Authenticate", c.clone());
+        }
+        reply
     }
+
+    /// 401 for a bearer token that does not verify (RFC 6750 `invalid_token`).
+    fn invalid_token(&self, detail: &str) -> Reply {
+        let mut reply = Reply::new(Code::InvalidCredentials, detail);
+        for c in &self.challenges {
+            let c = if c.starts_with("Bearer") {
+                format!("{c}, error=\"invalid_token\"")
+            } else {
+                c.clone()
+            };
+            reply = reply.header("WWW-Authenticate", c);
+        }
+        reply
+    }
+}
+
+/// The bearer tokens of a request's Authorization headers (the scheme is case-insensitive).
+fn bearer_tokens(req: &RequestHeader) -> Vec<&[u8]> {
+    req.headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| {
+            let v = v.as_bytes();
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
+        })
+        .collect()
 }
 
 /// The values of query parameter `name` in a raw query (bytes after `?`), percent-decoded.
@@ -105,7 +151,7 @@ pub fn strip_query_param(query: &str, name: &str) -> String {
 }
 
 /// Identifies the caller of an API with `policy`; `scopes` are the route's required scopes.
-pub fn authenticate(
+pub async fn authenticate(
     req: &RequestHeader,
     policy: &AuthPolicy,
     scopes: &[String],
@@ -113,37 +159,43 @@ pub fn authenticate(
     identity: &Identity,
     now: i64,
 ) -> Result<Arc<Consumer>, Reply> {
-    let mut presented: Vec<Vec<u8>> = Vec::new();
+    let tokens = if policy.jwt.is_some() {
+        bearer_tokens(req)
+    } else {
+        Vec::new()
+    };
+    let mut keys: Vec<Vec<u8>> = Vec::new();
     if policy.api_key {
-        presented.extend(
+        keys.extend(
             req.headers
                 .get_all(&policy.header)
                 .iter()
                 .map(|v| v.as_bytes().to_vec()),
         );
         if let (Some(name), Some(query)) = (&policy.query_param, req.uri.query()) {
-            presented.extend(query_values(query.as_bytes(), name));
+            keys.extend(query_values(query.as_bytes(), name));
         }
     }
-    let key = match presented.as_slice() {
-        [] => {
-            return Err(policy.unauthorized(Code::MissingCredentials, "this API needs an API key"))
+    let consumer = match (keys.as_slice(), tokens.as_slice(), &policy.jwt) {
+        ([], [], _) => {
+            return Err(policy.unauthorized(Code::MissingCredentials, "this API needs credentials"))
         }
-        [one] => one,
+        ([key], [], _) => key_consumer(policy, config, identity, key, now)?,
+        ([], [token], Some(jwt)) => {
+            let token = std::str::from_utf8(token)
+                .map_err(|_| policy.invalid_token("the bearer token is not a valid JWT"))?;
+            let claims = jwt
+                .verify(token, now)
+                .await
+                .map_err(|why| policy.invalid_token(&why))?;
+            token_consumer(jwt, &claims, config, identity)
+                .map_err(|why| policy.invalid_token(&why))?
+        }
         _ => {
             return Err(policy.unauthorized(
                 Code::InvalidCredentials,
-                "more than one API key was sent: send exactly one",
+                "more than one credential was sent: send exactly one",
             ))
-        }
-    };
-    let consumer = match identity.lookup_key(config, &key::digest(key), now) {
-        KeyLookup::Valid(c) => c,
-        KeyLookup::Expired => {
-            return Err(policy.unauthorized(Code::InvalidCredentials, "the API key has expired"))
-        }
-        KeyLookup::Unknown => {
-            return Err(policy.unauthorized(Code::InvalidCredentials, "the API key is not valid"))
         }
     };
     if !policy.allow_groups.is_empty() && !consumer.in_any_group(&policy.allow_groups) {
@@ -159,6 +211,71 @@ pub fn authenticate(
         ));
     }
     Ok(consumer)
+}
+
+/// The consumer of an API key.
+fn key_consumer(
+    policy: &AuthPolicy,
+    config: &ConfigIdentities,
+    identity: &Identity,
+    key: &[u8],
+    now: i64,
+) -> Result<Arc<Consumer>, Reply> {
+    match identity.lookup_key(config, &key::digest(key), now) {
+        KeyLookup::Valid(c) => Ok(c),
+        KeyLookup::Expired => {
+            Err(policy.unauthorized(Code::InvalidCredentials, "the API key has expired"))
+        }
+        KeyLookup::Unknown => {
+            Err(policy.unauthorized(Code::InvalidCredentials, "the API key is not valid"))
+        }
+    }
+}
+
+/// The consumer a verified token names: the configured claim. A consumer registered under that
+/// id lends its plan, groups and scopes; the token's groups and scopes are added to them.
+fn token_consumer(
+    jwt: &JwtPolicy,
+    claims: &serde_json::Value,
+    config: &ConfigIdentities,
+    identity: &Identity,
+) -> Result<Arc<Consumer>, String> {
+    let id = match claims.get(&jwt.consumer_claim) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => return Err(format!("the token has no {} claim", jwt.consumer_claim)),
+    };
+    if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the token's {} claim is not a usable consumer id",
+            jwt.consumer_claim
+        ));
+    }
+    let mut groups = jwt
+        .groups_claim
+        .as_deref()
+        .map(|c| jwt::claim_list(claims, c))
+        .unwrap_or_default();
+    let mut scopes = jwt::claim_list(claims, &jwt.scopes_claim);
+    let registered = identity.consumer(config, &id);
+    let plan = registered.as_ref().and_then(|c| c.plan.clone());
+    if let Some(c) = &registered {
+        groups.extend(c.groups.iter().cloned());
+        scopes.extend(c.scopes.iter().cloned());
+    }
+    groups.retain(|g| crate::config::identity::is_label(g));
+    groups.sort();
+    groups.dedup();
+    scopes.sort();
+    scopes.dedup();
+    let from_config = registered.is_some_and(|c| c.from_config);
+    Ok(Arc::new(Consumer::new(
+        &id,
+        plan,
+        groups,
+        scopes,
+        from_config,
+    )))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use super::error::Problem;
 use super::file::{FileConfig, RespondSection};
+use crate::auth::jwt::JwksSource;
 use crate::route::{template_segments, Methods, Router};
 use crate::state::{Action, ApiInfo, Endpoint, Limits, Secret, Snapshot, StaticReply};
 use crate::upstream::Pool;
@@ -44,6 +45,8 @@ pub fn compile(
         }
     }
 
+    // JWKS sources by URL, kept from the previous generation so their keys carry over.
+    let mut jwks: HashMap<String, Arc<JwksSource>> = HashMap::new();
     let mut router = Router::new();
     let mut endpoints = Vec::new();
     let default_body = file.server.limits.body.0;
@@ -70,7 +73,29 @@ pub fn compile(
             (None, None) => None,
         };
         let api_body = api.max_body.map_or(default_body, |s| s.0);
-        let auth = api.auth.as_ref().and_then(super::identity::compile_auth);
+        let auth = match &api.auth {
+            None => None,
+            Some(a) => {
+                let mut source = |url: &str, every: std::time::Duration| {
+                    jwks.entry(url.to_string())
+                        .or_insert_with(|| {
+                            previous
+                                .and_then(|p| p.jwks.get(url))
+                                .filter(|s| s.refresh_every == every)
+                                .cloned()
+                                .unwrap_or_else(|| Arc::new(JwksSource::new(url, every)))
+                        })
+                        .clone()
+                };
+                match super::identity::compile_auth(a, &mut source) {
+                    Ok(policy) => Some(policy),
+                    Err((k, m)) => {
+                        problems.push(Problem::at(format!("apis[{i}].auth.{k}"), m));
+                        None
+                    }
+                }
+            }
+        };
         // (template, catch-all, methods, action, body limit, scopes) of each endpoint.
         let mut planned: Vec<Planned> = Vec::new();
         if api.routes.is_empty() {
@@ -177,6 +202,7 @@ pub fn compile(
         },
         admin_token,
         identities: super::identity::compile_identities(file),
+        jwks,
     })
 }
 

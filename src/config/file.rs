@@ -86,12 +86,44 @@ pub struct AuthSection {
     /// Send the credential on to the upstream (default: removed).
     #[serde(default)]
     pub forward_credentials: bool,
+    pub jwt: Option<JwtSection>,
+}
+
+/// `[apis.auth.jwt]`: bearer JWTs. Exactly one key source: `jwks_url`, `secret_env` (HS*) or
+/// `public_key_file` (PEM).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud` (one of the token's audiences).
+    pub audience: String,
+    pub jwks_url: Option<String>,
+    pub secret_env: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    /// The algorithms accepted, e.g. ["RS256"]; one family per key source.
+    pub algorithms: Vec<String>,
+    /// The claim that names the consumer.
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    /// A claim listing groups (array, or a space- or comma-separated string).
+    pub groups_claim: Option<String>,
+    /// The claim listing scopes (array or space-separated string).
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    /// Clock skew allowed for `exp`, `nbf` and `iat`.
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway: Dur,
+    /// How often the JWKS is fetched again (also on an unknown `kid`, at most every 10 s).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Dur,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     ApiKey,
+    Jwt,
 }
 
 /// `api_key = { header = "x-api-key", query_param = "api_key" }`.
@@ -390,6 +422,18 @@ fn default_store_path() -> PathBuf {
 }
 fn default_rotation_grace() -> Dur {
     Dur(Duration::from_secs(24 * 3600))
+}
+fn default_consumer_claim() -> String {
+    "sub".into()
+}
+fn default_scopes_claim() -> String {
+    "scope".into()
+}
+fn default_jwt_leeway() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_jwks_refresh() -> Dur {
+    Dur(Duration::from_secs(300))
 }
 fn default_key_header() -> String {
     "x-api-key".into()

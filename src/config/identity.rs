@@ -3,7 +3,8 @@
 //! consumers and key digests and each API's auth policy.
 
 use super::error::Problem;
-use super::file::{ApiSection, AuthSection, ConsumerSection, FileConfig};
+use super::file::{ApiSection, AuthMethod, AuthSection, ConsumerSection, FileConfig, JwtSection};
+use crate::auth::jwt::{family, parse_alg, Family, JwksSource, JwtPolicy};
 use crate::auth::AuthPolicy;
 use crate::identity::key::from_hex;
 use crate::identity::{ConfigIdentities, Consumer, KeyEntry};
@@ -213,6 +214,109 @@ fn api_auth(problems: &mut Vec<Problem>, i: usize, api: &ApiSection) {
         &auth.allow_groups,
         "groups",
     );
+    let wants_jwt = auth.methods.contains(&AuthMethod::Jwt);
+    match (&auth.jwt, wants_jwt) {
+        (None, true) => problems.push(Problem::at(
+            format!("{akey}.methods"),
+            "\"jwt\" is listed: add [apis.auth.jwt] with issuer, audience, algorithms and a key source",
+        )),
+        (Some(_), false) => problems.push(Problem::at(
+            format!("{akey}.jwt"),
+            "[apis.auth.jwt] is set but methods does not list \"jwt\"",
+        )),
+        (Some(j), true) => jwt_section(problems, &format!("{akey}.jwt"), j),
+        (None, false) => {}
+    }
+}
+
+fn jwt_section(problems: &mut Vec<Problem>, key: &str, j: &JwtSection) {
+    let mut add = |k: &str, msg: String| problems.push(Problem::at(format!("{key}.{k}"), msg));
+    if j.issuer.is_empty() {
+        add("issuer", "the issuer is empty".into());
+    }
+    if j.audience.is_empty() {
+        add("audience", "the audience is empty".into());
+    }
+    if j.consumer_claim.is_empty() {
+        add("consumer_claim", "the claim name is empty".into());
+    }
+    let mut algs = Vec::new();
+    for (i, name) in j.algorithms.iter().enumerate() {
+        match parse_alg(name) {
+            Some(a) if algs.contains(&a) => add(&format!("algorithms[{i}]"), format!("{name} is listed twice")),
+            Some(a) => algs.push(a),
+            None if name.eq_ignore_ascii_case("none") => {
+                add(&format!("algorithms[{i}]"), "unsigned tokens (none) are never accepted".into())
+            }
+            None => add(
+                &format!("algorithms[{i}]"),
+                format!("{name:?}: expected HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"),
+            ),
+        }
+    }
+    if j.algorithms.is_empty() {
+        add(
+            "algorithms",
+            "list the accepted algorithms, e.g. [\"RS256\"]".into(),
+        );
+    }
+    let families: HashSet<_> = algs.iter().map(|a| family(*a)).collect();
+    let hmac = families.contains(&Family::Hmac);
+    let sources = [
+        j.jwks_url.is_some(),
+        j.secret_env.is_some(),
+        j.public_key_file.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        add(
+            "jwks_url",
+            "give exactly one of jwks_url, secret_env and public_key_file".into(),
+        );
+    } else if hmac && j.secret_env.is_none() {
+        add(
+            "algorithms",
+            "HS* algorithms need secret_env (a public key must never serve as an HMAC secret)"
+                .into(),
+        );
+    } else if !hmac && j.secret_env.is_some() && !algs.is_empty() {
+        add(
+            "algorithms",
+            "secret_env only goes with HS256, HS384 or HS512".into(),
+        );
+    }
+    if hmac && families.len() > 1 {
+        add(
+            "algorithms",
+            "HS* cannot be mixed with public-key algorithms".into(),
+        );
+    }
+    if j.public_key_file.is_some() && families.len() > 1 {
+        add(
+            "algorithms",
+            "one public key file serves one family: RS/PS, ES or EdDSA".into(),
+        );
+    }
+    if let Some(url) = &j.jwks_url {
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.contains(char::is_whitespace)
+        {
+            add("jwks_url", format!("{url:?} is not an http(s) URL"));
+        }
+    }
+    if let Some(var) = &j.secret_env {
+        if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            add(
+                "secret_env",
+                format!("{var:?} is not an environment variable name"),
+            );
+        }
+    }
+    if j.leeway.0 > std::time::Duration::from_secs(300) {
+        add("leeway", "at most 5m".into());
+    }
+    if j.jwks_refresh.0 < std::time::Duration::from_secs(10) {
+        add("jwks_refresh", "at least 10s".into());
+    }
 }
 
 /// The config's consumers and digests (the config was validated).
@@ -251,9 +355,24 @@ pub fn compile_identities(cfg: &FileConfig) -> ConfigIdentities {
     out
 }
 
-/// An API's compiled auth policy (the config was validated).
-pub fn compile_auth(auth: &AuthSection) -> Option<Arc<AuthPolicy>> {
-    AuthPolicy::new(auth).map(Arc::new)
+/// An API's compiled auth policy (the config was validated). `jwks` hands out the shared
+/// source of a JWKS URL. Errors are (key under `[apis.auth]`, message).
+pub fn compile_auth(
+    auth: &AuthSection,
+    jwks: &mut dyn FnMut(&str, std::time::Duration) -> Arc<JwksSource>,
+) -> Result<Arc<AuthPolicy>, (String, String)> {
+    let jwt = match &auth.jwt {
+        Some(j) if auth.methods.contains(&AuthMethod::Jwt) => {
+            Some(JwtPolicy::new(j, jwks).map_err(|(k, m)| (format!("jwt.{k}"), m))?)
+        }
+        _ => None,
+    };
+    AuthPolicy::new(auth, jwt).map(Arc::new).ok_or_else(|| {
+        (
+            "api_key.header".to_string(),
+            "not a header name".to_string(),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -263,6 +382,41 @@ mod tests {
     fn problems(text: &str) -> Vec<String> {
         let cfg: FileConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
         validate(&cfg).iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn jwt_config_problems_name_their_key() {
+        let jwt = |body: &str| {
+            problems(&format!(
+                "[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n[apis.auth]\nmethods = [\"jwt\"]\n[apis.auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n{body}\n"
+            ))
+            .join("\n")
+        };
+        let p = jwt("algorithms = [\"none\"]\njwks_url = \"http://127.0.0.1:1/j\"");
+        assert!(
+            p.contains("apis[0].auth.jwt.algorithms[0]: unsigned tokens"),
+            "{p}"
+        );
+        let p = jwt("algorithms = [\"HS256\"]\njwks_url = \"http://127.0.0.1:1/j\"");
+        assert!(p.contains("HS* algorithms need secret_env"), "{p}");
+        let p = jwt("algorithms = [\"RS256\"]\nsecret_env = \"S\"");
+        assert!(p.contains("secret_env only goes with HS"), "{p}");
+        let p = jwt("algorithms = [\"HS256\", \"RS256\"]\nsecret_env = \"S\"");
+        assert!(p.contains("cannot be mixed"), "{p}");
+        let p = jwt("algorithms = [\"RS256\"]");
+        assert!(p.contains("exactly one of jwks_url"), "{p}");
+        let p = jwt("algorithms = [\"RS256\"]\njwks_url = \"ftp://x\"\njwks_refresh = \"1s\"");
+        assert!(
+            p.contains("jwt.jwks_url") && p.contains("jwt.jwks_refresh"),
+            "{p}"
+        );
+        let p = jwt("algorithms = [\"RS512\", \"ES256\"]\njwks_url = \"https://id.example/jwks\"");
+        assert!(p.is_empty(), "a JWKS may hold RSA and EC keys: {p}");
+        let p = problems(
+            "[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n[apis.auth]\nmethods = [\"jwt\"]\n",
+        )
+        .join("\n");
+        assert!(p.contains("add [apis.auth.jwt]"), "{p}");
     }
 
     #[test]

@@ -98,19 +98,29 @@ impl Gateway {
         if let Action::Proxy(pool) = &ep.action {
             ctx.retries_left = pool.def.retries;
         }
-        if let Some(policy) = &ep.auth {
-            let consumer = crate::auth::authenticate(
-                req,
-                policy,
-                &ep.scopes,
-                &ctx.snapshot.identities,
-                &self.shared.identity,
-                crate::clock::now(),
-            )
-            .map_err(|r| (r, close))?;
-            ctx.consumer = Some(consumer);
-        }
         Ok(close)
+    }
+
+    /// Identifies the caller on APIs with auth; `Err` is the 401/403 answer.
+    async fn identify(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Reply> {
+        let snapshot = ctx.snapshot.clone();
+        let Some(ep) = ctx.endpoint.and_then(|i| snapshot.endpoints.get(i)) else {
+            return Ok(());
+        };
+        let Some(policy) = &ep.auth else {
+            return Ok(());
+        };
+        let consumer = crate::auth::authenticate(
+            session.req_header(),
+            policy,
+            &ep.scopes,
+            &snapshot.identities,
+            &self.shared.identity,
+            crate::clock::now(),
+        )
+        .await?;
+        ctx.consumer = Some(consumer);
+        Ok(())
     }
 }
 
@@ -149,14 +159,20 @@ impl ProxyHttp for Gateway {
                 reply::write_problem(session, &reply, &ctx.request_id, close).await?;
                 Ok(true)
             }
-            Ok(close) => match self.endpoint(ctx).map(|e| &e.action) {
-                Some(Action::Respond(r)) => {
-                    let r = r.clone();
-                    reply::write_static(session, &r, &ctx.request_id, close).await?;
-                    Ok(true)
+            Ok(close) => {
+                if let Err(reply) = self.identify(session, ctx).await {
+                    reply::write_problem(session, &reply, &ctx.request_id, close).await?;
+                    return Ok(true);
                 }
-                _ => Ok(false),
-            },
+                match self.endpoint(ctx).map(|e| &e.action) {
+                    Some(Action::Respond(r)) => {
+                        let r = r.clone();
+                        reply::write_static(session, &r, &ctx.request_id, close).await?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            }
         }
     }
 
@@ -388,6 +404,9 @@ impl ProxyHttp for Gateway {
 /// Removes the API key (header and query parameter) from the upstream request.
 fn strip_credentials(upstream: &mut RequestHeader, policy: &crate::auth::AuthPolicy) -> Result<()> {
     upstream.remove_header(&policy.header);
+    if policy.jwt.is_some() {
+        upstream.remove_header(&http::header::AUTHORIZATION);
+    }
     let Some(name) = &policy.query_param else {
         return Ok(());
     };
