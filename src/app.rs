@@ -80,8 +80,15 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     let store_path = store_path(config_path, &file.store.path);
     let identity = Identity::open(&store_path)
         .map_err(|e| StartError::Store(format!("{}: {e}", store_path.display())))?;
+    let shadowed = identity.shadowed(&file);
+    if !shadowed.is_empty() {
+        return Err(StartError::Config(ConfigError {
+            file: config_path.to_path_buf(),
+            problems: shadowed,
+        }));
+    }
     // SQLite connections must not cross the fork into the background; the index stays.
-    identity.store.release();
+    identity.store().release();
     let identity = Arc::new(identity);
     let shared = Shared::new(snapshot, identity.clone(), config_path.to_path_buf());
 

@@ -55,6 +55,16 @@ pub fn keys_create(config: &Path, consumer: &str, label: Option<&str>) -> ExitCo
     if !crate::config::identity::is_consumer_id(consumer) {
         return fail("--consumer: letters, digits, '-', '_', '.', '@' and ':' (1 to 128)");
     }
+    match crate::config::load(config) {
+        Ok(cfg) if cfg.consumers.iter().any(|c| c.id == consumer) => {
+            return fail(format!(
+                "consumer {consumer} is defined in the config file: its keys are listed there as \
+                 digests (turnpike keys hash)"
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => return fail(e),
+    }
     let store = match open_store(config) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -69,10 +79,12 @@ pub fn keys_create(config: &Path, consumer: &str, label: Option<&str>) -> ExitCo
             id: consumer.to_string(),
             ..Default::default()
         };
-        if let Err(e) = store.create_consumer(&actor, new) {
-            return fail(e);
+        match store.create_consumer(&actor, new) {
+            Ok(_) => eprintln!("created consumer {consumer}"),
+            // Created meanwhile by someone else: use it.
+            Err(crate::store::StoreError::Conflict(_)) => {}
+            Err(e) => return fail(e),
         }
-        eprintln!("created consumer {consumer}");
     }
     match store.create_key(&actor, consumer, label, None) {
         Ok((row, new)) => {

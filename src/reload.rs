@@ -49,6 +49,17 @@ pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
     let _one_at_a_time = shared.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
     let current = shared.snapshot();
     let result = crate::config::load_snapshot(&shared.config_path, Some(&current))
+        .and_then(|next| {
+            let problems = shared.identity.shadowed(&next.file);
+            if problems.is_empty() {
+                Ok(next)
+            } else {
+                Err(ConfigError {
+                    file: shared.config_path.clone(),
+                    problems,
+                })
+            }
+        })
         .map_err(ReloadError::Invalid)
         .and_then(|next| {
             let keys = restart_only_changes(&current.file, &next.file);

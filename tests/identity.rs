@@ -75,10 +75,22 @@ async fn api_keys_identify_callers_end_to_end() {
     let up = Upstream::start("orders").await;
     let config_key = "tpk_configkeyconfigkeyconfigkey000000";
     let expired_key = "legacy-key-that-expired";
-    let gw = Gateway::start(&format!(
+    let config_body = format!(
         r#"
 [upstreams.orders]
 targets = [ {{ addr = "{addr}" }} ]
+
+[upstreams.down]
+targets = [ {{ addr = "127.0.0.1:{closed}" }} ]
+retries = 0
+
+[[apis]]
+name = "down"
+base_path = "/down"
+upstream = "down"
+[apis.auth]
+methods = ["api_key"]
+api_key = {{ header = "x-api-key", query_param = "api_key" }}
 
 [[apis]]
 name = "orders"
@@ -108,9 +120,11 @@ keys = [
 ]
 "#,
         addr = up.addr,
+        closed = support::free_port(),
         config_digest = sha256_hex(config_key),
         expired_digest = sha256_hex(expired_key),
-    ));
+    );
+    let gw = Gateway::start(&config_body);
 
     // A consumer and a key through the admin API.
     let (s, v) = admin(
@@ -174,6 +188,10 @@ keys = [
     assert_eq!(s, 200);
     let seen = up.last().expect("upstream");
     assert_eq!(seen.uri, "/orders/v1/items?a=1&b=2");
+
+    // A failing upstream makes Pingora log the request: never with its query (the key).
+    let (s, _, _) = call(&gw, &format!("/down/x?api_key={key}&y=2"), &[]).await;
+    assert_eq!(s, 502);
 
     // The config consumer's key works; its expired one does not.
     let (s, _, _) = call(&gw, "/orders/v1/items", &[("x-api-key", config_key)]).await;
@@ -396,7 +414,25 @@ keys = [
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("audit log ok"), "{out}");
 
+    // One id names one consumer: a config consumer may not shadow a store consumer (reload
+    // refused, old config kept), and the CLI makes no store keys for config consumers.
+    gw.rewrite(&format!("{config_body}\n[[consumers]]\nid = \"acme\"\n"));
+    let (s, v) = admin(&gw, "POST", "/reload", None).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("also exists in the store"), "{v}");
+    let (code, _, err) = run_cli(
+        &["keys", "create", "--consumer", "from-config", "-c", &config],
+        None,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("defined in the config file"), "{err}");
+    gw.rewrite(&config_body);
+
     // No key ever appears in the store files or the gateway's log.
+    assert!(
+        gw.log().contains("Fail to proxy"),
+        "the failing request was not logged"
+    );
     let mut files = vec![gw.log()];
     for entry in std::fs::read_dir(gw.dir.path()).expect("dir") {
         let path = entry.expect("entry").path();

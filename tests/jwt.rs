@@ -214,6 +214,16 @@ issuer = "{ISS}"
 audience = "internal"
 secret_env = "TURNPIKE_TEST_JWT_SECRET"
 algorithms = ["HS256"]
+link_consumers = true
+[[apis.routes]]
+path = "/x"
+[[apis.routes]]
+path = "/write"
+scopes = ["orders:write"]
+
+[[consumers]]
+id = "partner-7"
+scopes = ["orders:write"]
 "#,
         addr = up.addr,
         jwks = jwks.url,
@@ -285,7 +295,8 @@ algorithms = ["HS256"]
     let tampered = format!("{}.{forged_payload}.{}", parts[0], parts[2]);
     refused(&gw, "/orders/v1/items", &tampered, "signature").await;
 
-    // Scopes from the token, groups from the token.
+    // Scopes from the token, groups from the token. The registered consumer partner-7 has the
+    // scope, but this API does not link tokens to registered consumers.
     let (_, body, _) = get(&gw, "/orders/v1/write", Some(&good)).await;
     problem(&body, 403, "forbidden");
     let writer = token(
@@ -313,6 +324,8 @@ algorithms = ["HS256"]
         &hs_claims,
     );
     assert_eq!(get(&gw, "/internal/x", Some(&hs)).await.0, 200);
+    // This API links tokens to registered consumers: partner-7 lends its scope.
+    assert_eq!(get(&gw, "/internal/write", Some(&hs)).await.0, 200);
     let wrong = token(
         Algorithm::HS256,
         None,

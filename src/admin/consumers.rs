@@ -243,18 +243,20 @@ async fn create_consumer(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
     let identity = shared.identity.clone();
     let actor = call.actor.to_string();
     let result = blocking(move || {
-        let row = identity.store.create_consumer(
-            &actor,
-            NewConsumer {
-                id: input.id,
-                plan: input.plan,
-                groups: input.groups,
-                scopes: input.scopes,
-                metadata: input.metadata,
-            },
-        )?;
-        identity.index.put_consumer(&row);
-        Ok(row)
+        identity.apply(|store, index| {
+            let row = store.create_consumer(
+                &actor,
+                NewConsumer {
+                    id: input.id,
+                    plan: input.plan,
+                    groups: input.groups,
+                    scopes: input.scopes,
+                    metadata: input.metadata,
+                },
+            )?;
+            index.put_consumer(&row);
+            Ok(row)
+        })
     })
     .await;
     match result {
@@ -274,7 +276,7 @@ async fn list_consumers(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
     let after_db = after.clone();
     let stored = match blocking(move || {
         identity
-            .store
+            .store()
             .read(|c| rows::list_consumers(c, &after_db, limit))
     })
     .await
@@ -312,7 +314,7 @@ async fn get_consumer(shared: &Arc<Shared>, id: &str, rid: &str) -> Answer {
     }
     let identity = shared.identity.clone();
     let key = id.to_string();
-    match blocking(move || identity.store.read(|c| rows::get_consumer(c, &key))).await {
+    match blocking(move || identity.store().read(|c| rows::get_consumer(c, &key))).await {
         Ok(Some(row)) => json_response(200, consumer_json(&row, "store"), "application/json", rid),
         Ok(None) => problem(Code::NotFound, &format!("consumer {id} not found"), rid),
         Err(e) => store_error(e, rid),
@@ -350,18 +352,20 @@ async fn patch_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answ
     let actor = call.actor.to_string();
     let key = id.to_string();
     let result = blocking(move || {
-        let row = identity.store.update_consumer(
-            &actor,
-            &key,
-            ConsumerPatch {
-                plan: input.plan,
-                groups: input.groups,
-                scopes: input.scopes,
-                metadata: input.metadata,
-            },
-        )?;
-        identity.index.put_consumer(&row);
-        Ok(row)
+        identity.apply(|store, index| {
+            let row = store.update_consumer(
+                &actor,
+                &key,
+                ConsumerPatch {
+                    plan: input.plan,
+                    groups: input.groups,
+                    scopes: input.scopes,
+                    metadata: input.metadata,
+                },
+            )?;
+            index.put_consumer(&row);
+            Ok(row)
+        })
     })
     .await;
     match result {
@@ -379,9 +383,11 @@ async fn delete_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Ans
     let actor = call.actor.to_string();
     let key = id.to_string();
     let result = blocking(move || {
-        let keys = identity.store.delete_consumer(&actor, &key)?;
-        identity.index.remove_consumer(&key, &keys);
-        Ok(())
+        identity.apply(|store, index| {
+            let keys = store.delete_consumer(&actor, &key)?;
+            index.remove_consumer(&key, &keys);
+            Ok(())
+        })
     })
     .await;
     match result {
@@ -444,12 +450,11 @@ async fn create_key(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answer {
     let actor = call.actor.to_string();
     let key = id.to_string();
     let result = blocking(move || {
-        let (row, new) =
-            identity
-                .store
-                .create_key(&actor, &key, input.label.as_deref(), expires_at)?;
-        identity.index.put_key(&row);
-        Ok((row, new))
+        identity.apply(|store, index| {
+            let (row, new) = store.create_key(&actor, &key, input.label.as_deref(), expires_at)?;
+            index.put_key(&row);
+            Ok((row, new))
+        })
     })
     .await;
     match result {
@@ -474,7 +479,7 @@ async fn list_keys(shared: &Arc<Shared>, id: &str, rid: &str) -> Answer {
     let identity = shared.identity.clone();
     let key = id.to_string();
     let result = blocking(move || {
-        identity.store.read(|c| {
+        identity.store().read(|c| {
             if rows::get_consumer(c, &key)?.is_none() {
                 return Err(StoreError::NotFound(format!("consumer {key}")));
             }
@@ -522,13 +527,13 @@ async fn rotate_key(shared: &Arc<Shared>, id: &str, key_id: &str, call: &Call<'_
     let actor = call.actor.to_string();
     let (cid, kid) = (id.to_string(), key_id.to_string());
     let result = blocking(move || {
-        let (new_row, new, old) =
-            identity
-                .store
-                .rotate_key(&actor, &cid, &kid, grace.as_secs() as i64)?;
-        identity.index.put_key(&new_row);
-        identity.index.put_key(&old);
-        Ok((new_row, new, old))
+        identity.apply(|store, index| {
+            let (new_row, new, old) =
+                store.rotate_key(&actor, &cid, &kid, grace.as_secs() as i64)?;
+            index.put_key(&new_row);
+            index.put_key(&old);
+            Ok((new_row, new, old))
+        })
     })
     .await;
     let now = crate::clock::now();
@@ -552,9 +557,11 @@ async fn revoke_key(shared: &Arc<Shared>, id: &str, key_id: &str, call: &Call<'_
     let actor = call.actor.to_string();
     let (cid, kid) = (id.to_string(), key_id.to_string());
     let result = blocking(move || {
-        let row = identity.store.revoke_key(&actor, &cid, &kid)?;
-        identity.index.put_key(&row);
-        Ok(())
+        identity.apply(|store, index| {
+            let row = store.revoke_key(&actor, &cid, &kid)?;
+            index.put_key(&row);
+            Ok(())
+        })
     })
     .await;
     match result {
@@ -575,7 +582,7 @@ async fn list_audit(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
         Some(_) => return problem(Code::InvalidRequest, "after must be a sequence number", rid),
     };
     let identity = shared.identity.clone();
-    match blocking(move || identity.store.read(|c| audit::page(c, after, limit))).await {
+    match blocking(move || identity.store().read(|c| audit::page(c, after, limit))).await {
         Ok(entries) => {
             let next = (entries.len() as i64 == limit)
                 .then(|| entries.last().map(|e| e.seq))

@@ -64,6 +64,7 @@ pub struct JwtPolicy {
     pub groups_claim: Option<String>,
     pub scopes_claim: String,
     pub leeway: u64,
+    pub link_consumers: bool,
 }
 
 impl std::fmt::Debug for JwtPolicy {
@@ -144,6 +145,7 @@ impl JwtPolicy {
             groups_claim: j.groups_claim.clone(),
             scopes_claim: j.scopes_claim.clone(),
             leeway: j.leeway.0.as_secs(),
+            link_consumers: j.link_consumers,
         })
     }
 
@@ -275,6 +277,11 @@ impl JwksSource {
     /// Fetches the JWKS and replaces the keys; on failure the old keys stay.
     pub async fn refresh(&self) -> Result<usize, String> {
         let _one = self.fetching.lock().await;
+        self.fetch().await
+    }
+
+    /// The fetch itself; the caller holds `fetching`.
+    async fn fetch(&self) -> Result<usize, String> {
         self.attempts().0 = Some(Instant::now());
         let client = http_client().ok_or("no HTTP client")?;
         let mut resp = client
@@ -364,11 +371,16 @@ impl JwksSource {
         if let Some(k) = self.find(kid, alg) {
             return Some(k);
         }
-        let recently = self.attempts().0.is_some_and(|t| t.elapsed() < MIN_REFETCH);
-        if recently {
+        let recently = || self.attempts().0.is_some_and(|t| t.elapsed() < MIN_REFETCH);
+        if recently() {
             return None;
         }
-        match self.refresh().await {
+        let _one = self.fetching.lock().await;
+        // Another request may have fetched while this one waited for the lock.
+        if recently() {
+            return self.find(kid, alg);
+        }
+        match self.fetch().await {
             Ok(n) => log::info!("JWKS {} fetched for an unknown kid: {n} keys", self.url),
             Err(e) => log::warn!("JWKS refresh failed, keeping the cached keys: {e}"),
         }

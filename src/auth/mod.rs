@@ -257,7 +257,10 @@ fn token_consumer(
         .map(|c| jwt::claim_list(claims, c))
         .unwrap_or_default();
     let mut scopes = jwt::claim_list(claims, &jwt.scopes_claim);
-    let registered = identity.consumer(config, &id);
+    let registered = jwt
+        .link_consumers
+        .then(|| identity.consumer(config, &id))
+        .flatten();
     let plan = registered.as_ref().and_then(|c| c.plan.clone());
     if let Some(c) = &registered {
         groups.extend(c.groups.iter().cloned());

@@ -117,6 +117,11 @@ pub struct JwtSection {
     /// How often the JWKS is fetched again (also on an unknown `kid`, at most every 10 s).
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh: Dur,
+    /// A consumer registered under the token's consumer id (config or store) lends its plan,
+    /// groups and scopes. Off by default: with it on, the identity provider decides which
+    /// registered consumer a token speaks for.
+    #[serde(default)]
+    pub link_consumers: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]

@@ -21,8 +21,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A consumer as the request path sees it.
@@ -116,11 +115,17 @@ pub enum KeyLookup {
 }
 
 /// The store and the index that mirrors it.
+///
+/// Every change goes through `apply`, which holds one lock across the store write and the
+/// index update; `sync` holds the same lock across reading the store and swapping the index.
+/// So index updates land in commit order, and a rebuild from an older read can never undo a
+/// newer change (a revoked key cannot come back).
 pub struct Identity {
-    pub store: Store,
+    store: Store,
     pub index: Index,
-    /// The store's `data_version` the index was last built from.
-    seen_version: AtomicI64,
+    /// The store's (connection, `data_version`) the index was last built from.
+    seen_version: Mutex<Option<(u64, i64)>>,
+    changes: Mutex<()>,
 }
 
 impl Identity {
@@ -130,7 +135,8 @@ impl Identity {
         let identity = Identity {
             store,
             index: Index::default(),
-            seen_version: AtomicI64::new(i64::MIN),
+            seen_version: Mutex::new(None),
+            changes: Mutex::new(()),
         };
         identity.sync()?;
         Ok(identity)
@@ -139,19 +145,58 @@ impl Identity {
     /// Rebuilds the index if another connection changed the store since the last build.
     /// Returns whether it rebuilt.
     pub fn sync(&self) -> Result<bool, StoreError> {
+        let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let version = self.store.data_version()?;
-        if self.seen_version.load(Ordering::Acquire) == version {
+        let mut seen = self.seen_version.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == Some(version) {
             return Ok(false);
         }
         let (consumers, keys) = self.store.read(crate::store::consumers::load_all)?;
         self.index.rebuild(&consumers, &keys);
-        self.seen_version.store(version, Ordering::Release);
+        *seen = Some(version);
         log::info!(
             "identity index built from the store: {} consumers, {} keys",
             consumers.len(),
             self.index.key_count()
         );
         Ok(true)
+    }
+
+    /// Runs a change of the store and its index update as one step (see the type's docs).
+    pub fn apply<T>(
+        &self,
+        f: impl FnOnce(&Store, &Index) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        f(&self.store, &self.index)
+    }
+
+    /// The store, for reads and for closing its connection before a fork.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Problems for config consumers whose id is also a consumer in the store: one id must name
+    /// one consumer, or a store key would take on the config consumer's groups and could not
+    /// be managed through the admin API.
+    pub fn shadowed(
+        &self,
+        file: &crate::config::file::FileConfig,
+    ) -> Vec<crate::config::error::Problem> {
+        file.consumers
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| self.index.consumer(&c.id).is_some())
+            .map(|(i, c)| {
+                crate::config::error::Problem::at(
+                    format!("consumers[{i}].id"),
+                    format!(
+                        "consumer {:?} also exists in the store: delete it there (DELETE /consumers/{}) or rename one",
+                        c.id, c.id
+                    ),
+                )
+            })
+            .collect()
     }
 
     /// A consumer by id: the config's first, then the store's.

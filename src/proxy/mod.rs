@@ -346,6 +346,25 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// What Pingora's error and retry log lines say about a request: method, path and host,
+    /// never the query (it may carry an API key or other secrets).
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let raw = req.raw_path();
+        let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map_or(&b""[..], |h| h.as_bytes());
+        format!(
+            "{} {}, Host: {}, request id {}",
+            req.method,
+            String::from_utf8_lossy(path),
+            String::from_utf8_lossy(host),
+            ctx.request_id
+        )
+    }
+
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
         // Client-side failures and answers the gateway chose are not operator errors.
         ctx.fail.is_some() || matches!(error.esource(), ErrorSource::Downstream)

@@ -385,13 +385,12 @@ impl Store {
                     "key {key_id} was already rotated"
                 )));
             }
-            let (new_row, new) = insert_key(
-                tx,
-                consumer_id,
-                before.label.as_deref(),
-                before.expires_at,
-                now,
-            )?;
+            // The new key gets the old key's lifetime, counted from now.
+            let new_expiry = before
+                .expires_at
+                .map(|t| now.saturating_add((t - before.created_at).max(0)));
+            let (new_row, new) =
+                insert_key(tx, consumer_id, before.label.as_deref(), new_expiry, now)?;
             let old_expiry = Some(
                 before
                     .expires_at
@@ -447,14 +446,21 @@ mod tests {
             ),
             Err(StoreError::Conflict(_))
         ));
+        let now = crate::clock::now();
         let (row, new) = s
-            .create_key("t", "acme", Some("ci"), None)
+            .create_key("t", "acme", Some("ci"), Some(now + 1000))
             .unwrap_or_else(|e| panic!("{e}"));
         let (rotated, new2, old) = s
             .rotate_key("t", "acme", &row.id, 60)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(old.replaced_by.as_deref(), Some(rotated.id.as_str()));
-        assert!(old.expires_at.is_some());
+        assert!(old
+            .expires_at
+            .is_some_and(|t| t <= crate::clock::now() + 60));
+        // The new key lives as long as the old one did, from now.
+        assert!(rotated
+            .expires_at
+            .is_some_and(|t| (t - rotated.created_at - 1000).abs() <= 1));
         let (_, keys) = s.read(load_all).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(keys.len(), 2);
         s.revoke_key("t", "acme", &rotated.id)

@@ -56,7 +56,13 @@ pub fn apply(conn: &mut Connection) -> Result<()> {
         });
     }
     for (version, sql) in STEPS.iter().filter(|(v, _)| *v > current) {
-        let tx = conn.transaction()?;
+        // IMMEDIATE, and the version read again inside: two processes opening a new store at
+        // once must not both run a step.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now >= *version {
+            continue;
+        }
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;

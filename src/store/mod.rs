@@ -14,6 +14,7 @@ mod migrations;
 use rusqlite::{Connection, Transaction};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// the next use.
 pub struct Store {
     conn: Mutex<Option<Connection>>,
+    /// Counts connections opened: `data_version` is only comparable within one connection.
+    epoch: AtomicU64,
     pub path: PathBuf,
 }
 
@@ -99,6 +102,7 @@ impl Store {
         migrations::apply(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(Some(conn)),
+            epoch: AtomicU64::new(1),
             path: path.to_path_buf(),
         })
     }
@@ -112,7 +116,11 @@ impl Store {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let conn = match guard.as_mut() {
             Some(conn) => conn,
-            None => guard.insert(connect(&self.path)?),
+            None => {
+                let conn = connect(&self.path)?;
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                guard.insert(conn)
+            }
         };
         f(conn)
     }
@@ -129,7 +137,9 @@ impl Store {
         f: impl FnOnce(&Transaction<'_>) -> Result<(T, Change)>,
     ) -> Result<T> {
         self.with_conn(|conn| {
-            let tx = conn.transaction()?;
+            // IMMEDIATE: take the write lock first, so that a writer in another process makes
+            // this one wait (busy_timeout) instead of failing when a read turns into a write.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let (value, change) = f(&tx)?;
             audit::append(&tx, actor, &change)?;
             tx.commit()?;
@@ -138,9 +148,13 @@ impl Store {
     }
 
     /// SQLite's counter of commits made by other connections (other processes, such as
-    /// `turnpike keys create`): when it moves, the index must be rebuilt.
-    pub fn data_version(&self) -> Result<i64> {
-        self.read(|c| Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?))
+    /// `turnpike keys create`), with the connection it was read on: when either moves, the
+    /// index must be rebuilt.
+    pub fn data_version(&self) -> Result<(u64, i64)> {
+        self.read(|c| {
+            let v = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            Ok((self.epoch.load(Ordering::Acquire), v))
+        })
     }
 
     /// The schema version of the open store.
