@@ -35,7 +35,7 @@ lint: setup
 	cargo clippy --all-targets -- -D warnings
 
 bench: setup
-	cargo bench --bench routing --bench identity
+	cargo bench --bench routing --bench identity --bench limits
 
 # Load tests against the direct backend and nginx, on loopback; appends to loadtest/RESULTS.md.
 loadtest: setup

@@ -291,6 +291,8 @@ SCENARIOS = {
     "fixed-rate-2000": (lambda: scenario_config("plain-proxy"), "/items/42", {"rate": 2000}),
     "api-key-auth": (lambda: scenario_config("api-key-auth"), "/items/42",
                      {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
+    "full-chain": (lambda: scenario_config("full-chain"), "/items/42",
+                   {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
 }
 
 
@@ -336,12 +338,23 @@ def instruction_counts(record):
     auth_path = os.path.join(work, "turnpike-api-key.toml")
     with open(auth_path, "w") as f:
         f.write(scenario_config("api-key-auth"))
+    chain_path = os.path.join(work, "turnpike-full-chain.toml")
+    with open(chain_path, "w") as f:
+        f.write(scenario_config("full-chain"))
+    # The same chain with a quota of 1 a month: every request but the first is a 429.
+    refused_path = os.path.join(work, "turnpike-429.toml")
+    with open(refused_path, "w") as f:
+        refused = scenario_config("full-chain").replace(
+            'quotas = ["1000000000/hour", "1000000000/month"]', 'quotas = ["1/month"]')
+        f.write(refused.replace("/tmp/turnpike-loadtest.db", os.path.join(work, "refused.db")))
     binary = os.path.join(ROOT, "target", "release", "turnpike")
     key = (f"x-api-key: {LOADTEST_KEY}",)
     targets = {
         "nginx-proxy": (["nginx", "-c", proxy_path, "-p", work], PROXY_PORT, signal.SIGQUIT, ()),
         "turnpike": ([binary, "run", "-c", turnpike_path], TURNPIKE_PORT, signal.SIGINT, ()),
         "turnpike (api-key auth)": ([binary, "run", "-c", auth_path], TURNPIKE_PORT, signal.SIGINT, key),
+        "turnpike (full chain)": ([binary, "run", "-c", chain_path], TURNPIKE_PORT, signal.SIGINT, key),
+        "turnpike (full chain, 429 answers)": ([binary, "run", "-c", refused_path], TURNPIKE_PORT, signal.SIGINT, key),
     }
     backend = subprocess.Popen(["nginx", "-c", backend_path, "-p", work],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

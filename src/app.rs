@@ -87,10 +87,15 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
             problems: shadowed,
         }));
     }
-    // SQLite connections must not cross the fork into the background; the index stays.
-    identity.store().release();
     let identity = Arc::new(identity);
     let shared = Shared::new(snapshot, identity.clone(), config_path.to_path_buf());
+    match crate::limits::persist::load(&shared) {
+        Ok(n) => log::info!("quota counters loaded from the store: {n}"),
+        Err(e) => return Err(StartError::Store(format!("loading quota counters: {e}"))),
+    }
+    // SQLite connections must not cross the fork into the background; the index and the
+    // counters stay in memory and the connection opens again on first use.
+    shared.identity.store().release();
 
     let l = &s.limits;
     let mut proxy_app = pingora::proxy::http_proxy(
@@ -146,6 +151,12 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
+    server.add_service(background_service(
+        "quota counter write-behind",
+        crate::limits::persist::CounterPersister {
+            shared: shared.clone(),
+        },
+    ));
     server.add_service(background_service(
         "JWKS refresh",
         crate::auth::jwt::JwksRefresher {

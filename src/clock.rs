@@ -4,6 +4,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn now() -> i64 {
     SystemTime::now()
@@ -31,6 +38,14 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The first second of the UTC calendar month that holds `secs`, and of the next month.
+pub fn month_bounds(secs: i64) -> (i64, i64) {
+    let (y, m, _) = civil_from_days(secs.div_euclid(86_400));
+    let start = days_from_civil(y, m, 1) * 86_400;
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    (start, days_from_civil(ny, nm, 1) * 86_400)
 }
 
 /// `2026-11-21T13:00:00Z`.
@@ -109,6 +124,23 @@ fn num_pair(a: u8, b: u8) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn month_bounds_follow_the_calendar() {
+        let t = parse_rfc3339("2024-02-29T23:59:59Z").unwrap_or_default();
+        assert_eq!(
+            month_bounds(t),
+            (
+                parse_rfc3339("2024-02-01T00:00:00Z").unwrap_or_default(),
+                parse_rfc3339("2024-03-01T00:00:00Z").unwrap_or_default()
+            )
+        );
+        let dec = parse_rfc3339("2026-12-31T12:00:00Z").unwrap_or_default();
+        assert_eq!(
+            month_bounds(dec).1,
+            parse_rfc3339("2027-01-01T00:00:00Z").unwrap_or_default()
+        );
+    }
 
     #[test]
     fn round_trips_and_offsets() {

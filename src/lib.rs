@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod identity;
+pub mod limits;
 pub mod offline;
 pub mod path;
 pub mod proxy;

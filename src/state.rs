@@ -69,6 +69,10 @@ pub struct Endpoint {
     pub auth: Option<Arc<crate::auth::AuthPolicy>>,
     /// Scopes the caller needs for this route.
     pub scopes: Vec<String>,
+    /// The plans that apply on this API (None: no limits).
+    pub limits: Option<Arc<crate::limits::EndpointLimits>>,
+    /// `[apis.limits] per_ip`, shared by the API's endpoints.
+    pub per_ip: Option<Arc<crate::limits::ip::IpLimit>>,
 }
 
 /// Edge limits in the form the hot path uses.
@@ -95,6 +99,12 @@ pub struct Snapshot {
     pub identities: crate::identity::ConfigIdentities,
     /// The JWKS sources of the APIs, by URL (carried over by reloads).
     pub jwks: HashMap<String, Arc<crate::auth::jwt::JwksSource>>,
+    /// `[plans.NAME]`, compiled.
+    pub plans: Arc<crate::limits::Plans>,
+    /// The usage path and the endpoint whose auth identifies its callers.
+    pub usage: Option<(String, usize)>,
+    /// The failed-authentication guard (`[server.limits] auth_failures_per_ip`).
+    pub auth_guard: Option<Arc<crate::limits::ip::IpLimit>>,
 }
 
 /// State shared by every service of the process.
@@ -102,6 +112,8 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     /// The store and its index (outlive config generations).
     pub identity: Arc<crate::identity::Identity>,
+    /// Plan counters (outlive config generations: a reload changes numbers, not counts).
+    pub limiter: Arc<crate::limits::limiter::Limiter>,
     pub config_path: PathBuf,
     pub started_at: SystemTime,
     /// Serialises reloads.
@@ -118,6 +130,7 @@ impl Shared {
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             identity,
+            limiter: Arc::new(crate::limits::limiter::Limiter::new()),
             config_path,
             started_at: SystemTime::now(),
             reload_lock: Mutex::new(()),

@@ -178,8 +178,12 @@ async fn jwt_callers_keys_and_rotation() {
     let up = Upstream::start("orders").await;
     let jwks = Jwks::start(json!({ "keys": [rsa_jwk()] })).await;
     std::env::set_var("TURNPIKE_TEST_JWT_SECRET", HS_SECRET);
-    let gw = Gateway::start(&format!(
-        r#"
+    // Many refusals from one address on purpose: the failed-authentication guard is off here
+    // (tests/limits.rs tests it).
+    let gw = Gateway::start_with(
+        "[server.limits]\nauth_failures_per_ip = \"off\"",
+        &format!(
+            r#"
 [upstreams.orders]
 targets = [ {{ addr = "{addr}" }} ]
 
@@ -225,9 +229,10 @@ scopes = ["orders:write"]
 id = "partner-7"
 scopes = ["orders:write"]
 "#,
-        addr = up.addr,
-        jwks = jwks.url,
-    ));
+            addr = up.addr,
+            jwks = jwks.url,
+        ),
+    );
     let started = Instant::now();
     let rsa = rsa_key();
 

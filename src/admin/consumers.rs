@@ -167,6 +167,22 @@ fn config_consumer_json(shared: &Shared, id: &str) -> Option<Value> {
     }))
 }
 
+/// Once the config has plans, a consumer's plan must be one of them.
+fn known_plan(shared: &Shared, plan: Option<&str>) -> Result<(), String> {
+    let snapshot = shared.snapshot();
+    match plan {
+        Some(p) if !snapshot.plans.is_empty() && !snapshot.plans.contains_key(p) => {
+            let mut known: Vec<&str> = snapshot.plans.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            Err(format!(
+                "plan: unknown plan {p:?}; known: {}",
+                known.join(", ")
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn is_config_consumer(shared: &Shared, id: &str) -> bool {
     shared.snapshot().identities.consumers.contains_key(id)
 }
@@ -196,14 +212,17 @@ pub async fn handle(shared: &Arc<Shared>, call: Call<'_>) -> Answer {
         ("DELETE", ["consumers", id, "keys", key_id]) => {
             revoke_key(shared, id, key_id, &call).await
         }
+        ("GET", ["consumers", id, "usage"]) => usage(shared, id, rid),
+        ("POST", ["consumers", id, "usage", "reset"]) => reset_usage(shared, id, &call).await,
         (_, ["audit"]) => problem(Code::MethodNotAllowed, "use GET", rid),
         (_, ["consumers"]) => problem(Code::MethodNotAllowed, "use GET or POST", rid),
         (_, ["consumers", _]) => problem(Code::MethodNotAllowed, "use GET, PATCH or DELETE", rid),
         (_, ["consumers", _, "keys"]) => problem(Code::MethodNotAllowed, "use GET or POST", rid),
         (_, ["consumers", _, "keys", _]) => problem(Code::MethodNotAllowed, "use DELETE", rid),
-        (_, ["consumers", _, "keys", _, "rotate"]) => {
+        (_, ["consumers", _, "keys", _, "rotate"] | ["consumers", _, "usage", "reset"]) => {
             problem(Code::MethodNotAllowed, "use POST", rid)
         }
+        (_, ["consumers", _, "usage"]) => problem(Code::MethodNotAllowed, "use GET", rid),
         _ => problem(Code::RouteNotFound, "no such admin route", rid),
     }
 }
@@ -231,6 +250,9 @@ async fn create_consumer(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
         .and(check_labels("scopes", &input.scopes))
         .and(check_labels("plan", input.plan.as_slice()))
     {
+        return problem(Code::InvalidRequest, &e, rid);
+    }
+    if let Err(e) = known_plan(shared, input.plan.as_deref()) {
         return problem(Code::InvalidRequest, &e, rid);
     }
     if is_config_consumer(shared, &input.id) {
@@ -345,6 +367,7 @@ async fn patch_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answ
             "plan",
             input.plan.clone().flatten().as_slice(),
         ))
+        .and(known_plan(shared, input.plan.clone().flatten().as_deref()))
     {
         return problem(Code::InvalidRequest, &e, rid);
     }
@@ -602,6 +625,43 @@ async fn list_audit(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
                 rid,
             )
         }
+        Err(e) => store_error(e, rid),
+    }
+}
+
+/// The consumer's counts and what is left, in every scope it is counted in.
+fn usage(shared: &Arc<Shared>, id: &str, rid: &str) -> Answer {
+    let snapshot = shared.snapshot();
+    match shared.identity.consumer(&snapshot.identities, id) {
+        Some(c) => json_response(
+            200,
+            crate::limits::usage::consumer_usage(shared, &snapshot, &c),
+            "application/json",
+            rid,
+        ),
+        None => problem(Code::NotFound, &format!("consumer {id} not found"), rid),
+    }
+}
+
+/// Forgets the consumer's quota counts (all scopes), in memory and in the store; audited.
+async fn reset_usage(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answer {
+    let rid = call.rid;
+    let snapshot = shared.snapshot();
+    if shared.identity.consumer(&snapshot.identities, id).is_none() {
+        return problem(Code::NotFound, &format!("consumer {id} not found"), rid);
+    }
+    let shared2 = shared.clone();
+    let actor = call.actor.to_string();
+    let cid = id.to_string();
+    let result = blocking(move || {
+        let _no_flush = shared2.limiter.persist_lock();
+        let n = shared2.identity.store().reset_counts(&actor, &cid)?;
+        shared2.limiter.reset(&cid);
+        Ok(n)
+    })
+    .await;
+    match result {
+        Ok(_) => usage(shared, id, rid),
         Err(e) => store_error(e, rid),
     }
 }

@@ -45,6 +45,13 @@ pub fn compile(
         }
     }
 
+    let plans = match crate::limits::compile_plans(file) {
+        Ok(p) => Arc::new(p),
+        Err(found) => {
+            problems.extend(found.into_iter().map(|(k, m)| Problem::at(k, m)));
+            Arc::new(crate::limits::Plans::new())
+        }
+    };
     // JWKS sources by URL, kept from the previous generation so their keys carry over.
     let mut jwks: HashMap<String, Arc<JwksSource>> = HashMap::new();
     let mut router = Router::new();
@@ -73,6 +80,34 @@ pub fn compile(
             (None, None) => None,
         };
         let api_body = api.max_body.map_or(default_body, |s| s.0);
+        // Flood guards keep their counts across reloads while their numbers stay the same.
+        let per_ip = match api.limits.as_ref().and_then(|l| l.per_ip.as_deref()) {
+            None => None,
+            Some(text) => match crate::limits::spec::parse_rate(text) {
+                Ok(spec) => Some(
+                    previous
+                        .and_then(|p| {
+                            p.endpoints
+                                .iter()
+                                .find(|e| e.api.name == api.name && e.api.version == api.version)
+                        })
+                        .and_then(|e| e.per_ip.clone())
+                        .filter(|l| l.spec == spec)
+                        .unwrap_or_else(|| Arc::new(crate::limits::ip::IpLimit::new(spec))),
+                ),
+                Err(e) => {
+                    problems.push(Problem::at(format!("apis[{i}].limits.per_ip"), e));
+                    None
+                }
+            },
+        };
+        let limits = match crate::limits::api_limits(i, api, &plans) {
+            Ok(l) => l,
+            Err(found) => {
+                problems.extend(found.into_iter().map(|(k, m)| Problem::at(k, m)));
+                None
+            }
+        };
         let auth = match &api.auth {
             None => None,
             Some(a) => {
@@ -153,6 +188,8 @@ pub fn compile(
                 max_body,
                 auth: auth.clone(),
                 scopes,
+                limits: limits.clone(),
+                per_ip: per_ip.clone(),
             });
         }
     }
@@ -182,6 +219,44 @@ pub fn compile(
         },
         (None, None) => None,
     };
+    // The usage endpoint authenticates with the auth of the named API (or the first with auth).
+    let usage = if file.usage.enabled {
+        let named = file.usage.api.as_deref();
+        let found = endpoints
+            .iter()
+            .position(|e: &Endpoint| e.auth.is_some() && named.is_none_or(|n| e.api.name == n));
+        match (found, named) {
+            (Some(i), _) => Some((file.usage.path.clone(), i)),
+            (None, Some(n)) => {
+                problems.push(Problem::at(
+                    "usage.api",
+                    format!("no API named {n:?} with [apis.auth]"),
+                ));
+                None
+            }
+            (None, None) => None,
+        }
+    } else {
+        None
+    };
+    let auth_guard = match file.server.limits.auth_failures_per_ip.as_str() {
+        "off" => None,
+        text => match crate::limits::spec::parse_rate(text) {
+            Ok(spec) => Some(
+                previous
+                    .and_then(|p| p.auth_guard.clone())
+                    .filter(|g| g.spec == spec)
+                    .unwrap_or_else(|| Arc::new(crate::limits::ip::IpLimit::new(spec))),
+            ),
+            Err(e) => {
+                problems.push(Problem::at(
+                    "server.limits.auth_failures_per_ip",
+                    format!("{e} (or \"off\")"),
+                ));
+                None
+            }
+        },
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -203,6 +278,9 @@ pub fn compile(
         admin_token,
         identities: super::identity::compile_identities(file),
         jwks,
+        plans,
+        usage,
+        auth_guard,
     })
 }
 

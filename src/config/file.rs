@@ -26,6 +26,55 @@ pub struct FileConfig {
     pub keys: KeysSection,
     #[serde(default)]
     pub consumers: Vec<ConsumerSection>,
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanSection>,
+    #[serde(default)]
+    pub usage: UsageSection,
+}
+
+/// `[usage]`: where callers read their own usage with their normal credentials.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UsageSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_usage_path")]
+    pub path: String,
+    /// The API whose `[apis.auth]` identifies callers here (default: the first API with auth).
+    pub api: Option<String>,
+}
+
+/// `[plans.NAME]`: the limits of the consumers on this plan.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSection {
+    /// Sustained rate, e.g. "5/s" (smoothed: GCRA).
+    pub rate: Option<String>,
+    /// How many may arrive at once (default: the rate's count).
+    pub burst: Option<u64>,
+    /// Calendar quotas in UTC, e.g. ["450/hour", "1000000/month"].
+    #[serde(default)]
+    pub quotas: Vec<String>,
+}
+
+/// `[apis.plans.NAME]`: an API's own numbers for a plan; keys left out keep the plan's.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanOverride {
+    pub rate: Option<String>,
+    pub burst: Option<u64>,
+    pub quotas: Option<Vec<String>>,
+}
+
+/// How an API counts plan limits.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsScope {
+    /// One count per consumer across every API with this scope.
+    #[default]
+    Consumer,
+    /// A separate count per consumer on this API.
+    ConsumerApi,
 }
 
 /// `[store]`: the embedded SQLite store (consumers, key digests, audit log).
@@ -222,6 +271,10 @@ pub struct LimitsSection {
     pub h2_stream_window: Size,
     #[serde(default = "d_h2_conn_window")]
     pub h2_connection_window: Size,
+    /// Failed authentications per client address before its requests to APIs with auth get
+    /// 429 for the rest of the window; "off" disables the guard.
+    #[serde(default = "d_auth_failures")]
+    pub auth_failures_per_ip: String,
 }
 
 /// `[admin]`: the admin listener and its bearer token.
@@ -361,6 +414,19 @@ pub struct ApiSection {
     pub routes: Vec<RouteSection>,
     pub respond: Option<RespondSection>,
     pub auth: Option<AuthSection>,
+    #[serde(default)]
+    pub limits_scope: LimitsScope,
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanOverride>,
+    pub limits: Option<ApiLimitsSection>,
+}
+
+/// `[apis.limits]`: flood guards of an API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiLimitsSection {
+    /// Requests per client address, e.g. "20/s" (approximate: a count-min sketch).
+    pub per_ip: Option<String>,
 }
 
 /// `[[apis.routes]]`: a path template under the API's base path.
@@ -422,6 +488,9 @@ fn default_shutdown_timeout() -> Dur {
 fn default_keepalive_pool() -> usize {
     1024
 }
+fn default_usage_path() -> String {
+    "/_turnpike/usage".into()
+}
 fn default_store_path() -> PathBuf {
     PathBuf::from("/var/lib/turnpike/turnpike.db")
 }
@@ -482,6 +551,9 @@ fn d_h2_stream_window() -> Size {
 fn d_h2_conn_window() -> Size {
     Size(1 << 20)
 }
+fn d_auth_failures() -> String {
+    "60/min".into()
+}
 fn d_connect_timeout() -> Dur {
     Dur(Duration::from_secs(1))
 }
@@ -538,6 +610,11 @@ impl Default for LimitsSection {
 impl Default for AdminSection {
     fn default() -> Self {
         toml::from_str("").unwrap_or_else(|_| unreachable!("empty admin section parses"))
+    }
+}
+impl Default for UsageSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("empty usage section parses"))
     }
 }
 impl Default for StoreSection {

@@ -76,6 +76,18 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
     for (i, api) in cfg.apis.iter().enumerate() {
         api_auth(&mut problems, i, api);
     }
+    // Once plans exist, a consumer's plan must be one of them (a typo would lift every limit).
+    if !cfg.plans.is_empty() {
+        for (i, c) in cfg.consumers.iter().enumerate() {
+            if let Some(plan) = c.plan.as_ref().filter(|p| !cfg.plans.contains_key(*p)) {
+                let known: Vec<&str> = cfg.plans.keys().map(String::as_str).collect();
+                problems.push(Problem::at(
+                    format!("consumers[{i}].plan"),
+                    format!("unknown plan {plan:?}; known: {}", known.join(", ")),
+                ));
+            }
+        }
+    }
     problems
 }
 

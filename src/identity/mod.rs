@@ -123,8 +123,10 @@ pub enum KeyLookup {
 pub struct Identity {
     store: Store,
     pub index: Index,
-    /// The store's (connection, `data_version`) the index was last built from.
+    /// The store's (connection, `data_version`) last looked at, and the identity version
+    /// (bumped by triggers on consumers and keys) the index was built from.
     seen_version: Mutex<Option<(u64, i64)>>,
+    built_from: Mutex<Option<i64>>,
     changes: Mutex<()>,
 }
 
@@ -136,6 +138,7 @@ impl Identity {
             store,
             index: Index::default(),
             seen_version: Mutex::new(None),
+            built_from: Mutex::new(None),
             changes: Mutex::new(()),
         };
         identity.sync()?;
@@ -151,9 +154,16 @@ impl Identity {
         if *seen == Some(version) {
             return Ok(false);
         }
+        *seen = Some(version);
+        // Other processes also write quota counters: rebuild only when consumers or keys moved.
+        let identity_version = self.store.identity_version()?;
+        let mut built = self.built_from.lock().unwrap_or_else(|e| e.into_inner());
+        if *built == Some(identity_version) {
+            return Ok(false);
+        }
         let (consumers, keys) = self.store.read(crate::store::consumers::load_all)?;
         self.index.rebuild(&consumers, &keys);
-        *seen = Some(version);
+        *built = Some(identity_version);
         log::info!(
             "identity index built from the store: {} consumers, {} keys",
             consumers.len(),

@@ -27,6 +27,10 @@ pub struct RequestCtx {
     pub reported: bool,
     /// The identified caller, on APIs with auth.
     pub consumer: Option<Arc<Consumer>>,
+    /// `RateLimit-Policy` and `RateLimit` for the response, when a plan applied.
+    pub ratelimit: Option<(String, String)>,
+    /// The request is for the caller's own usage (`[usage] path`).
+    pub usage: bool,
 }
 
 impl RequestCtx {
@@ -44,6 +48,8 @@ impl RequestCtx {
             max_body: u64::MAX,
             reported: false,
             consumer: None,
+            ratelimit: None,
+            usage: false,
         }
     }
 }

@@ -50,6 +50,13 @@ impl Gateway {
         let close = head.may_have_body();
         let target = check_target(req.raw_path())
             .map_err(|e| (Reply::new(Code::BadRequest, e.detail()), close))?;
+        if let Some((path, ep)) = &ctx.snapshot.usage {
+            if target.path == path.as_bytes() && req.method == http::Method::GET {
+                ctx.endpoint = Some(*ep);
+                ctx.usage = true;
+                return Ok(close);
+            }
+        }
         let host = req
             .headers
             .get(http::header::HOST)
@@ -101,6 +108,100 @@ impl Gateway {
         Ok(close)
     }
 
+    /// Answers `GET [usage] path`: the identified caller's own usage (nothing is counted).
+    async fn answer_usage(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        close: bool,
+    ) -> Result<()> {
+        let body = match &ctx.consumer {
+            Some(c) => crate::limits::usage::consumer_usage(&self.shared, &ctx.snapshot, c),
+            None => serde_json::json!({}),
+        };
+        let reply = crate::state::StaticReply {
+            status: 200,
+            headers: vec![
+                (
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                ),
+                (
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                ),
+            ],
+            body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+        };
+        reply::write_static(session, &reply, &ctx.request_id, close).await
+    }
+
+    /// Applies the caller's plan; `Err` is the 429 answer (nothing goes upstream).
+    fn limit(&self, ctx: &mut RequestCtx) -> Result<(), Reply> {
+        if ctx.usage {
+            return Ok(());
+        }
+        let snapshot = ctx.snapshot.clone();
+        let Some(limits) = ctx
+            .endpoint
+            .and_then(|i| snapshot.endpoints.get(i))
+            .and_then(|e| e.limits.as_ref())
+        else {
+            return Ok(());
+        };
+        let Some(consumer) = &ctx.consumer else {
+            return Ok(());
+        };
+        let Some(plan) = consumer.plan.as_ref().and_then(|p| limits.plans.get(p)) else {
+            return Ok(());
+        };
+        let key = crate::limits::limiter::limit_key(&consumer.id, limits.per_api.as_deref());
+        let verdict = self
+            .shared
+            .limiter
+            .check(&key, plan, crate::clock::now_ns());
+        let headers = (
+            crate::limits::headers::policy(&verdict.policies),
+            crate::limits::headers::state(&verdict.policies),
+        );
+        // Items of a flood guard that already applied come first.
+        let headers = match ctx.ratelimit.take() {
+            Some((p, s)) if !verdict.policies.is_empty() => {
+                (format!("{p}, {}", headers.0), format!("{s}, {}", headers.1))
+            }
+            Some(ip_only) if verdict.policies.is_empty() => ip_only,
+            _ => headers,
+        };
+        let Some(denial) = verdict.denied else {
+            ctx.ratelimit = Some(headers);
+            return Ok(());
+        };
+        use crate::limits::limiter::Denial;
+        let (code, detail, retry) = match denial {
+            Denial::Rate { retry_after_secs } => (
+                Code::RateLimited,
+                format!("the {} plan allows no more requests right now", plan.name),
+                retry_after_secs,
+            ),
+            Denial::Quota {
+                period,
+                limit,
+                retry_after_secs,
+            } => (
+                Code::QuotaExceeded,
+                format!(
+                    "the {} plan's quota of {limit} requests per {period} is used up",
+                    plan.name
+                ),
+                retry_after_secs,
+            ),
+        };
+        Err(Reply::new(code, detail)
+            .header("Retry-After", retry.to_string())
+            .header("RateLimit-Policy", headers.0)
+            .header("RateLimit", headers.1))
+    }
+
     /// Identifies the caller on APIs with auth; `Err` is the 401/403 answer.
     async fn identify(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Reply> {
         let snapshot = ctx.snapshot.clone();
@@ -110,17 +211,76 @@ impl Gateway {
         let Some(policy) = &ep.auth else {
             return Ok(());
         };
-        let consumer = crate::auth::authenticate(
+        // Brute-force guard: an address with too many recent failures is not even checked.
+        let guard = snapshot.auth_guard.as_ref().zip(client_ip(session));
+        if let Some((g, ip)) = guard {
+            if g.exhausted(&ip) {
+                let (policy, state) = g.headers("auth-failures", g.spec.count);
+                return Err(Reply::new(
+                    Code::RateLimited,
+                    "too many failed authentication attempts from this address; try again later",
+                )
+                .header("Retry-After", g.spec.per_secs.to_string())
+                .header("RateLimit-Policy", policy)
+                .header("RateLimit", state));
+            }
+        }
+        // The usage endpoint borrows an API's auth, not its routes' scopes.
+        let scopes: &[String] = if ctx.usage { &[] } else { &ep.scopes };
+        let outcome = crate::auth::authenticate(
             session.req_header(),
             policy,
-            &ep.scopes,
+            scopes,
             &snapshot.identities,
             &self.shared.identity,
             crate::clock::now(),
         )
-        .await?;
-        ctx.consumer = Some(consumer);
-        Ok(())
+        .await;
+        match outcome {
+            Ok(consumer) => {
+                ctx.consumer = Some(consumer);
+                Ok(())
+            }
+            Err(reply) => {
+                if let (Some((g, ip)), 401) = (guard, reply.code.status()) {
+                    g.record(&ip);
+                }
+                Err(reply)
+            }
+        }
+    }
+
+    /// `[apis.limits] per_ip`: the flood guard of the API, before anything else is checked.
+    fn guard_ip(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Reply> {
+        let Some(limit) = ctx
+            .endpoint
+            .and_then(|i| ctx.snapshot.endpoints.get(i))
+            .and_then(|e| e.per_ip.clone())
+        else {
+            return Ok(());
+        };
+        let Some(ip) = client_ip(session) else {
+            return Ok(());
+        };
+        match limit.hit(&ip) {
+            Ok(used) => {
+                ctx.ratelimit = Some(limit.headers("ip", used));
+                Ok(())
+            }
+            Err(used) => {
+                let (policy, state) = limit.headers("ip", used);
+                Err(Reply::new(
+                    Code::RateLimited,
+                    format!(
+                        "this address is over {} requests per {} s on this API",
+                        limit.spec.count, limit.spec.per_secs
+                    ),
+                )
+                .header("Retry-After", limit.spec.per_secs.to_string())
+                .header("RateLimit-Policy", policy)
+                .header("RateLimit", state))
+            }
+        }
     }
 }
 
@@ -160,8 +320,19 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Ok(close) => {
-                if let Err(reply) = self.identify(session, ctx).await {
+                let checked = match self.guard_ip(session, ctx) {
+                    Ok(()) => match self.identify(session, ctx).await {
+                        Ok(()) => self.limit(ctx),
+                        Err(reply) => Err(reply),
+                    },
+                    Err(reply) => Err(reply),
+                };
+                if let Err(reply) = checked {
                     reply::write_problem(session, &reply, &ctx.request_id, close).await?;
+                    return Ok(true);
+                }
+                if ctx.usage {
+                    self.answer_usage(session, ctx, close).await?;
                     return Ok(true);
                 }
                 match self.endpoint(ctx).map(|e| &e.action) {
@@ -343,6 +514,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        if let Some((policy, state)) = ctx.ratelimit.take() {
+            resp.insert_header("RateLimit-Policy", policy)?;
+            resp.insert_header("RateLimit", state)?;
+        }
         Ok(())
     }
 

@@ -31,6 +31,8 @@ pub enum Code {
     NotFound,
     Conflict,
     InvalidRequest,
+    RateLimited,
+    QuotaExceeded,
 }
 
 impl Code {
@@ -56,6 +58,8 @@ impl Code {
             Code::NotFound => "not_found",
             Code::Conflict => "conflict",
             Code::InvalidRequest => "invalid_request",
+            Code::RateLimited => "rate_limited",
+            Code::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -80,6 +84,7 @@ impl Code {
             Code::NotFound => 404,
             Code::Conflict => 409,
             Code::InvalidRequest => 422,
+            Code::RateLimited | Code::QuotaExceeded => 429,
         }
     }
 
@@ -105,6 +110,8 @@ impl Code {
             Code::NotFound => "Not found",
             Code::Conflict => "Conflict",
             Code::InvalidRequest => "The request body is not valid",
+            Code::RateLimited => "Too many requests",
+            Code::QuotaExceeded => "Quota exceeded",
         }
     }
 }

@@ -5,9 +5,10 @@ use super::{Result, StoreError};
 use rusqlite::Connection;
 
 /// (version reached, SQL). Version 0 is an empty file.
-const STEPS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE consumers (
+const STEPS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE consumers (
         id TEXT PRIMARY KEY,
         plan TEXT,
         groups TEXT NOT NULL DEFAULT '[]',
@@ -39,7 +40,34 @@ const STEPS: &[(u32, &str)] = &[(
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL
     ) STRICT;",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE quota_counters (
+        key TEXT NOT NULL,
+        period TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        PRIMARY KEY (key, period)
+    ) STRICT, WITHOUT ROWID;
+    -- Bumped by every change to consumers or keys, whoever makes it: other processes rebuild
+    -- their index when it moves, and not for counter writes.
+    CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL) STRICT;
+    INSERT INTO meta VALUES ('identity_version', 0);
+    CREATE TRIGGER consumers_ins AFTER INSERT ON consumers BEGIN
+        UPDATE meta SET v = v + 1 WHERE k = 'identity_version'; END;
+    CREATE TRIGGER consumers_upd AFTER UPDATE ON consumers BEGIN
+        UPDATE meta SET v = v + 1 WHERE k = 'identity_version'; END;
+    CREATE TRIGGER consumers_del AFTER DELETE ON consumers BEGIN
+        UPDATE meta SET v = v + 1 WHERE k = 'identity_version'; END;
+    CREATE TRIGGER keys_ins AFTER INSERT ON api_keys BEGIN
+        UPDATE meta SET v = v + 1 WHERE k = 'identity_version'; END;
+    CREATE TRIGGER keys_upd AFTER UPDATE ON api_keys BEGIN
+        UPDATE meta SET v = v + 1 WHERE k = 'identity_version'; END;
+    CREATE TRIGGER keys_del AFTER DELETE ON api_keys BEGIN
+        UPDATE meta SET v = v + 1 WHERE k = 'identity_version'; END;",
+    ),
+];
 
 /// The schema version this binary writes.
 pub fn latest() -> u32 {

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod consumers;
 mod migrations;
+pub mod quotas;
 
 use rusqlite::{Connection, Transaction};
 use std::fmt;
@@ -147,6 +148,16 @@ impl Store {
         })
     }
 
+    /// Runs a write transaction without an audit entry (counters, not admin changes).
+    pub fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
     /// SQLite's counter of commits made by other connections (other processes, such as
     /// `turnpike keys create`), with the connection it was read on: when either moves, the
     /// index must be rebuilt.
@@ -154,6 +165,17 @@ impl Store {
         self.read(|c| {
             let v = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
             Ok((self.epoch.load(Ordering::Acquire), v))
+        })
+    }
+
+    /// The counter that triggers bump on every change to consumers or keys.
+    pub fn identity_version(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT v FROM meta WHERE k = 'identity_version'", [], |r| {
+                    r.get(0)
+                })?,
+            )
         })
     }
 
