@@ -80,7 +80,8 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     let store_path = store_path(config_path, &file.store.path);
     let identity = Identity::open(&store_path)
         .map_err(|e| StartError::Store(format!("{}: {e}", store_path.display())))?;
-    let shadowed = identity.shadowed(&file);
+    let mut shadowed = identity.shadowed(&file);
+    shadowed.extend(identity.unknown_plans(&file));
     if !shadowed.is_empty() {
         return Err(StartError::Config(ConfigError {
             file: config_path.to_path_buf(),

@@ -50,7 +50,8 @@ pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
     let current = shared.snapshot();
     let result = crate::config::load_snapshot(&shared.config_path, Some(&current))
         .and_then(|next| {
-            let problems = shared.identity.shadowed(&next.file);
+            let mut problems = shared.identity.shadowed(&next.file);
+            problems.extend(shared.identity.unknown_plans(&next.file));
             if problems.is_empty() {
                 Ok(next)
             } else {

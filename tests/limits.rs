@@ -363,6 +363,26 @@ async fn usage_for_the_caller_and_the_admin_with_an_audited_reset() {
     assert!(audit.to_string().contains("usage.reset"), "{audit}");
     let (s, _) = admin(&gw, "GET", "/consumers/nobody/usage").await;
     assert_eq!(s, 404);
+
+    // A store consumer on the plan keeps a reload from dropping the plan.
+    let r = client()
+        .post(gw.admin_url("/consumers"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .json(&serde_json::json!({"id": "beta", "plan": "tier"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let renamed = config(
+        up.addr,
+        "[plans.tier]\nquotas = [\"50/hour\"]\n[plans.other]\nquotas = [\"1/hour\"]",
+    )
+    .replace("plan = \"tier\"", "plan = \"other\"")
+    .replace("[plans.tier]\nquotas = [\"50/hour\"]\n", "");
+    gw.rewrite(&renamed);
+    let (s, v) = admin(&gw, "POST", "/reload").await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("store consumer \\\"beta\\\""), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,10 +184,16 @@ pub async fn authenticate(
         ([], [token], Some(jwt)) => {
             let token = std::str::from_utf8(token)
                 .map_err(|_| policy.invalid_token("the bearer token is not a valid JWT"))?;
-            let claims = jwt
-                .verify(token, now)
-                .await
-                .map_err(|why| policy.invalid_token(&why))?;
+            // A token whose key is not (yet) known is no proof of a wrong credential (key
+            // rotation, a JWKS outage): it does not count for the failed-authentication guard.
+            let claims = jwt.verify(token, now).await.map_err(|why| {
+                let reply = policy.invalid_token(&why);
+                if why.starts_with("no known key") {
+                    reply
+                } else {
+                    reply.bad_credential()
+                }
+            })?;
             token_consumer(jwt, &claims, config, identity)
                 .map_err(|why| policy.invalid_token(&why))?
         }
@@ -223,12 +229,12 @@ fn key_consumer(
 ) -> Result<Arc<Consumer>, Reply> {
     match identity.lookup_key(config, &key::digest(key), now) {
         KeyLookup::Valid(c) => Ok(c),
-        KeyLookup::Expired => {
-            Err(policy.unauthorized(Code::InvalidCredentials, "the API key has expired"))
-        }
-        KeyLookup::Unknown => {
-            Err(policy.unauthorized(Code::InvalidCredentials, "the API key is not valid"))
-        }
+        KeyLookup::Expired => Err(policy
+            .unauthorized(Code::InvalidCredentials, "the API key has expired")
+            .bad_credential()),
+        KeyLookup::Unknown => Err(policy
+            .unauthorized(Code::InvalidCredentials, "the API key is not valid")
+            .bad_credential()),
     }
 }
 

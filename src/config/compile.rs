@@ -101,7 +101,7 @@ pub fn compile(
                 }
             },
         };
-        let limits = match crate::limits::api_limits(i, api, &plans) {
+        let limits = match crate::limits::api_limits(i, api, &plans, &file.plans) {
             Ok(l) => l,
             Err(found) => {
                 problems.extend(found.into_iter().map(|(k, m)| Problem::at(k, m)));

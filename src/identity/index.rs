@@ -50,6 +50,15 @@ impl Index {
         self.consumers.load().get(id).cloned()
     }
 
+    /// Every store consumer with a plan: (id, plan).
+    pub fn plans_in_use(&self) -> Vec<(String, String)> {
+        self.consumers
+            .load()
+            .values()
+            .filter_map(|c| c.plan.clone().map(|p| (c.id.clone(), p)))
+            .collect()
+    }
+
     /// Number of keys indexed.
     pub fn key_count(&self) -> usize {
         self.shards.iter().map(|s| s.load().len()).sum()

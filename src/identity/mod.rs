@@ -154,16 +154,18 @@ impl Identity {
         if *seen == Some(version) {
             return Ok(false);
         }
-        *seen = Some(version);
         // Other processes also write quota counters: rebuild only when consumers or keys moved.
+        // `seen` moves only once this succeeded, so a failed read is tried again next time.
         let identity_version = self.store.identity_version()?;
         let mut built = self.built_from.lock().unwrap_or_else(|e| e.into_inner());
         if *built == Some(identity_version) {
+            *seen = Some(version);
             return Ok(false);
         }
         let (consumers, keys) = self.store.read(crate::store::consumers::load_all)?;
         self.index.rebuild(&consumers, &keys);
         *built = Some(identity_version);
+        *seen = Some(version);
         log::info!(
             "identity index built from the store: {} consumers, {} keys",
             consumers.len(),
@@ -203,6 +205,36 @@ impl Identity {
                     format!(
                         "consumer {:?} also exists in the store: delete it there (DELETE /consumers/{}) or rename one",
                         c.id, c.id
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// Problems for store consumers whose plan a config with plans does not define: without
+    /// the check, a renamed plan would silently lift their limits.
+    pub fn unknown_plans(
+        &self,
+        file: &crate::config::file::FileConfig,
+    ) -> Vec<crate::config::error::Problem> {
+        if file.plans.is_empty() {
+            return Vec::new();
+        }
+        let mut missing: Vec<(String, String)> = self
+            .index
+            .plans_in_use()
+            .into_iter()
+            .filter(|(_, plan)| !file.plans.contains_key(plan))
+            .collect();
+        missing.sort();
+        missing
+            .into_iter()
+            .take(20)
+            .map(|(id, plan)| {
+                crate::config::error::Problem::at(
+                    "plans",
+                    format!(
+                        "store consumer {id:?} has plan {plan:?}, which is not defined: add [plans.{plan}] or change the consumer (PATCH /consumers/{id})"
                     ),
                 )
             })

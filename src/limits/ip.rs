@@ -8,6 +8,22 @@ use pingora_limits::rate::Rate;
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// The unit counted: an IPv4 address, or the /64 an IPv6 address belongs to (one host
+/// usually holds a whole /64, so counting /128s would be trivial to evade).
+fn bucket(ip: &IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => *ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::V6(seg.into())
+            }
+        },
+    }
+}
+
 pub struct IpLimit {
     rate: Rate,
     pub spec: RateSpec,
@@ -29,7 +45,7 @@ impl IpLimit {
 
     /// Counts one request of `ip`; `Err(count)` when it is over the limit.
     pub fn hit(&self, ip: &IpAddr) -> Result<u64, u64> {
-        let n = self.rate.observe(ip, 1).max(0) as u64;
+        let n = self.rate.observe(&bucket(ip), 1).max(0) as u64;
         if n > self.spec.count {
             Err(n)
         } else {
@@ -39,12 +55,12 @@ impl IpLimit {
 
     /// Whether `ip` has already reached the limit (nothing counted).
     pub fn exhausted(&self, ip: &IpAddr) -> bool {
-        self.rate.observe(ip, 0).max(0) as u64 >= self.spec.count
+        self.rate.observe(&bucket(ip), 0).max(0) as u64 >= self.spec.count
     }
 
     /// Counts one event (a failed authentication) of `ip`.
     pub fn record(&self, ip: &IpAddr) {
-        self.rate.observe(ip, 1);
+        self.rate.observe(&bucket(ip), 1);
     }
 
     /// `RateLimit-Policy` and `RateLimit` items for this guard after `used` requests (`t` is the

@@ -60,6 +60,18 @@ pub struct Verdict {
     pub policies: Vec<PolicyState>,
 }
 
+/// One rate check, before it is decided.
+struct RateStep {
+    interval: u64,
+    burst: u64,
+    tolerance: u64,
+    /// The arrival time under the current numbers.
+    tat: u64,
+    base: u64,
+    next: u64,
+    allowed: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Counter {
     period: Period,
@@ -123,7 +135,8 @@ fn ceil_secs(ns: u64) -> u64 {
 pub struct Limiter {
     shards: Vec<Mutex<HashMap<String, Arc<Mutex<KeyState>>>>>,
     /// Held by a flush and by a reset, so that a flush in flight cannot bring reset counts back.
-    persist: Mutex<()>,
+    /// Holds the store's (connection, data version) the counters were last read at.
+    persist: Mutex<Option<(u64, i64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -134,7 +147,7 @@ impl Limiter {
     pub fn new() -> Limiter {
         Limiter {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            persist: Mutex::new(()),
+            persist: Mutex::new(None),
         }
     }
 
@@ -165,77 +178,108 @@ impl Limiter {
         let state = self.state(key);
         let mut st = lock(&state);
         let secs = (now_ns / 1_000_000_000) as i64;
-        let mut denied = None;
-        let mut policies = Vec::with_capacity(plan.quotas.len() + 1);
-        let mut new_tat = None;
-        if let Some((interval, burst)) = plan.rate {
+
+        // The rate under this plan's numbers. New numbers (a reload) keep the share of the burst
+        // in use, not the raw time; computed on a copy, so that a peek writes nothing.
+        let rate = plan.rate.map(|(interval, burst)| {
             let tolerance = interval.saturating_mul(burst);
-            // New numbers (a reload): keep the share of the burst in use, not the raw time.
-            if let Some((old_interval, old_burst)) =
-                st.rate_params.filter(|p| *p != (interval, burst))
-            {
-                let old_tolerance = old_interval.saturating_mul(old_burst).max(1);
-                let debt = st.tat_ns.saturating_sub(now_ns).min(old_tolerance);
-                let scaled =
-                    (u128::from(debt) * u128::from(tolerance) / u128::from(old_tolerance)) as u64;
-                st.tat_ns = now_ns.saturating_add(scaled);
-            }
-            st.rate_params = Some((interval, burst));
-            let base = st.tat_ns.max(now_ns);
+            let tat = match st.rate_params {
+                Some((old_interval, old_burst))
+                    if (old_interval, old_burst) != (interval, burst) =>
+                {
+                    let old_tolerance = old_interval.saturating_mul(old_burst).max(1);
+                    let debt = st.tat_ns.saturating_sub(now_ns).min(old_tolerance);
+                    let scaled =
+                        u128::from(debt) * u128::from(tolerance) / u128::from(old_tolerance);
+                    now_ns.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
+                }
+                _ => st.tat_ns,
+            };
+            let base = tat.max(now_ns);
             let next = base.saturating_add(interval);
-            let allowed = next - now_ns <= tolerance;
-            let level = if allowed && count { next } else { base };
-            if allowed {
-                new_tat = Some(next);
-            } else {
-                denied = Some(Denial::Rate {
-                    retry_after_secs: ceil_secs(next - now_ns - tolerance).max(1),
-                });
+            RateStep {
+                interval,
+                burst,
+                tolerance,
+                tat,
+                base,
+                next,
+                allowed: next - now_ns <= tolerance,
             }
+        });
+
+        // Quotas: (spec, used, window end).
+        let quotas: Vec<(QuotaSpec, u64, i64)> = plan
+            .quotas
+            .iter()
+            .map(|q| {
+                let end = q.period.window(secs).1;
+                let c = st.counter(q.period, secs);
+                (*q, c.base + c.local, end)
+            })
+            .collect();
+
+        // Refused if any limit refuses; a used-up quota is the answer over the rate, and the
+        // wait is the longest of the limits that refuse.
+        let rate_wait = rate
+            .as_ref()
+            .filter(|r| !r.allowed)
+            .map(|r| ceil_secs(r.next - now_ns - r.tolerance).max(1));
+        let exhausted = quotas
+            .iter()
+            .filter(|(q, used, _)| *used >= q.limit)
+            .max_by_key(|(_, _, end)| *end);
+        let denied = match (exhausted, rate_wait) {
+            (Some((q, _, end)), wait) => Some(Denial::Quota {
+                period: q.period,
+                limit: q.limit,
+                retry_after_secs: ((end - secs).max(1) as u64).max(wait.unwrap_or(0)),
+            }),
+            (None, Some(wait)) => Some(Denial::Rate {
+                retry_after_secs: wait,
+            }),
+            (None, None) => None,
+        };
+        let accepted = count && denied.is_none();
+        if count {
+            if let Some(r) = &rate {
+                st.tat_ns = if accepted { r.next } else { r.tat };
+                st.rate_params = Some((r.interval, r.burst));
+            }
+        }
+        if accepted {
+            for q in &plan.quotas {
+                st.counter(q.period, secs).local += 1;
+            }
+            st.dirty |= !plan.quotas.is_empty();
+        }
+
+        let mut policies = Vec::with_capacity(quotas.len() + 1);
+        if let Some(r) = &rate {
+            let level = if accepted { r.next } else { r.base };
             policies.push(PolicyState {
                 name: "rate",
-                quota: burst,
-                window_secs: ceil_secs(tolerance).max(1),
-                remaining: (tolerance - (level - now_ns).min(tolerance)) / interval,
+                quota: r.burst,
+                window_secs: ceil_secs(r.tolerance).max(1),
+                remaining: (r.tolerance - (level - now_ns).min(r.tolerance)) / r.interval,
                 reset_secs: ceil_secs(level - now_ns),
             });
         }
-        for q in &plan.quotas {
-            let (_, end) = q.period.window(secs);
-            let c = st.counter(q.period, secs);
-            let used = c.base + c.local;
-            if used >= q.limit && denied.is_none() {
-                denied = Some(Denial::Quota {
-                    period: q.period,
-                    limit: q.limit,
-                    retry_after_secs: (end - secs).max(1) as u64,
-                });
-            }
+        for (q, used, end) in &quotas {
             policies.push(PolicyState {
                 name: q.period.name(),
                 quota: q.limit,
                 window_secs: q.period.nominal_secs(),
-                remaining: q.limit.saturating_sub(used),
+                remaining: q.limit.saturating_sub(used + u64::from(accepted)),
                 reset_secs: (end - secs).max(0) as u64,
             });
-        }
-        if count && denied.is_none() {
-            if let Some(t) = new_tat {
-                st.tat_ns = t;
-            }
-            for q in &plan.quotas {
-                st.counter(q.period, secs).local += 1;
-            }
-            for p in policies.iter_mut().filter(|p| p.name != "rate") {
-                p.remaining = p.remaining.saturating_sub(1);
-            }
-            st.dirty |= !plan.quotas.is_empty();
         }
         Verdict { denied, policies }
     }
 
-    /// Serialises flushes and resets of the stored counters.
-    pub fn persist_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    /// Serialises flushes and resets of the stored counters; the guarded value is the store
+    /// version the counters were last read at.
+    pub fn persist_lock(&self) -> std::sync::MutexGuard<'_, Option<(u64, i64)>> {
         lock(&self.persist)
     }
 
@@ -371,6 +415,29 @@ mod tests {
         assert!((49..=52).contains(&ok), "{ok}");
         // Another key is independent.
         assert!(l.check("b", &p, t0).denied.is_none());
+    }
+
+    #[test]
+    fn the_longest_wait_wins_and_peeking_changes_nothing() {
+        let l = Limiter::new();
+        let p = plan(Some((S, 1)), &["1/minute", "1/hour"]);
+        let t = crate::clock::parse_rfc3339("2026-11-21T13:30:30Z").unwrap_or_default() as u64 * S;
+        assert!(l.check("a", &p, t).denied.is_none());
+        // Rate, minute and hour all refuse: the hour's 29.5 minutes is the answer.
+        match l.check("a", &p, t).denied {
+            Some(Denial::Quota {
+                period: Period::Hour,
+                retry_after_secs,
+                ..
+            }) => assert_eq!(retry_after_secs, 1770),
+            other => panic!("{other:?}"),
+        }
+        // A refused check leaves the rate's remaining as it was (nothing used).
+        assert_eq!(l.check("a", &p, t).policies[0].remaining, 0);
+        // Peeking under other numbers does not rescale the stored state.
+        let other = plan(Some((S / 1000, 1000)), &["1/minute", "1/hour"]);
+        let _ = l.peek("a", &other, t);
+        assert!(l.check("a", &plan(Some((S, 1)), &[]), t).denied.is_some());
     }
 
     #[test]

@@ -26,8 +26,15 @@ pub struct EndpointLimits {
     pub plans: Arc<Plans>,
 }
 
+/// Largest count a plan may give: structured-field integers have at most 15 digits.
+const MAX_COUNT: u64 = 999_999_999_999_999;
+
 /// Builds one plan; errors are (key under the plan, message).
 pub fn compile_plan(name: &str, p: &PlanSection) -> Result<Plan, (String, String)> {
+    let too_big = |k: &str| (k.to_string(), format!("at most {MAX_COUNT}"));
+    if p.burst.is_some_and(|b| b > MAX_COUNT) {
+        return Err(too_big("burst"));
+    }
     let rate = match &p.rate {
         None => {
             if p.burst.is_some() {
@@ -37,6 +44,9 @@ pub fn compile_plan(name: &str, p: &PlanSection) -> Result<Plan, (String, String
         }
         Some(text) => {
             let r = parse_rate(text).map_err(|e| ("rate".to_string(), e))?;
+            if r.count > MAX_COUNT {
+                return Err(too_big("rate"));
+            }
             let burst = p.burst.unwrap_or(r.count);
             if burst == 0 {
                 return Err(("burst".into(), "burst must be at least 1".into()));
@@ -47,6 +57,9 @@ pub fn compile_plan(name: &str, p: &PlanSection) -> Result<Plan, (String, String
     let mut quotas = Vec::new();
     for (i, q) in p.quotas.iter().enumerate() {
         let q = parse_quota(q).map_err(|e| (format!("quotas[{i}]"), e))?;
+        if q.limit > MAX_COUNT {
+            return Err(too_big(&format!("quotas[{i}]")));
+        }
         if quotas
             .iter()
             .any(|o: &spec::QuotaSpec| o.period == q.period)
@@ -91,6 +104,7 @@ pub fn api_limits(
     i: usize,
     api: &ApiSection,
     plans: &Arc<Plans>,
+    sections: &std::collections::BTreeMap<String, PlanSection>,
 ) -> Result<Option<Arc<EndpointLimits>>, Vec<(String, String)>> {
     if plans.is_empty() || api.auth.is_none() {
         return Ok(None);
@@ -100,33 +114,31 @@ pub fn api_limits(
     if !api.plans.is_empty() {
         let mut merged: Plans = (**plans).clone();
         for (name, o) in &api.plans {
-            let Some(base) = plans.get(name) else {
+            let Some(base) = sections.get(name) else {
                 problems.push((
                     format!("apis[{i}].plans.{name}"),
                     format!("no [plans.{name}] to override"),
                 ));
                 continue;
             };
+            // One rate state per consumer: two rates on one shared count would mix.
+            if (o.rate.is_some() || o.burst.is_some()) && api.limits_scope == LimitsScope::Consumer
+            {
+                problems.push((
+                    format!("apis[{i}].plans.{name}"),
+                    "a rate or burst override needs limits_scope = \"consumer_api\" on this API"
+                        .into(),
+                ));
+                continue;
+            }
+            // Keys left out keep the plan's.
             let section = PlanSection {
-                rate: o.rate.clone(),
-                burst: o.burst,
-                quotas: o.quotas.clone().unwrap_or_default(),
+                rate: o.rate.clone().or_else(|| base.rate.clone()),
+                burst: o.burst.or(base.burst),
+                quotas: o.quotas.clone().unwrap_or_else(|| base.quotas.clone()),
             };
             match compile_plan(name, &section) {
-                Ok(over) => {
-                    let plan = Plan {
-                        name: name.clone(),
-                        rate: if o.rate.is_some() {
-                            over.rate
-                        } else {
-                            base.rate
-                        },
-                        quotas: if o.quotas.is_some() {
-                            over.quotas
-                        } else {
-                            base.quotas.clone()
-                        },
-                    };
+                Ok(plan) => {
                     merged.insert(name.clone(), Arc::new(plan));
                 }
                 Err((k, m)) => problems.push((format!("apis[{i}].plans.{name}.{k}"), m)),
@@ -148,4 +160,68 @@ pub fn api_limits(
         per_api,
         plans: effective,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const PLANS: &str = "[plans.free]\nrate = \"5/s\"\nburst = 10\nquotas = [\"450/hour\"]\n";
+
+    fn limits_of(text: &str) -> Result<Option<Arc<EndpointLimits>>, Vec<(String, String)>> {
+        let c = cfg(text);
+        let plans = Arc::new(compile_plans(&c).unwrap_or_else(|e| panic!("{e:?}")));
+        api_limits(0, &c.apis[0], &plans, &c.plans)
+    }
+
+    #[test]
+    fn api_overrides_keep_what_they_leave_out() {
+        let api = "[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n";
+        let auth = "[apis.auth]\nmethods = [\"api_key\"]\n";
+        let l = limits_of(&format!(
+            "{PLANS}{api}limits_scope = \"consumer_api\"\n{auth}[apis.plans.free]\nburst = 20\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .unwrap_or_else(|| panic!("limits"));
+        let free = &l.plans["free"];
+        assert_eq!(
+            free.rate,
+            Some((200_000_000, 20)),
+            "the plan's rate, the API's burst"
+        );
+        assert_eq!(free.quotas.len(), 1, "the plan's quota");
+        assert_eq!(l.per_api.as_deref(), Some("a"));
+        let l = limits_of(&format!(
+            "{PLANS}{api}{auth}[apis.plans.free]\nquotas = [\"100/hour\"]\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .unwrap_or_else(|| panic!("limits"));
+        assert_eq!(l.plans["free"].quotas[0].limit, 100);
+        assert_eq!(l.plans["free"].rate, Some((200_000_000, 10)));
+        let e = limits_of(&format!(
+            "{PLANS}{api}{auth}[apis.plans.free]\nrate = \"1/s\"\n"
+        ))
+        .err()
+        .unwrap_or_default();
+        assert!(e[0].1.contains("consumer_api"), "{e:?}");
+        let e = limits_of(&format!(
+            "{PLANS}{api}{auth}[apis.plans.gold]\nquotas = [\"1/hour\"]\n"
+        ))
+        .err()
+        .unwrap_or_default();
+        assert!(e[0].1.contains("no [plans.gold]"), "{e:?}");
+        let big = compile_plan(
+            "x",
+            &PlanSection {
+                rate: None,
+                burst: None,
+                quotas: vec!["1000000000000000/hour".into()],
+            },
+        );
+        assert!(big.is_err(), "over 15 digits cannot be sent in the headers");
+    }
 }

@@ -11,36 +11,57 @@ use pingora::services::background::BackgroundService;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Flushes once; returns how many counters were written.
+/// Flushes once; returns how many counters were written. When another process (the other
+/// side of an upgrade) wrote to the store since the last look, every stored total of the
+/// current windows is read again, so that both count against the same totals within a second.
 pub fn flush(shared: &Shared) -> usize {
-    let _one = shared.limiter.persist_lock();
+    let mut seen = shared.limiter.persist_lock();
+    let store = shared.identity.store();
     let pending = shared.limiter.take_dirty();
-    if pending.is_empty() {
-        return 0;
-    }
-    match shared.identity.store().add_counts(&pending) {
-        Ok(totals) => {
-            let now = crate::clock::now();
-            for t in &totals {
-                shared.limiter.set_total(t, now);
+    let mut written = 0;
+    if !pending.is_empty() {
+        match store.add_counts(&pending) {
+            Ok(totals) => {
+                let now = crate::clock::now();
+                for t in &totals {
+                    shared.limiter.set_total(t, now);
+                }
+                written = totals.len();
             }
-            totals.len()
-        }
-        Err(e) => {
-            log::warn!("quota counters not saved this time (kept for the next try): {e}");
-            shared.limiter.restore(&pending);
-            0
+            Err(e) => {
+                log::warn!("quota counters not saved this time (kept for the next try): {e}");
+                shared.limiter.restore(&pending);
+                return 0;
+            }
         }
     }
+    match store.data_version() {
+        Ok(version) if *seen != Some(version) => match store.load_counts() {
+            Ok(records) => {
+                let now = crate::clock::now();
+                for r in &records {
+                    shared.limiter.set_total(r, now);
+                }
+                *seen = Some(version);
+            }
+            Err(e) => log::warn!("quota counters not read back this time: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::warn!("quota counters: cannot read the store version: {e}"),
+    }
+    written
 }
 
 /// Loads the stored counters of the current windows (at start).
 pub fn load(shared: &Shared) -> Result<usize, crate::store::StoreError> {
+    let mut seen = shared.limiter.persist_lock();
+    let store = shared.identity.store();
     let now = crate::clock::now();
-    let records = shared.identity.store().load_counts()?;
+    let records = store.load_counts()?;
     for r in &records {
         shared.limiter.set_total(r, now);
     }
+    *seen = Some(store.data_version()?);
     Ok(records.len())
 }
 

@@ -55,6 +55,14 @@ pub fn consumer_usage(shared: &Shared, snapshot: &Snapshot, consumer: &Consumer)
     };
     for ep in &snapshot.endpoints {
         let Some(limits) = &ep.limits else { continue };
+        // Only the APIs this consumer may call.
+        let allowed = ep
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.allow_groups.is_empty() || consumer.in_any_group(&a.allow_groups));
+        if !allowed {
+            continue;
+        }
         let (scope, limits) = match &limits.per_api {
             None if seen_shared => continue,
             None => {

@@ -133,7 +133,7 @@ impl Gateway {
             ],
             body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
         };
-        reply::write_static(session, &reply, &ctx.request_id, close).await
+        reply::write_static(session, &reply, &ctx.request_id, close, None).await
     }
 
     /// Applies the caller's plan; `Err` is the 429 answer (nothing goes upstream).
@@ -152,8 +152,20 @@ impl Gateway {
         let Some(consumer) = &ctx.consumer else {
             return Ok(());
         };
-        let Some(plan) = consumer.plan.as_ref().and_then(|p| limits.plans.get(p)) else {
+        let Some(plan_name) = &consumer.plan else {
             return Ok(());
+        };
+        let Some(plan) = limits.plans.get(plan_name) else {
+            // Checked at start and reload; a consumer written since with a plan that does not
+            // exist is refused rather than left unlimited.
+            log::warn!(
+                "consumer {} has plan {plan_name:?}, which the config does not define",
+                consumer.id
+            );
+            return Err(Reply::new(
+                Code::Forbidden,
+                "this consumer's plan is not available; contact the API owner",
+            ));
         };
         let key = crate::limits::limiter::limit_key(&consumer.id, limits.per_api.as_deref());
         let verdict = self
@@ -242,7 +254,7 @@ impl Gateway {
                 Ok(())
             }
             Err(reply) => {
-                if let (Some((g, ip)), 401) = (guard, reply.code.status()) {
+                if let (Some((g, ip)), true) = (guard, reply.bad_credential) {
                     g.record(&ip);
                 }
                 Err(reply)
@@ -338,7 +350,14 @@ impl ProxyHttp for Gateway {
                 match self.endpoint(ctx).map(|e| &e.action) {
                     Some(Action::Respond(r)) => {
                         let r = r.clone();
-                        reply::write_static(session, &r, &ctx.request_id, close).await?;
+                        reply::write_static(
+                            session,
+                            &r,
+                            &ctx.request_id,
+                            close,
+                            ctx.ratelimit.as_ref(),
+                        )
+                        .await?;
                         Ok(true)
                     }
                     _ => Ok(false),

@@ -122,6 +122,8 @@ pub struct Reply {
     pub code: Code,
     pub detail: String,
     pub headers: Vec<(&'static str, String)>,
+    /// A wrong credential (counted by the failed-authentication guard).
+    pub bad_credential: bool,
 }
 
 impl Reply {
@@ -130,7 +132,14 @@ impl Reply {
             code,
             detail: detail.into(),
             headers: Vec::new(),
+            bad_credential: false,
         }
+    }
+
+    /// Marks the answer as refusing a wrong credential.
+    pub fn bad_credential(mut self) -> Self {
+        self.bad_credential = true;
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -213,10 +222,16 @@ pub async fn write_static(
     reply: &StaticReply,
     request_id: &str,
     close: bool,
+    extra: Option<&(String, String)>,
 ) -> Result<()> {
-    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 4))?;
     for (name, value) in &reply.headers {
         h.append_header(name.clone(), value.clone())?;
+    }
+    // The RateLimit fields of the caller's plan, when one applied.
+    if let Some((policy, state)) = extra {
+        h.insert_header("RateLimit-Policy", policy.as_str())?;
+        h.insert_header("RateLimit", state.as_str())?;
     }
     h.insert_header("Content-Length", reply.body.len().to_string())?;
     h.insert_header("X-Request-Id", request_id)?;
