@@ -23,7 +23,12 @@ run: setup
 	./target/release/turnpike run -c $(CONFIG)
 
 # The whole test suite: unit, integration (real binary, real upstreams on loopback) and CLI tests.
+# The systemd unit test needs systemd-analyze (installed as root, or the test says how).
 test: setup
+	@if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing systemd (systemd-analyze checks the shipped unit)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
+	fi
 	cargo test --all-targets
 
 check: setup

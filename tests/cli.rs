@@ -175,6 +175,61 @@ fn the_sample_config_of_the_issue_loads_as_written() {
 }
 
 #[test]
+fn the_auth_sample_of_the_identity_issue_loads_as_written() {
+    let f =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/issue4-sample.toml");
+    let (code, out, err) = run_cli(&["check", "-c", &f.display().to_string()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok: 1 APIs, 1 routes"), "{out}");
+}
+
+/// systemd's own checker on the shipped unit, pointed at the binary under test: unknown keys,
+/// bad values and commands that cannot run are all reported (as warnings or errors).
+#[test]
+fn the_systemd_unit_verifies() {
+    let analyze = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output();
+    assert!(
+        analyze.is_ok(),
+        "systemd-analyze is missing: run 'sudo apt-get install -y systemd' (make test does it as root)"
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("systemd/turnpike.service")).expect("unit");
+    let binary = support::binary().display().to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let path = write(
+        dir.path(),
+        "turnpike.service",
+        &unit.replace("/usr/local/bin/turnpike", &binary),
+    );
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", &path])
+        .output()
+        .expect("systemd-analyze verify");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify failed: {err}");
+    assert!(err.trim().is_empty(), "systemd-analyze verify warns: {err}");
+    for key in [
+        "Type=forking",
+        "PIDFile=",
+        "ExecStartPre=",
+        "ExecReload=",
+        "RuntimeDirectory=",
+        "StateDirectory=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "LimitNOFILE=",
+        "User=turnpike",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key}");
+    }
+}
+
+#[test]
 fn broken_tls_material_is_reported_by_check() {
     let dir = tempfile::tempdir().expect("dir");
     let key_a = rcgen::KeyPair::generate().expect("key");

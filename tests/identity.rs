@@ -131,7 +131,8 @@ keys = [
         &gw,
         "POST",
         "/consumers",
-        Some(json!({"id": "acme", "groups": ["partners"], "plan": "free"})),
+        Some(json!({"id": "acme", "groups": ["partners"], "plan": "free",
+            "metadata": {"team": "erp", "tier": 2}})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -260,6 +261,38 @@ keys = [
         "a scope granted through the admin API applies at once"
     );
 
+    // One consumer can be read back with its metadata; a deleted consumer's keys stop at once.
+    let (s, v) = admin(&gw, "GET", "/consumers/acme", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["metadata"], json!({"team": "erp", "tier": 2}));
+    assert_eq!(v["source"], "store");
+    let (s, v) = admin(&gw, "GET", "/consumers/from-config", None).await;
+    assert_eq!((s, v["source"].as_str()), (200, Some("config")));
+    let (s, _) = admin(
+        &gw,
+        "POST",
+        "/consumers",
+        Some(json!({"id": "leaving", "groups": ["partners"]})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (_, v) = admin(&gw, "POST", "/consumers/leaving/keys", None).await;
+    let leaving = v["key"].as_str().expect("key").to_string();
+    assert_eq!(
+        call(&gw, "/orders/v1/items", &[("x-api-key", &leaving)])
+            .await
+            .0,
+        200
+    );
+    let (s, _) = admin(&gw, "DELETE", "/consumers/leaving", None).await;
+    assert_eq!(s, 204);
+    let (_, body, _) = call(&gw, "/orders/v1/items", &[("x-api-key", &leaving)]).await;
+    problem(&body, 401, "invalid_credentials");
+    let (s, _) = admin(&gw, "GET", "/consumers/leaving", None).await;
+    assert_eq!(s, 404);
+    let (s, _) = admin(&gw, "DELETE", "/consumers/from-config", None).await;
+    assert_eq!(s, 409, "config consumers are read-only");
+
     // Public APIs still drop forged identity headers.
     let (s, _, _) = call(&gw, "/public/x", &[("x-consumer-id", "admin")]).await;
     assert_eq!(s, 200);
@@ -384,7 +417,7 @@ keys = [
     // The audit log recorded every change, chained, with a token fingerprint as the actor.
     let (s, v) = admin(&gw, "GET", "/audit?limit=100", None).await;
     assert_eq!(s, 200);
-    for k in [&key, &new_key, &outsider, &cli_key] {
+    for k in [&key, &new_key, &outsider, &cli_key, &leaving] {
         assert!(
             !v.to_string().contains(k.as_str()),
             "a key in the audit log"
@@ -402,6 +435,7 @@ keys = [
         "consumer.update",
         "key.rotate",
         "key.revoke",
+        "consumer.delete",
     ] {
         assert!(actions.contains(&a), "{a} missing: {actions:?}");
     }
@@ -441,7 +475,7 @@ keys = [
         }
     }
     for text in &files {
-        for k in [&key, &new_key, &outsider, &cli_key] {
+        for k in [&key, &new_key, &outsider, &cli_key, &leaving] {
             assert!(!text.contains(k.as_str()), "a key leaked into a file");
         }
     }

@@ -177,6 +177,8 @@ async fn refused(gw: &Gateway, path: &str, bearer: &str, why: &str) {
 async fn jwt_callers_keys_and_rotation() {
     let up = Upstream::start("orders").await;
     let jwks = Jwks::start(json!({ "keys": [rsa_jwk()] })).await;
+    // A JWKS no request ever needs: only the periodic refresh fetches it.
+    let idle_jwks = Jwks::start(json!({ "keys": [rsa_jwk()] })).await;
     std::env::set_var("TURNPIKE_TEST_JWT_SECRET", HS_SECRET);
     // Many refusals from one address on purpose: the failed-authentication guard is off here
     // (tests/limits.rs tests it).
@@ -225,12 +227,26 @@ path = "/x"
 path = "/write"
 scopes = ["orders:write"]
 
+[[apis]]
+name = "periodic"
+base_path = "/periodic"
+upstream = "orders"
+[apis.auth]
+methods = ["jwt"]
+[apis.auth.jwt]
+issuer = "{ISS}"
+audience = "periodic"
+jwks_url = "{idle_jwks}"
+algorithms = ["RS256"]
+jwks_refresh = "10s"
+
 [[consumers]]
 id = "partner-7"
 scopes = ["orders:write"]
 "#,
             addr = up.addr,
             jwks = jwks.url,
+            idle_jwks = idle_jwks.url,
         ),
     );
     let started = Instant::now();
@@ -394,4 +410,16 @@ scopes = ["orders:write"]
         "the failed fetch was not logged"
     );
     assert!(!gw.log().contains(&good), "a token reached the log");
+
+    // The periodic refresh: fetched at start and again every jwks_refresh (10 s) on its own.
+    assert!(
+        started.elapsed() > Duration::from_secs(12),
+        "the test ran too briefly to tell"
+    );
+    assert!(
+        idle_jwks.fetches() >= 2,
+        "{} fetches of a JWKS with a 10 s refresh after {:?}",
+        idle_jwks.fetches(),
+        started.elapsed()
+    );
 }

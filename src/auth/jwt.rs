@@ -421,6 +421,117 @@ impl pingora::services::background::BackgroundService for JwksRefresher {
 mod tests {
     use super::*;
 
+    fn policy(algorithm: Algorithm, key: DecodingKey) -> JwtPolicy {
+        JwtPolicy {
+            issuer: "https://id.example/".into(),
+            audience: "orders".into(),
+            algorithms: vec![algorithm],
+            keys: KeySource::Fixed(key, family(algorithm)),
+            consumer_claim: "sub".into(),
+            groups_claim: None,
+            scopes_claim: "scope".into(),
+            leeway: 5,
+            link_consumers: false,
+        }
+    }
+
+    /// Every algorithm the issue names verifies with its own key, and none with another
+    /// algorithm of the same family (the pin is per algorithm, not per family).
+    #[test]
+    fn every_supported_algorithm_verifies_and_is_pinned() {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let now = crate::clock::now();
+        let claims = serde_json::json!({"sub": "p", "iss": "https://id.example/",
+            "aud": "orders", "exp": now + 60, "iat": now});
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let read =
+            |name: &str| std::fs::read(fixtures.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        let rsa_private = read("jwt-rsa-private.pem");
+        let rsa_public = read("jwt-rsa-public.pem");
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ed =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap_or_else(|e| panic!("{e}"));
+        let secret = b"an HMAC secret of a reasonable length, 0123456789";
+        let ok = |e: Result<EncodingKey, jsonwebtoken::errors::Error>| {
+            e.unwrap_or_else(|e| panic!("{e}"))
+        };
+        let ok_d = |e: Result<DecodingKey, jsonwebtoken::errors::Error>| {
+            e.unwrap_or_else(|e| panic!("{e}"))
+        };
+        let cases: Vec<(Algorithm, EncodingKey, DecodingKey)> = vec![
+            (
+                Algorithm::HS256,
+                EncodingKey::from_secret(secret),
+                DecodingKey::from_secret(secret),
+            ),
+            (
+                Algorithm::HS384,
+                EncodingKey::from_secret(secret),
+                DecodingKey::from_secret(secret),
+            ),
+            (
+                Algorithm::HS512,
+                EncodingKey::from_secret(secret),
+                DecodingKey::from_secret(secret),
+            ),
+            (
+                Algorithm::RS256,
+                ok(EncodingKey::from_rsa_pem(&rsa_private)),
+                ok_d(DecodingKey::from_rsa_pem(&rsa_public)),
+            ),
+            (
+                Algorithm::RS384,
+                ok(EncodingKey::from_rsa_pem(&rsa_private)),
+                ok_d(DecodingKey::from_rsa_pem(&rsa_public)),
+            ),
+            (
+                Algorithm::RS512,
+                ok(EncodingKey::from_rsa_pem(&rsa_private)),
+                ok_d(DecodingKey::from_rsa_pem(&rsa_public)),
+            ),
+            (
+                Algorithm::PS256,
+                ok(EncodingKey::from_rsa_pem(&rsa_private)),
+                ok_d(DecodingKey::from_rsa_pem(&rsa_public)),
+            ),
+            (
+                Algorithm::ES384,
+                ok(EncodingKey::from_ec_pem(p384.serialize_pem().as_bytes())),
+                ok_d(DecodingKey::from_ec_pem(p384.public_key_pem().as_bytes())),
+            ),
+            (
+                Algorithm::EdDSA,
+                ok(EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes())),
+                ok_d(DecodingKey::from_ed_pem(ed.public_key_pem().as_bytes())),
+            ),
+        ];
+        for (alg, enc, dec) in cases {
+            let token =
+                encode(&Header::new(alg), &claims, &enc).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            let p = policy(alg, dec.clone());
+            assert!(
+                futures::executor::block_on(p.verify(&token, now)).is_ok(),
+                "{alg:?}"
+            );
+            // The same key, pinned to another algorithm of its family, refuses the token.
+            let other = match alg {
+                Algorithm::HS256 => Algorithm::HS512,
+                Algorithm::RS256 => Algorithm::PS256,
+                Algorithm::EdDSA | Algorithm::ES384 => continue,
+                _ => Algorithm::RS256,
+            };
+            if family(other) == family(alg) {
+                let pinned = policy(other, dec);
+                let why = futures::executor::block_on(pinned.verify(&token, now)).err();
+                assert!(
+                    why.is_some_and(|w| w.contains("not accepted")),
+                    "{alg:?} under {other:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn families_and_claim_lists() {
         assert_eq!(parse_alg("none"), None);
