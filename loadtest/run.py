@@ -363,8 +363,9 @@ def instruction_counts(record):
     try:
         wait_port(BACKEND_PORT)
         for name, (cmd, port, sig, headers) in targets.items():
-            a = callgrind_total(work, name.split()[0], cmd, port, small, sig, headers)
-            b = callgrind_total(work, name.split()[0], cmd, port, large, sig, headers)
+            slug = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+            a = callgrind_total(work, slug, cmd, port, small, sig, headers)
+            b = callgrind_total(work, slug, cmd, port, large, sig, headers)
             per_request[name] = (b - a) / (large - small)
     finally:
         backend.send_signal(signal.SIGQUIT)

@@ -80,12 +80,11 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     let store_path = store_path(config_path, &file.store.path);
     let identity = Identity::open(&store_path)
         .map_err(|e| StartError::Store(format!("{}: {e}", store_path.display())))?;
-    let mut shadowed = identity.shadowed(&file);
-    shadowed.extend(identity.unknown_plans(&file));
-    if !shadowed.is_empty() {
+    let conflicts = identity.conflicts(&file);
+    if !conflicts.is_empty() {
         return Err(StartError::Config(ConfigError {
             file: config_path.to_path_buf(),
-            problems: shadowed,
+            problems: conflicts,
         }));
     }
     let identity = Arc::new(identity);

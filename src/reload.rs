@@ -50,8 +50,7 @@ pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
     let current = shared.snapshot();
     let result = crate::config::load_snapshot(&shared.config_path, Some(&current))
         .and_then(|next| {
-            let mut problems = shared.identity.shadowed(&next.file);
-            problems.extend(shared.identity.unknown_plans(&next.file));
+            let problems = shared.identity.conflicts(&next.file);
             if problems.is_empty() {
                 Ok(next)
             } else {

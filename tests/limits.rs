@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use support::upstream::Upstream;
 use support::{client, problem, Gateway, ADMIN_TOKEN};
@@ -212,16 +212,7 @@ async fn burst_rate_headers_and_reload() {
 }
 
 fn restart(gw: &Gateway) -> Child {
-    let log = std::fs::File::create(gw.dir.path().join("gateway-restarted.log")).expect("log");
-    Command::new(support::binary())
-        .args(["run", "-c"])
-        .arg(&gw.config)
-        .env("TURNPIKE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("restart turnpike")
+    gw.spawn_process(&[], "gateway-restarted.log")
 }
 
 async fn remaining_after_one(url: &str) -> i64 {
@@ -239,22 +230,6 @@ async fn remaining_after_one(url: &str) -> i64 {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn kill(child: &mut Child, signal: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill -{signal}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the gateway did not exit after SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +278,11 @@ async fn quota_counts_survive_restarts() {
     eprintln!(
         "kill -9 kept {used_since} of 30 requests' counts (the last 10 were under a second old)"
     );
-    kill(&mut third, "TERM");
+    support::send_signal(third.id(), "TERM");
+    assert!(
+        support::wait_child(&mut third, Duration::from_secs(15)).is_some(),
+        "the gateway did not exit after SIGTERM"
+    );
 }
 
 async fn admin(gw: &Gateway, method: &str, path: &str) -> (u16, serde_json::Value) {

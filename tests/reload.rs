@@ -103,13 +103,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
         assert_eq!(text(&c, &gw.url("/marker")).await, marker);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (ok, failures) = load.finish().await.totals();
-    assert!(
-        failures.is_empty(),
-        "{} failed requests, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let ok = load.finish().await.assert_no_failures();
     assert!(ok > 200, "the load ran: {ok} requests");
     assert!(
         a.hits() > 50 && b.hits() > 50,
@@ -210,13 +204,7 @@ async fn refused_reloads_change_nothing() {
         .as_str()
         .is_some_and(|f| f.ends_with("turnpike.toml")));
 
-    let (ok, failures) = load.finish().await.totals();
-    assert!(
-        failures.is_empty(),
-        "{} failed requests, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let ok = load.finish().await.assert_no_failures();
     assert!(ok > 50, "{ok}");
     assert!(
         gw.log().contains("config reload refused"),

@@ -11,11 +11,14 @@
 //! appears exactly once: in the answer that created it.
 
 use super::{json_response, problem, Answer};
+use crate::config::file::ConsumerSection;
 use crate::config::identity::{is_consumer_id, is_label};
+use crate::identity::index::Index;
 use crate::proxy::reply::Code;
 use crate::state::Shared;
 use crate::store::consumers::{self as rows, ConsumerPatch, NewConsumer};
-use crate::store::{audit, StoreError};
+use crate::store::{audit, Store, StoreError};
+use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -140,6 +143,25 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StoreError::Io(format!("store task failed: {e}"))))
 }
 
+/// Runs a change of the store and its index as one step, off the async workers (see
+/// `Identity::apply`).
+async fn change<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Store, &Index) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let identity = shared.identity.clone();
+    blocking(move || identity.apply(f)).await
+}
+
+/// Runs a read of the store off the async workers.
+async fn read<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let identity = shared.identity.clone();
+    blocking(move || identity.store().read(f)).await
+}
+
 fn consumer_json(c: &rows::ConsumerRow, source: &str) -> Value {
     json!({
         "id": c.id,
@@ -153,10 +175,9 @@ fn consumer_json(c: &rows::ConsumerRow, source: &str) -> Value {
     })
 }
 
-fn config_consumer_json(shared: &Shared, id: &str) -> Option<Value> {
-    let snapshot = shared.snapshot();
-    let c = snapshot.file.consumers.iter().find(|c| c.id == id)?;
-    Some(json!({
+/// A consumer of the config file, with its key labels (never digests).
+fn config_consumer_value(c: &ConsumerSection) -> Value {
+    json!({
         "id": c.id,
         "plan": c.plan,
         "groups": c.groups,
@@ -164,7 +185,13 @@ fn config_consumer_json(shared: &Shared, id: &str) -> Option<Value> {
         "metadata": serde_json::to_value(&c.metadata).unwrap_or(Value::Null),
         "source": "config",
         "keys": c.keys.iter().map(|k| json!({"label": k.label, "expires_at": k.expires_at})).collect::<Vec<_>>(),
-    }))
+    })
+}
+
+fn config_consumer_json(shared: &Shared, id: &str) -> Option<Value> {
+    let snapshot = shared.snapshot();
+    let c = snapshot.file.consumers.iter().find(|c| c.id == id)?;
+    Some(config_consumer_value(c))
 }
 
 /// Once the config has plans, a consumer's plan must be one of them.
@@ -262,23 +289,20 @@ async fn create_consumer(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
             rid,
         );
     }
-    let identity = shared.identity.clone();
     let actor = call.actor.to_string();
-    let result = blocking(move || {
-        identity.apply(|store, index| {
-            let row = store.create_consumer(
-                &actor,
-                NewConsumer {
-                    id: input.id,
-                    plan: input.plan,
-                    groups: input.groups,
-                    scopes: input.scopes,
-                    metadata: input.metadata,
-                },
-            )?;
-            index.put_consumer(&row);
-            Ok(row)
-        })
+    let result = change(shared, move |store, index| {
+        let row = store.create_consumer(
+            &actor,
+            NewConsumer {
+                id: input.id,
+                plan: input.plan,
+                groups: input.groups,
+                scopes: input.scopes,
+                metadata: input.metadata,
+            },
+        )?;
+        index.put_consumer(&row);
+        Ok(row)
     })
     .await;
     match result {
@@ -294,15 +318,8 @@ async fn list_consumers(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
         Err(e) => return problem(Code::InvalidRequest, &e, rid),
     };
     let after = query_param(call.query, "after").unwrap_or("").to_string();
-    let identity = shared.identity.clone();
     let after_db = after.clone();
-    let stored = match blocking(move || {
-        identity
-            .store()
-            .read(|c| rows::list_consumers(c, &after_db, limit))
-    })
-    .await
-    {
+    let stored = match read(shared, move |c| rows::list_consumers(c, &after_db, limit)).await {
         Ok(r) => r,
         Err(e) => return store_error(e, rid),
     };
@@ -313,9 +330,7 @@ async fn list_consumers(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
         .map(|c| (c.id.clone(), consumer_json(c, "store")))
         .collect();
     for c in snapshot.file.consumers.iter().filter(|c| c.id > after) {
-        if let Some(v) = config_consumer_json(shared, &c.id) {
-            items.push((c.id.clone(), v));
-        }
+        items.push((c.id.clone(), config_consumer_value(c)));
     }
     items.sort_by(|a, b| a.0.cmp(&b.0));
     items.truncate(limit as usize);
@@ -334,9 +349,8 @@ async fn get_consumer(shared: &Arc<Shared>, id: &str, rid: &str) -> Answer {
     if let Some(v) = config_consumer_json(shared, id) {
         return json_response(200, v, "application/json", rid);
     }
-    let identity = shared.identity.clone();
     let key = id.to_string();
-    match blocking(move || identity.store().read(|c| rows::get_consumer(c, &key))).await {
+    match read(shared, move |c| rows::get_consumer(c, &key)).await {
         Ok(Some(row)) => json_response(200, consumer_json(&row, "store"), "application/json", rid),
         Ok(None) => problem(Code::NotFound, &format!("consumer {id} not found"), rid),
         Err(e) => store_error(e, rid),
@@ -371,24 +385,21 @@ async fn patch_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answ
     {
         return problem(Code::InvalidRequest, &e, rid);
     }
-    let identity = shared.identity.clone();
     let actor = call.actor.to_string();
     let key = id.to_string();
-    let result = blocking(move || {
-        identity.apply(|store, index| {
-            let row = store.update_consumer(
-                &actor,
-                &key,
-                ConsumerPatch {
-                    plan: input.plan,
-                    groups: input.groups,
-                    scopes: input.scopes,
-                    metadata: input.metadata,
-                },
-            )?;
-            index.put_consumer(&row);
-            Ok(row)
-        })
+    let result = change(shared, move |store, index| {
+        let row = store.update_consumer(
+            &actor,
+            &key,
+            ConsumerPatch {
+                plan: input.plan,
+                groups: input.groups,
+                scopes: input.scopes,
+                metadata: input.metadata,
+            },
+        )?;
+        index.put_consumer(&row);
+        Ok(row)
     })
     .await;
     match result {
@@ -402,15 +413,12 @@ async fn delete_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Ans
     if is_config_consumer(shared, id) {
         return read_only(id, rid);
     }
-    let identity = shared.identity.clone();
     let actor = call.actor.to_string();
     let key = id.to_string();
-    let result = blocking(move || {
-        identity.apply(|store, index| {
-            let keys = store.delete_consumer(&actor, &key)?;
-            index.remove_consumer(&key, &keys);
-            Ok(())
-        })
+    let result = change(shared, move |store, index| {
+        let keys = store.delete_consumer(&actor, &key)?;
+        index.remove_consumer(&key, &keys);
+        Ok(())
     })
     .await;
     match result {
@@ -469,15 +477,12 @@ async fn create_key(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answer {
         },
         (None, None) => None,
     };
-    let identity = shared.identity.clone();
     let actor = call.actor.to_string();
     let key = id.to_string();
-    let result = blocking(move || {
-        identity.apply(|store, index| {
-            let (row, new) = store.create_key(&actor, &key, input.label.as_deref(), expires_at)?;
-            index.put_key(&row);
-            Ok((row, new))
-        })
+    let result = change(shared, move |store, index| {
+        let (row, new) = store.create_key(&actor, &key, input.label.as_deref(), expires_at)?;
+        index.put_key(&row);
+        Ok((row, new))
     })
     .await;
     match result {
@@ -499,15 +504,12 @@ async fn list_keys(shared: &Arc<Shared>, id: &str, rid: &str) -> Answer {
             rid,
         );
     }
-    let identity = shared.identity.clone();
     let key = id.to_string();
-    let result = blocking(move || {
-        identity.store().read(|c| {
-            if rows::get_consumer(c, &key)?.is_none() {
-                return Err(StoreError::NotFound(format!("consumer {key}")));
-            }
-            rows::list_keys(c, &key)
-        })
+    let result = read(shared, move |c| {
+        if rows::get_consumer(c, &key)?.is_none() {
+            return Err(StoreError::NotFound(format!("consumer {key}")));
+        }
+        rows::list_keys(c, &key)
     })
     .await;
     let now = crate::clock::now();
@@ -546,17 +548,13 @@ async fn rotate_key(shared: &Arc<Shared>, id: &str, key_id: &str, call: &Call<'_
             )
         }
     };
-    let identity = shared.identity.clone();
     let actor = call.actor.to_string();
     let (cid, kid) = (id.to_string(), key_id.to_string());
-    let result = blocking(move || {
-        identity.apply(|store, index| {
-            let (new_row, new, old) =
-                store.rotate_key(&actor, &cid, &kid, grace.as_secs() as i64)?;
-            index.put_key(&new_row);
-            index.put_key(&old);
-            Ok((new_row, new, old))
-        })
+    let result = change(shared, move |store, index| {
+        let (new_row, new, old) = store.rotate_key(&actor, &cid, &kid, grace.as_secs() as i64)?;
+        index.put_key(&new_row);
+        index.put_key(&old);
+        Ok((new_row, new, old))
     })
     .await;
     let now = crate::clock::now();
@@ -576,15 +574,12 @@ async fn revoke_key(shared: &Arc<Shared>, id: &str, key_id: &str, call: &Call<'_
     if is_config_consumer(shared, id) {
         return read_only(id, rid);
     }
-    let identity = shared.identity.clone();
     let actor = call.actor.to_string();
     let (cid, kid) = (id.to_string(), key_id.to_string());
-    let result = blocking(move || {
-        identity.apply(|store, index| {
-            let row = store.revoke_key(&actor, &cid, &kid)?;
-            index.put_key(&row);
-            Ok(())
-        })
+    let result = change(shared, move |store, index| {
+        let row = store.revoke_key(&actor, &cid, &kid)?;
+        index.put_key(&row);
+        Ok(())
     })
     .await;
     match result {
@@ -604,8 +599,7 @@ async fn list_audit(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
         Some(Ok(n)) if n >= 0 => n,
         Some(_) => return problem(Code::InvalidRequest, "after must be a sequence number", rid),
     };
-    let identity = shared.identity.clone();
-    match blocking(move || identity.store().read(|c| audit::page(c, after, limit))).await {
+    match read(shared, move |c| audit::page(c, after, limit)).await {
         Ok(entries) => {
             let next = (entries.len() as i64 == limit)
                 .then(|| entries.last().map(|e| e.seq))

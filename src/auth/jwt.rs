@@ -47,6 +47,24 @@ pub fn parse_alg(name: &str) -> Option<Algorithm> {
     name.parse().ok()
 }
 
+/// Why a token was refused (never the token itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub detail: String,
+    /// No key is known for the token (yet): a key rotation or a JWKS outage, not evidence of a
+    /// wrong credential, so the failed-authentication guard does not count it.
+    pub key_unknown: bool,
+}
+
+impl From<String> for Refusal {
+    fn from(detail: String) -> Self {
+        Refusal {
+            detail,
+            key_unknown: false,
+        }
+    }
+}
+
 /// Where an API's verification keys come from.
 pub enum KeySource {
     /// `secret_env` (HMAC) or `public_key_file` (PEM).
@@ -150,24 +168,28 @@ impl JwtPolicy {
     }
 
     /// Verifies `token` and returns its claims, or why it is refused (never the token).
-    pub async fn verify(&self, token: &str, now: i64) -> Result<Value, String> {
+    pub async fn verify(&self, token: &str, now: i64) -> Result<Value, Refusal> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| "the bearer token is not a valid JWT".to_string())?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(format!(
-                "tokens signed with {:?} are not accepted here",
-                header.alg
-            ));
+            return Err(
+                format!("tokens signed with {:?} are not accepted here", header.alg).into(),
+            );
         }
         let key = match &self.keys {
             KeySource::Fixed(key, fam) if *fam == family(header.alg) => key.clone(),
             KeySource::Fixed(..) => {
-                return Err("the token's algorithm does not fit this API's key".into())
+                return Err("the token's algorithm does not fit this API's key"
+                    .to_string()
+                    .into())
             }
             KeySource::Jwks(src) => src
                 .key_for(header.kid.as_deref(), header.alg)
                 .await
-                .ok_or_else(|| "no known key matches the token (kid)".to_string())?,
+                .ok_or_else(|| Refusal {
+                    detail: "no known key matches the token (kid)".into(),
+                    key_unknown: true,
+                })?,
         };
         let mut v = Validation::new(header.alg);
         v.algorithms = vec![header.alg];
@@ -190,10 +212,12 @@ impl JwtPolicy {
         let claims = data.claims;
         if let Some(iat) = claims.get("iat") {
             let Some(iat) = iat.as_i64().or_else(|| iat.as_f64().map(|f| f as i64)) else {
-                return Err("the token's iat claim is not a number".into());
+                return Err("the token's iat claim is not a number".to_string().into());
             };
             if iat > now.saturating_add(self.leeway as i64) {
-                return Err("the token was issued in the future (iat)".into());
+                return Err("the token was issued in the future (iat)"
+                    .to_string()
+                    .into());
             }
         }
         Ok(claims)
@@ -525,7 +549,7 @@ mod tests {
                 let pinned = policy(other, dec);
                 let why = futures::executor::block_on(pinned.verify(&token, now)).err();
                 assert!(
-                    why.is_some_and(|w| w.contains("not accepted")),
+                    why.is_some_and(|w| w.detail.contains("not accepted")),
                     "{alg:?} under {other:?}"
                 );
             }

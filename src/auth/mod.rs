@@ -19,6 +19,7 @@ use crate::proxy::reply::{Code, Reply};
 use http::HeaderName;
 use jwt::JwtPolicy;
 use pingora::http::RequestHeader;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// An API's compiled auth settings.
@@ -60,6 +61,11 @@ impl AuthPolicy {
             jwt,
             challenges,
         })
+    }
+
+    /// Whether `allow_groups` lets this consumer call the API.
+    pub fn allows(&self, consumer: &Consumer) -> bool {
+        self.allow_groups.is_empty() || consumer.in_any_group(&self.allow_groups)
     }
 
     fn unauthorized(&self, code: Code, detail: &str) -> Reply {
@@ -164,16 +170,21 @@ pub async fn authenticate(
     } else {
         Vec::new()
     };
-    let mut keys: Vec<Vec<u8>> = Vec::new();
+    // Header values are borrowed; only query values (percent-decoded) are copies.
+    let mut keys: Vec<Cow<'_, [u8]>> = Vec::new();
     if policy.api_key {
         keys.extend(
             req.headers
                 .get_all(&policy.header)
                 .iter()
-                .map(|v| v.as_bytes().to_vec()),
+                .map(|v| Cow::Borrowed(v.as_bytes())),
         );
         if let (Some(name), Some(query)) = (&policy.query_param, req.uri.query()) {
-            keys.extend(query_values(query.as_bytes(), name));
+            keys.extend(
+                query_values(query.as_bytes(), name)
+                    .into_iter()
+                    .map(Cow::Owned),
+            );
         }
     }
     let consumer = match (keys.as_slice(), tokens.as_slice(), &policy.jwt) {
@@ -184,11 +195,9 @@ pub async fn authenticate(
         ([], [token], Some(jwt)) => {
             let token = std::str::from_utf8(token)
                 .map_err(|_| policy.invalid_token("the bearer token is not a valid JWT"))?;
-            // A token whose key is not (yet) known is no proof of a wrong credential (key
-            // rotation, a JWKS outage): it does not count for the failed-authentication guard.
             let claims = jwt.verify(token, now).await.map_err(|why| {
-                let reply = policy.invalid_token(&why);
-                if why.starts_with("no known key") {
+                let reply = policy.invalid_token(&why.detail);
+                if why.key_unknown {
                     reply
                 } else {
                     reply.bad_credential()
@@ -204,7 +213,7 @@ pub async fn authenticate(
             ))
         }
     };
-    if !policy.allow_groups.is_empty() && !consumer.in_any_group(&policy.allow_groups) {
+    if !policy.allows(&consumer) {
         return Err(Reply::new(
             Code::Forbidden,
             "this consumer is not allowed to call this API",

@@ -60,17 +60,9 @@ fn checksum(prefix_and_random: &[u8]) -> [u8; CHECK_CHARS] {
 
 /// Makes a new key from the operating system's random source.
 pub fn generate() -> NewKey {
-    let mut rng = rand::rngs::OsRng;
     let mut text = String::with_capacity(KEY_LEN);
     text.push_str(PREFIX);
-    while text.len() < PREFIX.len() + RANDOM_CHARS {
-        // Rejection sampling: 248 = 4 * 62, so every character is equally likely.
-        let mut byte = [0u8; 1];
-        rng.fill_bytes(&mut byte);
-        if byte[0] < 248 {
-            text.push(char::from(BASE62[usize::from(byte[0] % 62)]));
-        }
-    }
+    push_random_base62(&mut text, RANDOM_CHARS);
     let check = checksum(text.as_bytes());
     text.extend(check.iter().map(|&b| char::from(b)));
     NewKey {
@@ -121,16 +113,24 @@ pub fn from_hex(text: &str) -> Option<Digest> {
 
 /// A random identifier such as `key_3fZk9QmB2xLp` (not secret; for URLs and logs).
 pub fn random_id(prefix: &str) -> String {
-    let mut rng = rand::rngs::OsRng;
     let mut out = String::from(prefix);
-    while out.len() < prefix.len() + 14 {
+    push_random_base62(&mut out, 14);
+    out
+}
+
+/// Appends `n` base62 characters from the operating system's random source. Rejection
+/// sampling (248 = 4 * 62) keeps every character equally likely.
+fn push_random_base62(out: &mut String, n: usize) {
+    let mut rng = rand::rngs::OsRng;
+    let mut added = 0;
+    while added < n {
         let mut byte = [0u8; 1];
         rng.fill_bytes(&mut byte);
         if byte[0] < 248 {
             out.push(char::from(BASE62[usize::from(byte[0] % 62)]));
+            added += 1;
         }
     }
-    out
 }
 
 #[cfg(test)]

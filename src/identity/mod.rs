@@ -191,7 +191,18 @@ impl Identity {
     /// Problems for config consumers whose id is also a consumer in the store: one id must name
     /// one consumer, or a store key would take on the config consumer's groups and could not
     /// be managed through the admin API.
-    pub fn shadowed(
+    /// Every reason the store and a config file cannot serve together: start and reload
+    /// refuse such a file.
+    pub fn conflicts(
+        &self,
+        file: &crate::config::file::FileConfig,
+    ) -> Vec<crate::config::error::Problem> {
+        let mut problems = self.shadowed(file);
+        problems.extend(self.unknown_plans(file));
+        problems
+    }
+
+    fn shadowed(
         &self,
         file: &crate::config::file::FileConfig,
     ) -> Vec<crate::config::error::Problem> {
@@ -213,7 +224,7 @@ impl Identity {
 
     /// Problems for store consumers whose plan a config with plans does not define: without
     /// the check, a renamed plan would silently lift their limits.
-    pub fn unknown_plans(
+    fn unknown_plans(
         &self,
         file: &crate::config::file::FileConfig,
     ) -> Vec<crate::config::error::Problem> {

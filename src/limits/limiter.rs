@@ -358,10 +358,10 @@ impl Limiter {
 }
 
 /// The limiter key of a consumer, per API when the API counts separately.
-pub fn limit_key(consumer: &str, api: Option<&str>) -> String {
+pub fn limit_key<'a>(consumer: &'a str, api: Option<&str>) -> std::borrow::Cow<'a, str> {
     match api {
-        Some(api) => format!("{consumer}\n{api}"),
-        None => consumer.to_string(),
+        Some(api) => format!("{consumer}\n{api}").into(),
+        None => consumer.into(),
     }
 }
 

@@ -36,14 +36,8 @@ pub fn flush(shared: &Shared) -> usize {
         }
     }
     match store.data_version() {
-        Ok(version) if *seen != Some(version) => match store.load_counts() {
-            Ok(records) => {
-                let now = crate::clock::now();
-                for r in &records {
-                    shared.limiter.set_total(r, now);
-                }
-                *seen = Some(version);
-            }
+        Ok(version) if *seen != Some(version) => match read_back(shared) {
+            Ok(_) => *seen = Some(version),
             Err(e) => log::warn!("quota counters not read back this time: {e}"),
         },
         Ok(_) => {}
@@ -52,17 +46,22 @@ pub fn flush(shared: &Shared) -> usize {
     written
 }
 
-/// Loads the stored counters of the current windows (at start).
-pub fn load(shared: &Shared) -> Result<usize, crate::store::StoreError> {
-    let mut seen = shared.limiter.persist_lock();
-    let store = shared.identity.store();
+/// Sets every counter of a current window to the store's total.
+fn read_back(shared: &Shared) -> Result<usize, crate::store::StoreError> {
     let now = crate::clock::now();
-    let records = store.load_counts()?;
+    let records = shared.identity.store().load_counts()?;
     for r in &records {
         shared.limiter.set_total(r, now);
     }
-    *seen = Some(store.data_version()?);
     Ok(records.len())
+}
+
+/// Loads the stored counters of the current windows (at start).
+pub fn load(shared: &Shared) -> Result<usize, crate::store::StoreError> {
+    let mut seen = shared.limiter.persist_lock();
+    let n = read_back(shared)?;
+    *seen = Some(shared.identity.store().data_version()?);
+    Ok(n)
 }
 
 pub struct CounterPersister {

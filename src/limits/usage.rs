@@ -56,11 +56,7 @@ pub fn consumer_usage(shared: &Shared, snapshot: &Snapshot, consumer: &Consumer)
     for ep in &snapshot.endpoints {
         let Some(limits) = &ep.limits else { continue };
         // Only the APIs this consumer may call.
-        let allowed = ep
-            .auth
-            .as_ref()
-            .is_some_and(|a| a.allow_groups.is_empty() || consumer.in_any_group(&a.allow_groups));
-        if !allowed {
+        if !ep.auth.as_ref().is_some_and(|a| a.allows(consumer)) {
             continue;
         }
         let (scope, limits) = match &limits.per_api {

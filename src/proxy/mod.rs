@@ -108,6 +108,14 @@ impl Gateway {
         Ok(close)
     }
 
+    /// The caller checks of a routed request, in order: the address's flood guard, identity,
+    /// the plan. `Err` is the answer to give instead.
+    async fn check_caller(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Reply> {
+        self.guard_ip(session, ctx)?;
+        self.identify(session, ctx).await?;
+        self.limit(ctx)
+    }
+
     /// Answers `GET [usage] path`: the identified caller's own usage (nothing is counted).
     async fn answer_usage(
         &self,
@@ -208,10 +216,7 @@ impl Gateway {
                 retry_after_secs,
             ),
         };
-        Err(Reply::new(code, detail)
-            .header("Retry-After", retry.to_string())
-            .header("RateLimit-Policy", headers.0)
-            .header("RateLimit", headers.1))
+        Err(limited(code, detail, retry, headers))
     }
 
     /// Identifies the caller on APIs with auth; `Err` is the 401/403 answer.
@@ -227,14 +232,12 @@ impl Gateway {
         let guard = snapshot.auth_guard.as_ref().zip(client_ip(session));
         if let Some((g, ip)) = guard {
             if g.exhausted(&ip) {
-                let (policy, state) = g.headers("auth-failures", g.spec.count);
-                return Err(Reply::new(
+                return Err(limited(
                     Code::RateLimited,
                     "too many failed authentication attempts from this address; try again later",
-                )
-                .header("Retry-After", g.spec.per_secs.to_string())
-                .header("RateLimit-Policy", policy)
-                .header("RateLimit", state));
+                    g.spec.per_secs,
+                    g.headers("auth-failures", g.spec.count),
+                ));
             }
         }
         // The usage endpoint borrows an API's auth, not its routes' scopes.
@@ -279,21 +282,30 @@ impl Gateway {
                 ctx.ratelimit = Some(limit.headers("ip", used));
                 Ok(())
             }
-            Err(used) => {
-                let (policy, state) = limit.headers("ip", used);
-                Err(Reply::new(
-                    Code::RateLimited,
-                    format!(
-                        "this address is over {} requests per {} s on this API",
-                        limit.spec.count, limit.spec.per_secs
-                    ),
-                )
-                .header("Retry-After", limit.spec.per_secs.to_string())
-                .header("RateLimit-Policy", policy)
-                .header("RateLimit", state))
-            }
+            Err(used) => Err(limited(
+                Code::RateLimited,
+                format!(
+                    "this address is over {} requests per {} s on this API",
+                    limit.spec.count, limit.spec.per_secs
+                ),
+                limit.spec.per_secs,
+                limit.headers("ip", used),
+            )),
         }
     }
+}
+
+/// A 429 answer: `Retry-After` and the RateLimit fields (policy, state) of the limit.
+fn limited(
+    code: Code,
+    detail: impl Into<String>,
+    retry_after_secs: u64,
+    (policy, state): (String, String),
+) -> Reply {
+    Reply::new(code, detail)
+        .header("Retry-After", retry_after_secs.to_string())
+        .header("RateLimit-Policy", policy)
+        .header("RateLimit", state)
 }
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
@@ -332,14 +344,7 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Ok(close) => {
-                let checked = match self.guard_ip(session, ctx) {
-                    Ok(()) => match self.identify(session, ctx).await {
-                        Ok(()) => self.limit(ctx),
-                        Err(reply) => Err(reply),
-                    },
-                    Err(reply) => Err(reply),
-                };
-                if let Err(reply) = checked {
+                if let Err(reply) = self.check_caller(session, ctx).await {
                     reply::write_problem(session, &reply, &ctx.request_id, close).await?;
                     return Ok(true);
                 }
@@ -468,15 +473,7 @@ impl ProxyHttp for Gateway {
             } else {
                 [&b"/"[..], rest].concat()
             };
-            // Keep the scheme and authority (HTTP/2 carries the host there); replace the path.
-            let mut parts = upstream.uri.clone().into_parts();
-            parts.path_and_query = Some(http::uri::PathAndQuery::try_from(path).map_err(|e| {
-                Error::because(ErrorType::InternalError, "cannot rewrite the path", e)
-            })?);
-            let uri = http::Uri::from_parts(parts).map_err(|e| {
-                Error::because(ErrorType::InternalError, "cannot rewrite the path", e)
-            })?;
-            upstream.set_uri(uri);
+            replace_path_and_query(upstream, path)?;
         }
         let host = session
             .req_header()
@@ -636,13 +633,20 @@ fn strip_credentials(upstream: &mut RequestHeader, policy: &crate::auth::AuthPol
     } else {
         format!("{path}?{rest}")
     };
+    replace_path_and_query(upstream, pq.into_bytes())
+}
+
+/// Replaces the path and query of the upstream request, keeping the scheme and authority
+/// (HTTP/2 carries the host there).
+fn replace_path_and_query(upstream: &mut RequestHeader, path_and_query: Vec<u8>) -> Result<()> {
+    const WHY: &str = "cannot rewrite the request target";
     let mut parts = upstream.uri.clone().into_parts();
-    parts.path_and_query =
-        Some(http::uri::PathAndQuery::try_from(pq).map_err(|e| {
-            Error::because(ErrorType::InternalError, "cannot rewrite the query", e)
-        })?);
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path_and_query)
+            .map_err(|e| Error::because(ErrorType::InternalError, WHY, e))?,
+    );
     let uri = http::Uri::from_parts(parts)
-        .map_err(|e| Error::because(ErrorType::InternalError, "cannot rewrite the query", e))?;
+        .map_err(|e| Error::because(ErrorType::InternalError, WHY, e))?;
     upstream.set_uri(uri);
     Ok(())
 }

@@ -137,13 +137,9 @@ impl Store {
         actor: &str,
         f: impl FnOnce(&Transaction<'_>) -> Result<(T, Change)>,
     ) -> Result<T> {
-        self.with_conn(|conn| {
-            // IMMEDIATE: take the write lock first, so that a writer in another process makes
-            // this one wait (busy_timeout) instead of failing when a read turns into a write.
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let (value, change) = f(&tx)?;
-            audit::append(&tx, actor, &change)?;
-            tx.commit()?;
+        self.write(|tx| {
+            let (value, change) = f(tx)?;
+            audit::append(tx, actor, &change)?;
             Ok(value)
         })
     }
@@ -151,6 +147,8 @@ impl Store {
     /// Runs a write transaction without an audit entry (counters, not admin changes).
     pub fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         self.with_conn(|conn| {
+            // IMMEDIATE: take the write lock first, so that a writer in another process makes
+            // this one wait (busy_timeout) instead of failing when a read turns into a write.
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let value = f(&tx)?;
             tx.commit()?;

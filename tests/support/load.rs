@@ -28,7 +28,7 @@ pub struct Results {
 
 impl Results {
     /// Requests that succeeded and every failure, both kinds together.
-    pub fn totals(&self) -> (usize, Vec<String>) {
+    fn totals(&self) -> (usize, Vec<String>) {
         let mut failures = self.keep_alive.failures.clone();
         failures.extend(self.per_connection.failures.iter().cloned());
         failures.extend(self.idle_keep_alive.failures.iter().cloned());
@@ -36,6 +36,18 @@ impl Results {
             self.keep_alive.ok + self.per_connection.ok + self.idle_keep_alive.ok,
             failures,
         )
+    }
+
+    /// Fails the test with the first failures if any request failed; returns the successes.
+    pub fn assert_no_failures(&self) -> usize {
+        let (ok, failures) = self.totals();
+        assert!(
+            failures.is_empty(),
+            "{} failed requests, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        ok
     }
 }
 

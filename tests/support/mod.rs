@@ -97,26 +97,30 @@ impl Gateway {
 
     /// Sends a signal (`HUP`, `QUIT`, `TERM`...) to the gateway process this test started.
     pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{name} failed");
+        send_signal(self.child.id(), name);
     }
 
-    /// Starts a new gateway process on the same config with `-u`, to take over the listening
-    /// sockets from this one. The caller stops it (it is returned as a child process).
-    pub fn spawn_upgrade(&self) -> Child {
-        let log = std::fs::File::create(self.dir.path().join("gateway-new.log")).expect("log file");
+    /// Starts another gateway process on the same config (`run` with `extra` flags), logging
+    /// to `log_name` in the test's directory. The caller stops it.
+    pub fn spawn_process(&self, extra: &[&str], log_name: &str) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
         Command::new(binary())
-            .args(["run", "-u", "-c"])
+            .arg("run")
+            .args(extra)
+            .arg("-c")
             .arg(&self.config)
             .env("TURNPIKE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start the new turnpike binary")
+            .expect("start another turnpike process")
+    }
+
+    /// Starts a new gateway process on the same config with `-u`, to take over the listening
+    /// sockets from this one. The caller stops it (it is returned as a child process).
+    pub fn spawn_upgrade(&self) -> Child {
+        self.spawn_process(&["-u"], "gateway-new.log")
     }
 
     pub fn new_log(&self) -> String {
@@ -125,14 +129,7 @@ impl Gateway {
 
     /// Waits up to `limit` for this gateway process to exit.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        wait_child(&mut self.child, limit)
     }
 
     pub fn start(body: &str) -> Gateway {
@@ -186,6 +183,27 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends a signal (`TERM`, `KILL`...) to a process this test started, by PID.
+pub fn send_signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{name} {pid} failed");
+}
+
+/// Waits up to `limit` for a child process to exit.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
 
 /// Sends raw bytes and returns everything read until the peer closes or 3 s pass.
