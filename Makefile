@@ -23,11 +23,19 @@ run: setup
 	./target/release/turnpike run -c $(CONFIG)
 
 # The whole test suite: unit, integration (real binary, real upstreams on loopback) and CLI tests.
-# The systemd unit test needs systemd-analyze (installed as root, or the test says how).
+# The systemd unit test needs systemd-analyze and the fleet tests a real redis-server (each test
+# starts its own on a free loopback port): both are installed as root, or the tests say how.
 test: setup
-	@if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing systemd (systemd-analyze checks the shipped unit)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
+	@missing=""; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing (for the systemd unit and fleet tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing; run 'sudo apt-get install -y$$missing' and try again"; exit 1; \
+	  fi; \
 	fi
 	cargo test --all-targets
 

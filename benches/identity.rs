@@ -20,7 +20,7 @@ fn key_text(i: usize) -> String {
 
 /// An identity whose index holds `KEYS` keys of 1,000 consumers (the store itself is empty).
 fn identity(dir: &std::path::Path) -> Identity {
-    let id = Identity::open(&dir.join("bench.db")).unwrap_or_else(|e| panic!("{e}"));
+    let id = Identity::open(&dir.join("bench.db"), None).unwrap_or_else(|e| panic!("{e}"));
     let consumers: Vec<ConsumerRow> = (0..1000)
         .map(|c| ConsumerRow {
             id: format!("c{c}"),

@@ -1,10 +1,12 @@
-//! The plan limiter: one check (GCRA rate + two quotas) single-threaded, and the same key
-//! checked from 4 threads at once (contended). Run with `cargo bench --bench limits`.
+//! The plan limiter: one check (GCRA rate + two quotas) single-threaded, the same key checked
+//! from 4 threads at once (contended), and a check spent from a Redis lease (batched mode).
+//! Run with `cargo bench --bench limits`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::sync::Arc;
 use std::time::Instant;
-use turnpike::limits::limiter::{Limiter, Plan};
+use turnpike::config::file::OnStoreError;
+use turnpike::limits::limiter::{Check, Limiter, Mode, Plan};
 use turnpike::limits::spec::parse_quota;
 
 fn plan() -> Plan {
@@ -16,6 +18,8 @@ fn plan() -> Plan {
             .iter()
             .map(|q| parse_quota(q).unwrap_or_else(|e| panic!("{e}")))
             .collect(),
+        strict: false,
+        on_error: OnStoreError::Local,
     }
 }
 
@@ -62,6 +66,21 @@ fn bench(c: &mut Criterion) {
                 let _ = t.join();
             }
             started.elapsed()
+        })
+    });
+    // With Redis (batched): a check spent from this node's lease, no round trip.
+    let cluster = Limiter::new();
+    let mode = Mode::Cluster { nodes: 2, up: true };
+    let _ = cluster.decide("acme", &plan, now, mode);
+    let items = cluster.take_sync(now as i64 / 1_000_000_000);
+    let grants: Vec<(u64, u64)> = items.iter().map(|_| (u64::MAX / 8, u64::MAX / 8)).collect();
+    cluster.finish_sync(&items, Some(&grants));
+    g.bench_function("check_leased_redis_batched", |b| {
+        b.iter(|| {
+            matches!(
+                cluster.decide(black_box("acme"), &plan, now, mode),
+                Check::Done(_)
+            )
         })
     });
     g.finish();

@@ -78,7 +78,18 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
         );
     }
     let store_path = store_path(config_path, &file.store.path);
-    let identity = Identity::open(&store_path)
+    let cluster = crate::cluster::Cluster::from_config(&file.store)
+        .map_err(|e| StartError::Store(format!("store.redis_url: {e}")))?
+        .map(Arc::new);
+    if let Some(c) = &cluster {
+        log::info!(
+            "shared store: redis at {} ({} nodes, sync every {:?})",
+            c.address,
+            c.nodes,
+            c.interval
+        );
+    }
+    let identity = Identity::open(&store_path, cluster.clone())
         .map_err(|e| StartError::Store(format!("{}: {e}", store_path.display())))?;
     let conflicts = identity.conflicts(&file);
     if !conflicts.is_empty() {
@@ -88,14 +99,24 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
         }));
     }
     let identity = Arc::new(identity);
-    let shared = Shared::new(snapshot, identity.clone(), config_path.to_path_buf());
-    match crate::limits::persist::load(&shared) {
-        Ok(n) => log::info!("quota counters loaded from the store: {n}"),
-        Err(e) => return Err(StartError::Store(format!("loading quota counters: {e}"))),
+    let shared = Shared::new(
+        snapshot,
+        identity.clone(),
+        cluster.clone(),
+        config_path.to_path_buf(),
+    );
+    if cluster.is_none() {
+        match crate::limits::persist::load(&shared) {
+            Ok(n) => log::info!("quota counters loaded from the store: {n}"),
+            Err(e) => return Err(StartError::Store(format!("loading quota counters: {e}"))),
+        }
     }
-    // SQLite connections must not cross the fork into the background; the index and the
-    // counters stay in memory and the connection opens again on first use.
+    // Connections must not cross the fork into the background; the index and the counters
+    // stay in memory and the connections open again on first use.
     shared.identity.store().release();
+    if let Some(c) = &cluster {
+        c.release();
+    }
 
     let l = &s.limits;
     let mut proxy_app = pingora::proxy::http_proxy(
@@ -151,12 +172,25 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
-    server.add_service(background_service(
-        "quota counter write-behind",
-        crate::limits::persist::CounterPersister {
-            shared: shared.clone(),
-        },
-    ));
+    match &cluster {
+        None => {
+            server.add_service(background_service(
+                "quota counter write-behind",
+                crate::limits::persist::CounterPersister {
+                    shared: shared.clone(),
+                },
+            ));
+        }
+        Some(c) => {
+            server.add_service(background_service(
+                "plan counter sync with redis",
+                crate::cluster::counters::CounterSync {
+                    cluster: c.clone(),
+                    limiter: shared.limiter.clone(),
+                },
+            ));
+        }
+    }
     server.add_service(background_service(
         "JWKS refresh",
         crate::auth::jwt::JwksRefresher {
@@ -167,7 +201,9 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
         "identity index sync",
         IdentitySync {
             identity,
-            interval: std::time::Duration::from_millis(500),
+            interval: cluster
+                .as_ref()
+                .map_or(std::time::Duration::from_millis(500), |c| c.interval),
         },
     ));
     server.add_service(background_service(

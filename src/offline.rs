@@ -1,8 +1,8 @@
 //! The commands that work on the store without a running gateway: `keys hash`, `keys create`
 //! and `audit verify`. Messages go to stderr; only the requested value goes to stdout.
 
-use crate::store::consumers::{get_consumer, NewConsumer};
-use crate::store::{audit, Store};
+use crate::identity::Identity;
+use crate::store::consumers::NewConsumer;
 use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,12 +12,15 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// Opens the store named by a config file.
-fn open_store(config: &Path) -> Result<Store, String> {
+/// Opens the store named by a config file: the SQLite file, or the fleet's Redis.
+fn open_store(config: &Path) -> Result<Identity, String> {
     let cfg = crate::config::load(config).map_err(|e| e.to_string())?;
     let absolute = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     let path = crate::app::store_path(&absolute, &cfg.store.path);
-    Store::open(&path).map_err(|e| format!("{}: {e}", path.display()))
+    let cluster = crate::cluster::Cluster::from_config(&cfg.store)
+        .map_err(|e| format!("store.redis_url: {e}"))?
+        .map(std::sync::Arc::new);
+    Identity::open(&path, cluster).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Who made a change from the command line.
@@ -70,7 +73,8 @@ pub fn keys_create(config: &Path, consumer: &str, label: Option<&str>) -> ExitCo
         Err(e) => return fail(e),
     };
     let actor = cli_actor();
-    let exists = match store.read(|c| get_consumer(c, consumer)) {
+    let store = store.records();
+    let exists = match store.get_consumer(consumer) {
         Ok(found) => found.is_some(),
         Err(e) => return fail(e),
     };
@@ -104,7 +108,7 @@ pub fn audit_verify(config: &Path) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    match store.read(audit::verify) {
+    match store.records().verify_audit() {
         Ok(v) => {
             println!(
                 "audit log ok: {} entries, last hash {}",

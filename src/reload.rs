@@ -95,8 +95,14 @@ pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
 pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (o, n) = (&old.server, &new.server);
     let (ol, nl) = (&o.limits, &n.limits);
-    let checks: [(&str, bool); 19] = [
-        ("store.path", old.store.path != new.store.path),
+    let (os, ns) = (&old.store, &new.store);
+    let checks: [(&str, bool); 24] = [
+        ("store.path", os.path != ns.path),
+        ("store.redis_url", os.redis_url != ns.redis_url),
+        ("store.redis_prefix", os.redis_prefix != ns.redis_prefix),
+        ("store.nodes", os.nodes != ns.nodes),
+        ("store.sync_interval", os.sync_interval != ns.sync_interval),
+        ("store.redis_timeout", os.redis_timeout != ns.redis_timeout),
         ("server.listen", o.listen != n.listen),
         ("server.tls", o.tls != n.tls),
         ("server.threads", o.threads != n.threads),

@@ -114,6 +114,8 @@ pub struct Shared {
     pub identity: Arc<crate::identity::Identity>,
     /// Plan counters (outlive config generations: a reload changes numbers, not counts).
     pub limiter: Arc<crate::limits::limiter::Limiter>,
+    /// The fleet's Redis (`[store] redis_url`), if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub config_path: PathBuf,
     pub started_at: SystemTime,
     /// Serialises reloads.
@@ -125,12 +127,14 @@ impl Shared {
     pub fn new(
         snapshot: Snapshot,
         identity: Arc<crate::identity::Identity>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
         config_path: PathBuf,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             identity,
             limiter: Arc::new(crate::limits::limiter::Limiter::new()),
+            cluster,
             config_path,
             started_at: SystemTime::now(),
             reload_lock: Mutex::new(()),

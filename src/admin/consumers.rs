@@ -14,11 +14,11 @@ use super::{json_response, problem, Answer};
 use crate::config::file::ConsumerSection;
 use crate::config::identity::{is_consumer_id, is_label};
 use crate::identity::index::Index;
+use crate::identity::records::Records;
 use crate::proxy::reply::Code;
 use crate::state::Shared;
 use crate::store::consumers::{self as rows, ConsumerPatch, NewConsumer};
-use crate::store::{audit, Store, StoreError};
-use rusqlite::Connection;
+use crate::store::StoreError;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -123,6 +123,14 @@ fn store_error(e: StoreError, rid: &str) -> Answer {
     match e {
         StoreError::NotFound(what) => problem(Code::NotFound, &format!("{what} not found"), rid),
         StoreError::Conflict(why) => problem(Code::Conflict, &why, rid),
+        StoreError::Redis(why) => {
+            log::error!("admin store operation failed: redis: {why}");
+            problem(
+                Code::StoreUnavailable,
+                "the shared store (redis) cannot be reached; nothing was changed",
+                rid,
+            )
+        }
         other => {
             log::error!("admin store operation failed: {other}");
             problem(
@@ -147,7 +155,7 @@ async fn blocking<T: Send + 'static>(
 /// `Identity::apply`).
 async fn change<T: Send + 'static>(
     shared: &Arc<Shared>,
-    f: impl FnOnce(&Store, &Index) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(Records<'_>, &Index) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     let identity = shared.identity.clone();
     blocking(move || identity.apply(f)).await
@@ -156,10 +164,10 @@ async fn change<T: Send + 'static>(
 /// Runs a read of the store off the async workers.
 async fn read<T: Send + 'static>(
     shared: &Arc<Shared>,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(Records<'_>) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     let identity = shared.identity.clone();
-    blocking(move || identity.store().read(f)).await
+    blocking(move || f(identity.records())).await
 }
 
 fn consumer_json(c: &rows::ConsumerRow, source: &str) -> Value {
@@ -319,7 +327,7 @@ async fn list_consumers(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
     };
     let after = query_param(call.query, "after").unwrap_or("").to_string();
     let after_db = after.clone();
-    let stored = match read(shared, move |c| rows::list_consumers(c, &after_db, limit)).await {
+    let stored = match read(shared, move |r| r.list_consumers(&after_db, limit)).await {
         Ok(r) => r,
         Err(e) => return store_error(e, rid),
     };
@@ -350,7 +358,7 @@ async fn get_consumer(shared: &Arc<Shared>, id: &str, rid: &str) -> Answer {
         return json_response(200, v, "application/json", rid);
     }
     let key = id.to_string();
-    match read(shared, move |c| rows::get_consumer(c, &key)).await {
+    match read(shared, move |r| r.get_consumer(&key)).await {
         Ok(Some(row)) => json_response(200, consumer_json(&row, "store"), "application/json", rid),
         Ok(None) => problem(Code::NotFound, &format!("consumer {id} not found"), rid),
         Err(e) => store_error(e, rid),
@@ -505,11 +513,11 @@ async fn list_keys(shared: &Arc<Shared>, id: &str, rid: &str) -> Answer {
         );
     }
     let key = id.to_string();
-    let result = read(shared, move |c| {
-        if rows::get_consumer(c, &key)?.is_none() {
+    let result = read(shared, move |r| {
+        if r.get_consumer(&key)?.is_none() {
             return Err(StoreError::NotFound(format!("consumer {key}")));
         }
-        rows::list_keys(c, &key)
+        r.list_keys(&key)
     })
     .await;
     let now = crate::clock::now();
@@ -599,7 +607,7 @@ async fn list_audit(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
         Some(Ok(n)) if n >= 0 => n,
         Some(_) => return problem(Code::InvalidRequest, "after must be a sequence number", rid),
     };
-    match read(shared, move |c| audit::page(c, after, limit)).await {
+    match read(shared, move |r| r.audit_page(after, limit)).await {
         Ok(entries) => {
             let next = (entries.len() as i64 == limit)
                 .then(|| entries.last().map(|e| e.seq))
@@ -649,7 +657,7 @@ async fn reset_usage(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answer 
     let cid = id.to_string();
     let result = blocking(move || {
         let _no_flush = shared2.limiter.persist_lock();
-        let n = shared2.identity.store().reset_counts(&actor, &cid)?;
+        let n = shared2.identity.records().reset_counts(&actor, &cid)?;
         shared2.limiter.reset(&cid);
         Ok(n)
     })

@@ -188,10 +188,27 @@ impl AdminApp {
                 "loaded_at": unix_secs(s.loaded_at),
                 "started_at": unix_secs(self.shared.started_at),
                 "last_reload": last,
+                "store": self.store_status(),
             }),
             "application/json",
             rid,
         )
+    }
+
+    /// Where records and counters are kept; with Redis, whether it is reachable and so whether
+    /// plans count through it or follow their `on_store_error`.
+    fn store_status(&self) -> serde_json::Value {
+        match &self.shared.cluster {
+            None => json!({
+                "kind": "sqlite",
+                "path": self.shared.identity.store().path.display().to_string(),
+            }),
+            Some(c) => {
+                let mut v = c.status();
+                v["kind"] = json!("redis");
+                v
+            }
+        }
     }
 
     async fn reload(&self, rid: &str) -> Response<Vec<u8>> {

@@ -55,6 +55,35 @@ pub struct PlanSection {
     /// Calendar quotas in UTC, e.g. ["450/hour", "1000000/month"].
     #[serde(default)]
     pub quotas: Vec<String>,
+    /// With Redis: "batched" (leases, never over the quota) or "strict" (one Redis call per
+    /// request, exact rate and quotas across the fleet).
+    #[serde(default)]
+    pub exactness: Exactness,
+    /// With Redis: what requests on this plan get while Redis cannot be reached.
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+/// `[plans.NAME] exactness`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Exactness {
+    #[default]
+    Batched,
+    Strict,
+}
+
+/// `[plans.NAME] on_store_error`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Refuse (503 store_unavailable) once the node's leases are used.
+    Deny,
+    /// Accept without limits; counts reach Redis when it is back.
+    Allow,
+    /// Count on this node with the plan's numbers divided by `[store] nodes`.
+    #[default]
+    Local,
 }
 
 /// `[apis.plans.NAME]`: an API's own numbers for a plan; keys left out keep the plan's.
@@ -84,6 +113,22 @@ pub struct StoreSection {
     /// Relative paths are relative to the config file's directory.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// A Redis server shared by the fleet (consumers, keys, audit log, plan counters):
+    /// `redis://[:password@]host:port[/db]`. Unset: everything stays in `path`.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key Turnpike writes (several fleets can share one server).
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// How many gateway nodes share the Redis server (batched rates and `local` fallbacks
+    /// divide the plan's numbers by it).
+    #[serde(default = "one")]
+    pub nodes: u32,
+    /// How often counters and the identity index are synchronised with Redis.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: Dur,
+    /// How long one Redis call may take before Redis counts as unreachable.
+    #[serde(default = "default_redis_timeout")]
+    pub redis_timeout: Dur,
 }
 
 /// `[keys]`: API key policy.
@@ -461,9 +506,6 @@ pub struct RespondSection {
 fn yes() -> bool {
     true
 }
-fn one() -> u32 {
-    1
-}
 fn default_listen() -> Vec<String> {
     vec!["127.0.0.1:8080".into()]
 }
@@ -490,6 +532,18 @@ fn default_keepalive_pool() -> usize {
 }
 fn default_usage_path() -> String {
     "/_turnpike/usage".into()
+}
+fn default_redis_prefix() -> String {
+    "turnpike:".into()
+}
+fn one() -> u32 {
+    1
+}
+fn default_sync_interval() -> Dur {
+    Dur(Duration::from_millis(250))
+}
+fn default_redis_timeout() -> Dur {
+    Dur(Duration::from_millis(250))
 }
 fn default_store_path() -> PathBuf {
     PathBuf::from("/var/lib/turnpike/turnpike.db")

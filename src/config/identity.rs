@@ -68,6 +68,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
     if cfg.store.path.as_os_str().is_empty() {
         problems.push(Problem::at("store.path", "the store path is empty"));
     }
+    redis(&mut problems, &cfg.store);
     let mut ids = HashMap::new();
     let mut digests = HashMap::new();
     for (i, c) in cfg.consumers.iter().enumerate() {
@@ -89,6 +90,37 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// `[store]`'s Redis keys. The URL itself is never echoed (it may hold a password).
+fn redis(problems: &mut Vec<Problem>, s: &crate::config::file::StoreSection) {
+    if let Some(url) = &s.redis_url {
+        if let Err(why) = crate::cluster::check_url(url) {
+            problems.push(Problem::at("store.redis_url", why));
+        }
+    }
+    if s.redis_prefix.is_empty()
+        || s.redis_prefix.len() > 64
+        || !s.redis_prefix.bytes().all(|b| b.is_ascii_graphic())
+    {
+        problems.push(Problem::at(
+            "store.redis_prefix",
+            "1 to 64 visible ASCII characters, no spaces",
+        ));
+    }
+    if !(1..=1000).contains(&s.nodes) {
+        problems.push(Problem::at("store.nodes", "between 1 and 1000"));
+    }
+    let ms = |d: &crate::config::units::Dur| d.0.as_millis();
+    if !(50..=5000).contains(&ms(&s.sync_interval)) {
+        problems.push(Problem::at(
+            "store.sync_interval",
+            "between 50ms and 5s (a revocation reaches every node within one interval)",
+        ));
+    }
+    if !(10..=10_000).contains(&ms(&s.redis_timeout)) {
+        problems.push(Problem::at("store.redis_timeout", "between 10ms and 10s"));
+    }
 }
 
 fn consumer(

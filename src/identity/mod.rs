@@ -6,11 +6,13 @@
 //! it. A lookup checks the config first, then the index; neither touches SQLite.
 //!
 //! The index follows the store: admin changes update it in the same call, and `IdentitySync`
-//! polls SQLite's `data_version` twice a second so that changes made by another process (the
-//! CLI, the other process during an upgrade) are picked up within a second.
+//! polls the store so that changes made elsewhere are picked up within a second: SQLite's
+//! `data_version` twice a second (the CLI, the other process during an upgrade), or with
+//! `[store] redis_url` the fleet's Redis `version` every `sync_interval` (any node's admin API).
 
 pub mod index;
 pub mod key;
+pub mod records;
 
 use crate::store::{ConsumerRow, KeyRow, Store, StoreError};
 use async_trait::async_trait;
@@ -122,6 +124,8 @@ pub enum KeyLookup {
 /// newer change (a revoked key cannot come back).
 pub struct Identity {
     store: Store,
+    /// The fleet's records, when `[store] redis_url` is set (then SQLite holds none of them).
+    redis: Option<crate::cluster::records::RedisRecords>,
     pub index: Index,
     /// The store's (connection, `data_version`) last looked at, and the identity version
     /// (bumped by triggers on consumers and keys) the index was built from.
@@ -131,24 +135,60 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Opens the store (creating it) and builds the index.
-    pub fn open(path: &Path) -> Result<Identity, StoreError> {
+    /// Opens the store (creating it) and builds the index. With a cluster, the records are in
+    /// Redis; if Redis cannot be reached yet, the index starts empty and fills on the first
+    /// sync that reaches it.
+    pub fn open(
+        path: &Path,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Result<Identity, StoreError> {
         let store = Store::open(path)?;
+        let redis = cluster.map(|cluster| crate::cluster::records::RedisRecords { cluster });
+        let in_redis = redis.is_some();
         let identity = Identity {
             store,
+            redis,
             index: Index::default(),
             seen_version: Mutex::new(None),
             built_from: Mutex::new(None),
             changes: Mutex::new(()),
         };
-        identity.sync()?;
+        match identity.sync() {
+            Err(e) if in_redis => log::error!("identity index not loaded from redis yet: {e}"),
+            other => {
+                other?;
+            }
+        }
         Ok(identity)
+    }
+
+    /// Where consumers, keys and the audit log are kept.
+    pub fn records(&self) -> records::Records<'_> {
+        match &self.redis {
+            Some(r) => records::Records::Redis(r),
+            None => records::Records::Sqlite(&self.store),
+        }
     }
 
     /// Rebuilds the index if another connection changed the store since the last build.
     /// Returns whether it rebuilt.
     pub fn sync(&self) -> Result<bool, StoreError> {
         let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(redis) = &self.redis {
+            let mut built = self.built_from.lock().unwrap_or_else(|e| e.into_inner());
+            if *built == Some(redis.version()?) {
+                return Ok(false);
+            }
+            let (version, consumers, keys) = redis.load_all()?;
+            self.index.rebuild(&consumers, &keys);
+            *built = Some(version);
+            log::info!(
+                "identity index built from redis: {} consumers, {} keys",
+                consumers.len(),
+                self.index.key_count()
+            );
+            return Ok(true);
+        }
         let version = self.store.data_version()?;
         let mut seen = self.seen_version.lock().unwrap_or_else(|e| e.into_inner());
         if *seen == Some(version) {
@@ -177,10 +217,10 @@ impl Identity {
     /// Runs a change of the store and its index update as one step (see the type's docs).
     pub fn apply<T>(
         &self,
-        f: impl FnOnce(&Store, &Index) -> Result<T, StoreError>,
+        f: impl FnOnce(records::Records<'_>, &Index) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        f(&self.store, &self.index)
+        f(self.records(), &self.index)
     }
 
     /// The store, for reads and for closing its connection before a fork.

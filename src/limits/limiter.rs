@@ -11,6 +11,7 @@
 //! persister moves `local` into the store every second and reads the total back into `base`.
 
 use super::spec::{Period, QuotaSpec};
+use crate::config::file::OnStoreError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,10 @@ pub struct Plan {
     pub rate: Option<(u64, u64)>,
     /// At most one quota per period, ordered by period.
     pub quotas: Vec<QuotaSpec>,
+    /// With Redis: every request asks Redis (exact across the fleet).
+    pub strict: bool,
+    /// With Redis: what to do while it cannot be reached.
+    pub on_error: OnStoreError,
 }
 
 /// Which limit refused a request.
@@ -60,7 +65,60 @@ pub struct Verdict {
     pub policies: Vec<PolicyState>,
 }
 
-/// One rate check, before it is decided.
+/// How checks are decided: in this process against the embedded store's counts, or with Redis
+/// (`up`: whether Redis answered lately).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Embedded,
+    Cluster { nodes: u64, up: bool },
+}
+
+/// The outcome of a check made in this process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    Done(Verdict),
+    /// Redis must decide (a strict plan, or a quota without a lease): nothing was counted.
+    Ask(Ask),
+    /// Redis cannot be reached and the plan says `on_store_error = "deny"`.
+    Unavailable,
+}
+
+/// What to ask Redis for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ask {
+    /// The plan's (interval ns, burst) when Redis keeps the rate (strict plans).
+    pub rate: Option<(u64, u64)>,
+    /// Each quota with its current window (start, end).
+    pub quotas: Vec<(QuotaSpec, i64, i64)>,
+}
+
+/// Redis's answer to an `Ask`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub accepted: bool,
+    pub rate_allowed: bool,
+    /// Nanoseconds from now to the rate's arrival time (after this request if accepted).
+    pub rate_level_ns: u64,
+    /// Each quota's count after the request (including it if accepted).
+    pub counts: Vec<u64>,
+}
+
+/// How each quota is decided on this call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    /// Exact counts in this process (embedded store).
+    Exact,
+    /// Redis up: leases first, Redis when none is left.
+    Leased,
+    /// Redis down, `deny`: leases only.
+    LeaseOnly,
+    /// Redis down, `local`: leases, then this node's share of what was left.
+    Share,
+    /// Redis down, `allow`: everything, counted for later.
+    Open,
+}
+
+/// The rate at one instant.
 struct RateStep {
     interval: u64,
     burst: u64,
@@ -72,12 +130,81 @@ struct RateStep {
     allowed: bool,
 }
 
+impl RateStep {
+    fn at(interval: u64, burst: u64, tat: u64, now_ns: u64) -> RateStep {
+        let tolerance = interval.saturating_mul(burst);
+        let base = tat.max(now_ns);
+        let next = base.saturating_add(interval);
+        RateStep {
+            interval,
+            burst,
+            tolerance,
+            tat,
+            base,
+            next,
+            allowed: next - now_ns <= tolerance,
+        }
+    }
+
+    /// Nanoseconds from now to the arrival time after the decision.
+    fn level(&self, accepted: bool, now_ns: u64) -> u64 {
+        if accepted {
+            self.next - now_ns
+        } else {
+            self.base - now_ns
+        }
+    }
+}
+
+/// One quota as a decision and the headers see it.
+struct QuotaView {
+    spec: QuotaSpec,
+    /// Requests counted in the window before this one.
+    used: u64,
+    end: i64,
+    blocked: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Counter {
     period: Period,
     window: i64,
+    /// The store's total as last seen. With Redis it includes every node's unused leases.
     base: u64,
+    /// Accepted here and not yet in the store's total (write-behind, or counted while Redis
+    /// was unreachable).
     local: u64,
+    /// With Redis: requests this node may still accept without asking (already in `base`).
+    lease: u64,
+    /// With Redis: accepted since the last sync (sizes the next lease).
+    used: u64,
+    /// The quota's limit when last checked.
+    limit: u64,
+    /// Checked since the last sync (its total is worth reading back).
+    touched: bool,
+    /// Counted by a strict plan: Redis decides every request, so no lease is wanted.
+    strict: bool,
+}
+
+impl Counter {
+    fn new(period: Period, window: i64) -> Counter {
+        Counter {
+            period,
+            window,
+            base: 0,
+            local: 0,
+            lease: 0,
+            used: 0,
+            limit: 0,
+            touched: false,
+            strict: false,
+        }
+    }
+
+    /// Requests counted in the window, as far as this node knows.
+    fn seen(&self) -> u64 {
+        (self.base + self.local).saturating_sub(self.lease)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -96,25 +223,37 @@ impl KeyState {
         let i = match self.counters.iter().position(|c| c.period == period) {
             Some(i) => i,
             None => {
-                self.counters.push(Counter {
-                    period,
-                    window,
-                    base: 0,
-                    local: 0,
-                });
+                self.counters.push(Counter::new(period, window));
                 self.counters.len() - 1
             }
         };
         let c = &mut self.counters[i];
         if c.window < window {
-            *c = Counter {
-                period,
-                window,
-                base: 0,
-                local: 0,
-            };
+            *c = Counter::new(period, window);
         }
         c
+    }
+
+    /// The rate under (interval, burst) at `now_ns`. New numbers (a reload, or a change of
+    /// mode) keep the share of the burst in use, not the raw time; computed on a copy, so that
+    /// a peek writes nothing.
+    fn rate(&self, (interval, burst): (u64, u64), now_ns: u64) -> RateStep {
+        let tolerance = interval.saturating_mul(burst);
+        let tat = match self.rate_params {
+            Some((old_interval, old_burst)) if (old_interval, old_burst) != (interval, burst) => {
+                let old_tolerance = old_interval.saturating_mul(old_burst).max(1);
+                let debt = self.tat_ns.saturating_sub(now_ns).min(old_tolerance);
+                let scaled = u128::from(debt) * u128::from(tolerance) / u128::from(old_tolerance);
+                now_ns.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
+            }
+            _ => self.tat_ns,
+        };
+        RateStep::at(interval, burst, tat, now_ns)
+    }
+
+    fn charge(&mut self, r: &RateStep, accepted: bool) {
+        self.tat_ns = if accepted { r.next } else { r.tat };
+        self.rate_params = Some((r.interval, r.burst));
     }
 }
 
@@ -127,8 +266,81 @@ pub struct CounterRecord {
     pub count: u64,
 }
 
+/// One counter's exchange with Redis at a sync: the unused lease it gives back, the counts
+/// it pushes, the lease it would like, and (filled in by Redis) the total and the new lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncItem {
+    pub key: String,
+    pub period: Period,
+    pub window: i64,
+    pub limit: u64,
+    pub returned: u64,
+    pub pushed: u64,
+    pub used: u64,
+    pub wanted: u64,
+}
+
 fn ceil_secs(ns: u64) -> u64 {
     ns.div_ceil(1_000_000_000)
+}
+
+/// A plan's rate shared by `nodes`: each node allows 1/nodes of it (at least a burst of 1).
+fn shared_rate((interval, burst): (u64, u64), nodes: u64) -> (u64, u64) {
+    (
+        interval.saturating_mul(nodes.max(1)),
+        burst.div_ceil(nodes.max(1)).max(1),
+    )
+}
+
+/// The refusal, if any: a used-up quota is the answer over the rate, and the wait is the
+/// longest of the limits that refuse.
+fn denial(rate: Option<&RateStep>, quotas: &[QuotaView], secs: i64, now_ns: u64) -> Option<Denial> {
+    let rate_wait = rate
+        .filter(|r| !r.allowed)
+        .map(|r| ceil_secs(r.next.saturating_sub(now_ns + r.tolerance)).max(1));
+    let exhausted = quotas.iter().filter(|q| q.blocked).max_by_key(|q| q.end);
+    match (exhausted, rate_wait) {
+        (Some(q), wait) => Some(Denial::Quota {
+            period: q.spec.period,
+            limit: q.spec.limit,
+            retry_after_secs: ((q.end - secs).max(1) as u64).max(wait.unwrap_or(0)),
+        }),
+        (None, Some(wait)) => Some(Denial::Rate {
+            retry_after_secs: wait,
+        }),
+        (None, None) => None,
+    }
+}
+
+/// The state of every policy after the decision.
+fn policies(
+    rate: Option<&RateStep>,
+    quotas: &[QuotaView],
+    accepted: bool,
+    secs: i64,
+    now_ns: u64,
+) -> Vec<PolicyState> {
+    let mut out = Vec::with_capacity(quotas.len() + 1);
+    if let Some(r) = rate {
+        let level = r.level(accepted, now_ns);
+        out.push(PolicyState {
+            name: "rate",
+            quota: r.burst,
+            window_secs: ceil_secs(r.tolerance).max(1),
+            remaining: (r.tolerance - level.min(r.tolerance)) / r.interval.max(1),
+            reset_secs: ceil_secs(level),
+        });
+    }
+    for q in quotas {
+        out.push(PolicyState {
+            name: q.spec.period.name(),
+            quota: q.spec.limit,
+            window_secs: q.spec.period.nominal_secs(),
+            remaining: q.spec.limit.saturating_sub(q.used + u64::from(accepted)),
+            reset_secs: (q.end - secs).max(0) as u64,
+        });
+    }
+    out
 }
 
 #[derive(Default)]
@@ -163,118 +375,211 @@ impl Limiter {
         shard.entry(key.to_string()).or_default().clone()
     }
 
-    /// Checks one request of `key` under `plan` at `now_ns` (Unix nanoseconds) and counts it
-    /// if every limit allows it.
+    /// Checks one request of `key` under `plan` at `now_ns` (Unix nanoseconds) against the
+    /// embedded store's counts, and counts it if every limit allows it.
     pub fn check(&self, key: &str, plan: &Plan, now_ns: u64) -> Verdict {
-        self.evaluate(key, plan, now_ns, true)
+        match self.decide(key, plan, now_ns, Mode::Embedded) {
+            Check::Done(v) => v,
+            // The embedded mode decides everything here.
+            Check::Ask(_) | Check::Unavailable => Verdict {
+                denied: None,
+                policies: Vec::new(),
+            },
+        }
+    }
+
+    /// Checks one request in `mode`; counts it when decided here and allowed.
+    pub fn decide(&self, key: &str, plan: &Plan, now_ns: u64, mode: Mode) -> Check {
+        let path = match mode {
+            Mode::Embedded => Path::Exact,
+            Mode::Cluster { up: true, .. } if plan.strict => {
+                return Check::Ask(self.ask(plan, now_ns, true));
+            }
+            Mode::Cluster { up: true, .. } => Path::Leased,
+            Mode::Cluster { up: false, .. } => match plan.on_error {
+                OnStoreError::Deny => Path::LeaseOnly,
+                OnStoreError::Allow => Path::Open,
+                OnStoreError::Local => Path::Share,
+            },
+        };
+        let nodes = match mode {
+            Mode::Cluster { nodes, .. } => nodes.max(1),
+            Mode::Embedded => 1,
+        };
+        let state = self.state(key);
+        let mut st = lock(&state);
+        let secs = (now_ns / 1_000_000_000) as i64;
+        let rate = match (path, plan.rate) {
+            (Path::Open, _) | (_, None) => None,
+            (Path::Exact, Some(r)) => Some(st.rate(r, now_ns)),
+            (_, Some(r)) => Some(st.rate(shared_rate(r, nodes), now_ns)),
+        };
+        let mut ask = false;
+        let mut unavailable = false;
+        let mut quotas = Vec::with_capacity(plan.quotas.len());
+        for q in &plan.quotas {
+            let end = q.period.window(secs).1;
+            let c = st.counter(q.period, secs);
+            c.limit = q.limit;
+            c.touched = true;
+            c.strict = plan.strict;
+            let blocked = match path {
+                Path::Exact => c.base + c.local >= q.limit,
+                Path::Open => false,
+                _ if c.lease > 0 => false,
+                Path::Leased => {
+                    ask |= c.seen() < q.limit;
+                    c.seen() >= q.limit
+                }
+                Path::LeaseOnly => {
+                    unavailable = true;
+                    false
+                }
+                Path::Share => c.base + nodes.saturating_mul(c.local) >= q.limit,
+            };
+            quotas.push(QuotaView {
+                spec: *q,
+                used: c.seen(),
+                end,
+                blocked,
+            });
+        }
+        let denied = denial(rate.as_ref(), &quotas, secs, now_ns);
+        if denied.is_none() && ask {
+            return Check::Ask(self.ask(plan, now_ns, false));
+        }
+        if denied.is_none() && unavailable {
+            return Check::Unavailable;
+        }
+        let accepted = denied.is_none();
+        if let Some(r) = &rate {
+            st.charge(r, accepted);
+        }
+        if accepted {
+            for q in &plan.quotas {
+                let c = st.counter(q.period, secs);
+                if path != Path::Exact && c.lease > 0 {
+                    c.lease -= 1;
+                } else {
+                    c.local += 1;
+                }
+                c.used += 1;
+            }
+            st.dirty |= !plan.quotas.is_empty();
+        }
+        Check::Done(Verdict {
+            policies: policies(rate.as_ref(), &quotas, accepted, secs, now_ns),
+            denied,
+        })
+    }
+
+    fn ask(&self, plan: &Plan, now_ns: u64, strict: bool) -> Ask {
+        let secs = (now_ns / 1_000_000_000) as i64;
+        Ask {
+            rate: plan.rate.filter(|_| strict),
+            quotas: plan
+                .quotas
+                .iter()
+                .map(|q| {
+                    let (start, end) = q.period.window(secs);
+                    (*q, start, end)
+                })
+                .collect(),
+        }
+    }
+
+    /// Records Redis's answer to an `Ask` and gives the verdict. Without a strict rate, the
+    /// rate stays on this node (charged here when Redis accepted).
+    pub fn answered(&self, key: &str, plan: &Plan, now_ns: u64, nodes: u64, a: &Answer) -> Verdict {
+        let state = self.state(key);
+        let mut st = lock(&state);
+        let secs = (now_ns / 1_000_000_000) as i64;
+        let rate = match plan.rate {
+            None => None,
+            Some((interval, burst)) if plan.strict => {
+                // Rebuilt from Redis's arrival time.
+                let level_before = if a.accepted {
+                    a.rate_level_ns.saturating_sub(interval)
+                } else {
+                    a.rate_level_ns
+                };
+                let mut r = RateStep::at(interval, burst, now_ns + level_before, now_ns);
+                r.allowed = a.rate_allowed;
+                Some(r)
+            }
+            Some(r) => {
+                let step = st.rate(shared_rate(r, nodes), now_ns);
+                if a.accepted {
+                    // Redis counted it: the local rate takes it whatever its state.
+                    st.tat_ns = step.next;
+                    st.rate_params = Some((step.interval, step.burst));
+                }
+                Some(step)
+            }
+        };
+        let mut quotas = Vec::with_capacity(plan.quotas.len());
+        for (q, count) in plan.quotas.iter().zip(a.counts.iter().copied()) {
+            let end = q.period.window(secs).1;
+            let c = st.counter(q.period, secs);
+            c.limit = q.limit;
+            c.touched = true;
+            c.strict = plan.strict;
+            c.base = count;
+            if a.accepted {
+                c.used += 1;
+            }
+            let before = count.saturating_sub(u64::from(a.accepted));
+            quotas.push(QuotaView {
+                spec: *q,
+                used: (before + c.local).saturating_sub(c.lease),
+                end,
+                blocked: !a.accepted && count >= q.limit,
+            });
+        }
+        let mut rate_view = rate;
+        if let Some(r) = rate_view.as_mut() {
+            r.allowed = r.allowed || a.accepted;
+        }
+        let denied = if a.accepted {
+            None
+        } else {
+            // Refused by Redis: if neither the rate nor a count explains it (a count moved
+            // between the answer and now), it is the quota nearest its limit.
+            denial(rate_view.as_ref(), &quotas, secs, now_ns).or_else(|| {
+                quotas.iter().max_by_key(|q| q.used).map(|q| Denial::Quota {
+                    period: q.spec.period,
+                    limit: q.spec.limit,
+                    retry_after_secs: (q.end - secs).max(1) as u64,
+                })
+            })
+        };
+        Verdict {
+            policies: policies(rate_view.as_ref(), &quotas, a.accepted, secs, now_ns),
+            denied,
+        }
     }
 
     /// The current state of `key` under `plan`, without counting anything.
     pub fn peek(&self, key: &str, plan: &Plan, now_ns: u64) -> Vec<PolicyState> {
-        self.evaluate(key, plan, now_ns, false).policies
-    }
-
-    fn evaluate(&self, key: &str, plan: &Plan, now_ns: u64, count: bool) -> Verdict {
         let state = self.state(key);
         let mut st = lock(&state);
         let secs = (now_ns / 1_000_000_000) as i64;
-
-        // The rate under this plan's numbers. New numbers (a reload) keep the share of the burst
-        // in use, not the raw time; computed on a copy, so that a peek writes nothing.
-        let rate = plan.rate.map(|(interval, burst)| {
-            let tolerance = interval.saturating_mul(burst);
-            let tat = match st.rate_params {
-                Some((old_interval, old_burst))
-                    if (old_interval, old_burst) != (interval, burst) =>
-                {
-                    let old_tolerance = old_interval.saturating_mul(old_burst).max(1);
-                    let debt = st.tat_ns.saturating_sub(now_ns).min(old_tolerance);
-                    let scaled =
-                        u128::from(debt) * u128::from(tolerance) / u128::from(old_tolerance);
-                    now_ns.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
-                }
-                _ => st.tat_ns,
-            };
-            let base = tat.max(now_ns);
-            let next = base.saturating_add(interval);
-            RateStep {
-                interval,
-                burst,
-                tolerance,
-                tat,
-                base,
-                next,
-                allowed: next - now_ns <= tolerance,
-            }
-        });
-
-        // Quotas: (spec, used, window end).
-        let quotas: Vec<(QuotaSpec, u64, i64)> = plan
+        let rate = plan.rate.map(|r| st.rate(r, now_ns));
+        let quotas: Vec<QuotaView> = plan
             .quotas
             .iter()
             .map(|q| {
                 let end = q.period.window(secs).1;
                 let c = st.counter(q.period, secs);
-                (*q, c.base + c.local, end)
+                QuotaView {
+                    spec: *q,
+                    used: c.seen(),
+                    end,
+                    blocked: false,
+                }
             })
             .collect();
-
-        // Refused if any limit refuses; a used-up quota is the answer over the rate, and the
-        // wait is the longest of the limits that refuse.
-        let rate_wait = rate
-            .as_ref()
-            .filter(|r| !r.allowed)
-            .map(|r| ceil_secs(r.next - now_ns - r.tolerance).max(1));
-        let exhausted = quotas
-            .iter()
-            .filter(|(q, used, _)| *used >= q.limit)
-            .max_by_key(|(_, _, end)| *end);
-        let denied = match (exhausted, rate_wait) {
-            (Some((q, _, end)), wait) => Some(Denial::Quota {
-                period: q.period,
-                limit: q.limit,
-                retry_after_secs: ((end - secs).max(1) as u64).max(wait.unwrap_or(0)),
-            }),
-            (None, Some(wait)) => Some(Denial::Rate {
-                retry_after_secs: wait,
-            }),
-            (None, None) => None,
-        };
-        let accepted = count && denied.is_none();
-        if count {
-            if let Some(r) = &rate {
-                st.tat_ns = if accepted { r.next } else { r.tat };
-                st.rate_params = Some((r.interval, r.burst));
-            }
-        }
-        if accepted {
-            for q in &plan.quotas {
-                st.counter(q.period, secs).local += 1;
-            }
-            st.dirty |= !plan.quotas.is_empty();
-        }
-
-        let mut policies = Vec::with_capacity(quotas.len() + 1);
-        if let Some(r) = &rate {
-            let level = if accepted { r.next } else { r.base };
-            policies.push(PolicyState {
-                name: "rate",
-                quota: r.burst,
-                window_secs: ceil_secs(r.tolerance).max(1),
-                remaining: (r.tolerance - (level - now_ns).min(r.tolerance)) / r.interval,
-                reset_secs: ceil_secs(level - now_ns),
-            });
-        }
-        for (q, used, end) in &quotas {
-            policies.push(PolicyState {
-                name: q.period.name(),
-                quota: q.limit,
-                window_secs: q.period.nominal_secs(),
-                remaining: q.limit.saturating_sub(used + u64::from(accepted)),
-                reset_secs: (end - secs).max(0) as u64,
-            });
-        }
-        Verdict { denied, policies }
+        policies(rate.as_ref(), &quotas, false, secs, now_ns)
     }
 
     /// Serialises flushes and resets of the stored counters; the guarded value is the store
@@ -283,32 +588,37 @@ impl Limiter {
         lock(&self.persist)
     }
 
-    /// Takes every counter's unflushed increments, moving them into `base` (the store is
-    /// about to hold them).
-    pub fn take_dirty(&self) -> Vec<CounterRecord> {
-        let mut out = Vec::new();
+    fn each_state(&self, mut f: impl FnMut(&str, &mut KeyState)) {
         for shard in &self.shards {
             let states: Vec<(String, Arc<Mutex<KeyState>>)> = lock(shard)
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             for (key, state) in states {
-                let mut st = lock(&state);
-                if !std::mem::take(&mut st.dirty) {
-                    continue;
-                }
-                for c in st.counters.iter_mut().filter(|c| c.local > 0) {
-                    out.push(CounterRecord {
-                        key: key.clone(),
-                        period: c.period,
-                        window: c.window,
-                        count: c.local,
-                    });
-                    c.base += c.local;
-                    c.local = 0;
-                }
+                f(&key, &mut lock(&state));
             }
         }
+    }
+
+    /// Takes every counter's unflushed increments, moving them into `base` (the store is
+    /// about to hold them).
+    pub fn take_dirty(&self) -> Vec<CounterRecord> {
+        let mut out = Vec::new();
+        self.each_state(|key, st| {
+            if !std::mem::take(&mut st.dirty) {
+                return;
+            }
+            for c in st.counters.iter_mut().filter(|c| c.local > 0) {
+                out.push(CounterRecord {
+                    key: key.to_string(),
+                    period: c.period,
+                    window: c.window,
+                    count: c.local,
+                });
+                c.base += c.local;
+                c.local = 0;
+            }
+        });
         out
     }
 
@@ -340,6 +650,74 @@ impl Limiter {
         let mut st = lock(&state);
         let c = st.counter(r.period, now_secs);
         c.base = r.count;
+    }
+
+    /// With Redis: takes what every counter of a current window has to exchange (unused
+    /// leases, counts made while Redis was unreachable, the demand since the last sync).
+    /// Counters of past windows are dropped: their leases and counts no longer matter.
+    pub fn take_sync(&self, now_secs: i64) -> Vec<SyncItem> {
+        let mut out = Vec::new();
+        self.each_state(|key, st| {
+            st.counters
+                .retain(|c| c.window == c.period.window(now_secs).0);
+            for c in st.counters.iter_mut() {
+                if !(c.touched || c.lease > 0 || c.local > 0 || c.used > 0) {
+                    continue;
+                }
+                out.push(SyncItem {
+                    key: key.to_string(),
+                    period: c.period,
+                    window: c.window,
+                    limit: c.limit,
+                    returned: c.lease,
+                    pushed: c.local,
+                    used: c.used,
+                    // Enough for twice the last interval's traffic; nothing for an idle key
+                    // or a strict plan.
+                    wanted: if c.strict {
+                        0
+                    } else {
+                        c.used.saturating_mul(2).min(c.limit)
+                    },
+                });
+                c.base = c.base.saturating_sub(c.lease);
+                c.lease = 0;
+                c.local = 0;
+                c.used = 0;
+                c.touched = false;
+            }
+            st.dirty = false;
+        });
+        out
+    }
+
+    /// With Redis: applies a sync's results (total, granted lease), or puts everything back
+    /// (`None`: the sync failed) for the next try.
+    pub fn finish_sync(&self, items: &[SyncItem], results: Option<&[(u64, u64)]>) {
+        for (i, item) in items.iter().enumerate() {
+            let state = self.state(&item.key);
+            let mut st = lock(&state);
+            let Some(c) = st
+                .counters
+                .iter_mut()
+                .find(|c| c.period == item.period && c.window == item.window)
+            else {
+                continue;
+            };
+            match results.and_then(|r| r.get(i)) {
+                Some(&(total, grant)) => {
+                    c.base = total;
+                    c.lease += grant;
+                }
+                None => {
+                    c.base += item.returned;
+                    c.lease += item.returned;
+                    c.local += item.pushed;
+                    c.used += item.used;
+                    c.touched = true;
+                }
+            }
+        }
     }
 
     /// Forgets the quota counts of a consumer (every key of it: `id` and `id\n<api>`).
@@ -380,6 +758,8 @@ mod tests {
                 .iter()
                 .map(|q| parse_quota(q).unwrap_or_else(|e| panic!("{e}")))
                 .collect(),
+            strict: false,
+            on_error: OnStoreError::Local,
         }
     }
 
@@ -530,5 +910,147 @@ mod tests {
         assert_eq!(l.peek("a", &p, t)[0].remaining, 3);
         l.reset("a");
         assert_eq!(l.peek("a", &p, t)[0].remaining, 10);
+    }
+
+    fn on_error(mut p: Plan, on_error: OnStoreError) -> Plan {
+        p.on_error = on_error;
+        p
+    }
+
+    #[test]
+    fn with_redis_leases_are_spent_first_and_redis_decides_the_rest() {
+        let l = Limiter::new();
+        let p = plan(None, &["10/hour"]);
+        let t = 1_800_000_000 * S;
+        let now = (t / S) as i64;
+        let up = Mode::Cluster { nodes: 2, up: true };
+        // No lease yet: Redis must decide, nothing is counted here.
+        let Check::Ask(ask) = l.decide("a", &p, t, up) else {
+            panic!("expected an ask")
+        };
+        assert_eq!(ask.quotas.len(), 1);
+        assert_eq!(ask.rate, None, "a batched rate stays on the node");
+        // Redis accepted it (count 1).
+        let v = l.answered(
+            "a",
+            &p,
+            t,
+            2,
+            &Answer {
+                accepted: true,
+                rate_allowed: true,
+                rate_level_ns: 0,
+                counts: vec![1],
+            },
+        );
+        assert_eq!(v.denied, None);
+        assert_eq!(v.policies[0].remaining, 9);
+        // The sync wants twice the traffic; Redis grants 2 of it (total 3).
+        let items = l.take_sync(now);
+        assert_eq!(
+            (items[0].used, items[0].wanted, items[0].returned),
+            (1, 2, 0)
+        );
+        l.finish_sync(&items, Some(&[(3, 2)]));
+        for _ in 0..2 {
+            assert!(matches!(l.decide("a", &p, t, up), Check::Done(v) if v.denied.is_none()));
+        }
+        assert!(
+            matches!(l.decide("a", &p, t, up), Check::Ask(_)),
+            "lease spent"
+        );
+        // A failed sync puts everything back; the next one returns what is unused.
+        let items = l.take_sync(now);
+        assert_eq!(items[0].returned, 0);
+        l.finish_sync(&items, None);
+        let items = l.take_sync(now);
+        assert_eq!(items[0].used, 2, "demand survives a failed sync");
+        // A count at the limit refuses here without asking.
+        l.finish_sync(&items, Some(&[(10, 0)]));
+        assert!(matches!(
+            l.decide("a", &p, t, up),
+            Check::Done(Verdict {
+                denied: Some(Denial::Quota { .. }),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn while_redis_is_down_each_policy_does_what_it_says() {
+        let t = 1_800_000_000 * S;
+        let now = (t / S) as i64;
+        let down = Mode::Cluster {
+            nodes: 2,
+            up: false,
+        };
+        let accepted = |l: &Limiter, p: &Plan, n: usize| {
+            (0..n)
+                .filter(
+                    |_| matches!(l.decide("a", p, t, down), Check::Done(v) if v.denied.is_none()),
+                )
+                .count()
+        };
+        // local: half of what is left (base 4 of 20: (20 - 4) / 2 = 8).
+        let l = Limiter::new();
+        let p = on_error(plan(None, &["20/hour"]), OnStoreError::Local);
+        let _ = l.decide("a", &p, t, Mode::Cluster { nodes: 2, up: true });
+        let items = l.take_sync(now);
+        l.finish_sync(&items, Some(&[(4, 0)]));
+        assert_eq!(accepted(&l, &p, 30), 8);
+        // The counts made meanwhile go to Redis at the next sync.
+        let items = l.take_sync(now);
+        assert_eq!(items[0].pushed, 8);
+        // deny: the lease, then unavailable.
+        let l = Limiter::new();
+        let p = on_error(plan(None, &["20/hour"]), OnStoreError::Deny);
+        let _ = l.decide("a", &p, t, Mode::Cluster { nodes: 2, up: true });
+        let items = l.take_sync(now);
+        l.finish_sync(&items, Some(&[(3, 3)]));
+        assert_eq!(accepted(&l, &p, 10), 3);
+        assert_eq!(l.decide("a", &p, t, down), Check::Unavailable);
+        // allow: everything, counted for later.
+        let l = Limiter::new();
+        let p = on_error(plan(Some((S, 1)), &["2/hour"]), OnStoreError::Allow);
+        assert_eq!(accepted(&l, &p, 10), 10);
+        assert_eq!(l.take_sync(now)[0].pushed, 10);
+    }
+
+    #[test]
+    fn strict_plans_ask_every_time_and_never_want_a_lease() {
+        let l = Limiter::new();
+        let mut p = plan(Some((S, 5)), &["10/hour"]);
+        p.strict = true;
+        let t = 1_800_000_000 * S;
+        let up = Mode::Cluster { nodes: 2, up: true };
+        let Check::Ask(ask) = l.decide("a", &p, t, up) else {
+            panic!("expected an ask")
+        };
+        assert_eq!(ask.rate, Some((S, 5)), "Redis keeps a strict rate");
+        let v = l.answered(
+            "a",
+            &p,
+            t,
+            2,
+            &Answer {
+                accepted: false,
+                rate_allowed: false,
+                rate_level_ns: 5 * S,
+                counts: vec![3],
+            },
+        );
+        assert!(
+            matches!(
+                v.denied,
+                Some(Denial::Rate {
+                    retry_after_secs: 1
+                })
+            ),
+            "{v:?}"
+        );
+        assert_eq!(v.policies[0].remaining, 0);
+        assert_eq!(v.policies[1].remaining, 7);
+        let items = l.take_sync((t / S) as i64);
+        assert_eq!(items[0].wanted, 0);
     }
 }

@@ -9,7 +9,7 @@ pub mod persist;
 pub mod spec;
 pub mod usage;
 
-use crate::config::file::{ApiSection, FileConfig, LimitsScope, PlanSection};
+use crate::config::file::{ApiSection, Exactness, FileConfig, LimitsScope, PlanSection};
 use limiter::Plan;
 use spec::{parse_quota, parse_rate};
 use std::collections::HashMap;
@@ -76,6 +76,8 @@ pub fn compile_plan(name: &str, p: &PlanSection) -> Result<Plan, (String, String
         name: name.to_string(),
         rate,
         quotas,
+        strict: p.exactness == Exactness::Strict,
+        on_error: p.on_store_error,
     })
 }
 
@@ -136,6 +138,8 @@ pub fn api_limits(
                 rate: o.rate.clone().or_else(|| base.rate.clone()),
                 burst: o.burst.or(base.burst),
                 quotas: o.quotas.clone().unwrap_or_else(|| base.quotas.clone()),
+                exactness: base.exactness,
+                on_store_error: base.on_store_error,
             };
             match compile_plan(name, &section) {
                 Ok(plan) => {
@@ -165,6 +169,7 @@ pub fn api_limits(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::file::OnStoreError;
 
     fn cfg(text: &str) -> FileConfig {
         toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
@@ -220,6 +225,8 @@ mod tests {
                 rate: None,
                 burst: None,
                 quotas: vec!["1000000000000000/hour".into()],
+                exactness: Exactness::Batched,
+                on_store_error: OnStoreError::Local,
             },
         );
         assert!(big.is_err(), "over 15 digits cannot be sent in the headers");

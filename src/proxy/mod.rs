@@ -113,7 +113,7 @@ impl Gateway {
     async fn check_caller(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Reply> {
         self.guard_ip(session, ctx)?;
         self.identify(session, ctx).await?;
-        self.limit(ctx)
+        self.limit(ctx).await
     }
 
     /// Answers `GET [usage] path`: the identified caller's own usage (nothing is counted).
@@ -145,7 +145,7 @@ impl Gateway {
     }
 
     /// Applies the caller's plan; `Err` is the 429 answer (nothing goes upstream).
-    fn limit(&self, ctx: &mut RequestCtx) -> Result<(), Reply> {
+    async fn limit(&self, ctx: &mut RequestCtx) -> Result<(), Reply> {
         if ctx.usage {
             return Ok(());
         }
@@ -176,10 +176,7 @@ impl Gateway {
             ));
         };
         let key = crate::limits::limiter::limit_key(&consumer.id, limits.per_api.as_deref());
-        let verdict = self
-            .shared
-            .limiter
-            .check(&key, plan, crate::clock::now_ns());
+        let verdict = self.decide(&key, plan).await?;
         let headers = (
             crate::limits::headers::policy(&verdict.policies),
             crate::limits::headers::state(&verdict.policies),
@@ -217,6 +214,40 @@ impl Gateway {
             ),
         };
         Err(limited(code, detail, retry, headers))
+    }
+
+    /// The plan's verdict for one request: in this process, or with the fleet's Redis when the
+    /// plan is strict or a quota has no lease left (see `cluster::counters`).
+    async fn decide(
+        &self,
+        key: &str,
+        plan: &crate::limits::limiter::Plan,
+    ) -> Result<crate::limits::limiter::Verdict, Reply> {
+        use crate::limits::limiter::{Check, Mode};
+        let limiter = &self.shared.limiter;
+        let Some(cluster) = &self.shared.cluster else {
+            return Ok(limiter.check(key, plan, crate::clock::now_ns()));
+        };
+        let nodes = cluster.nodes;
+        let now = crate::clock::now_ns();
+        let mode = Mode::Cluster {
+            nodes,
+            up: cluster.is_up(),
+        };
+        let ask = match limiter.decide(key, plan, now, mode) {
+            Check::Done(v) => return Ok(v),
+            Check::Unavailable => return Err(store_unavailable()),
+            Check::Ask(ask) => ask,
+        };
+        if let Some(answer) = crate::cluster::counters::take(cluster, key, &ask).await {
+            return Ok(limiter.answered(key, plan, now, nodes, &answer));
+        }
+        // Redis did not answer: the plan's on_store_error decides, now that Redis counts as down.
+        let mode = Mode::Cluster { nodes, up: false };
+        match limiter.decide(key, plan, crate::clock::now_ns(), mode) {
+            Check::Done(v) => Ok(v),
+            Check::Ask(_) | Check::Unavailable => Err(store_unavailable()),
+        }
     }
 
     /// Identifies the caller on APIs with auth; `Err` is the 401/403 answer.
@@ -306,6 +337,15 @@ fn limited(
         .header("Retry-After", retry_after_secs.to_string())
         .header("RateLimit-Policy", policy)
         .header("RateLimit", state)
+}
+
+/// The answer while Redis is unreachable for a plan with `on_store_error = "deny"`.
+fn store_unavailable() -> Reply {
+    Reply::new(
+        Code::StoreUnavailable,
+        "this plan's limits cannot be checked right now; try again shortly",
+    )
+    .header("Retry-After", "1")
 }
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {

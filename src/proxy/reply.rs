@@ -33,6 +33,7 @@ pub enum Code {
     InvalidRequest,
     RateLimited,
     QuotaExceeded,
+    StoreUnavailable,
 }
 
 impl Code {
@@ -60,6 +61,7 @@ impl Code {
             Code::InvalidRequest => "invalid_request",
             Code::RateLimited => "rate_limited",
             Code::QuotaExceeded => "quota_exceeded",
+            Code::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -85,6 +87,7 @@ impl Code {
             Code::Conflict => 409,
             Code::InvalidRequest => 422,
             Code::RateLimited | Code::QuotaExceeded => 429,
+            Code::StoreUnavailable => 503,
         }
     }
 
@@ -112,6 +115,7 @@ impl Code {
             Code::InvalidRequest => "The request body is not valid",
             Code::RateLimited => "Too many requests",
             Code::QuotaExceeded => "Quota exceeded",
+            Code::StoreUnavailable => "Limits cannot be checked right now",
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use super::{Result, StoreError};
 use rusqlite::{params, Connection, Transaction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -35,36 +35,87 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
-/// The hashed fields of an entry, as stored.
-struct Fields<'a> {
-    seq: i64,
-    at: i64,
-    actor: &'a str,
-    action: &'a str,
-    target: &'a str,
-    before: Option<&'a str>,
-    after: Option<&'a str>,
+/// An entry as stored (SQLite row or Redis list item): `before`/`after` are the exact texts
+/// the hash covers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stored {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
 }
 
-fn entry_hash(prev: &str, e: &Fields<'_>) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut field = |bytes: &[u8]| {
-        ctx.update(&(bytes.len() as u64).to_be_bytes());
-        ctx.update(bytes);
-    };
-    field(prev.as_bytes());
-    field(&e.seq.to_be_bytes());
-    field(&e.at.to_be_bytes());
-    field(e.actor.as_bytes());
-    field(e.action.as_bytes());
-    field(e.target.as_bytes());
-    // Absent and present-but-empty differ.
-    field(e.before.map_or(&b"\x00absent"[..], str::as_bytes));
-    field(e.after.map_or(&b"\x00absent"[..], str::as_bytes));
-    let d = ctx.finish();
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    crate::identity::key::to_hex(&out)
+impl Stored {
+    /// The entry for `change` after `last` ((seq, hash) of the last entry, if any).
+    pub fn next(last: Option<(i64, String)>, actor: &str, change: &Change) -> Stored {
+        let (seq, prev_hash) = match last {
+            Some((s, h)) => (s + 1, h),
+            None => (1, GENESIS.to_string()),
+        };
+        let mut e = Stored {
+            seq,
+            at: crate::clock::now(),
+            actor: actor.to_string(),
+            action: change.action.to_string(),
+            target: change.target.clone(),
+            before: change.before.as_ref().map(Value::to_string),
+            after: change.after.as_ref().map(Value::to_string),
+            prev_hash,
+            hash: String::new(),
+        };
+        e.hash = e.computed_hash();
+        e
+    }
+
+    fn computed_hash(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut field = |bytes: &[u8]| {
+            ctx.update(&(bytes.len() as u64).to_be_bytes());
+            ctx.update(bytes);
+        };
+        field(self.prev_hash.as_bytes());
+        field(&self.seq.to_be_bytes());
+        field(&self.at.to_be_bytes());
+        field(self.actor.as_bytes());
+        field(self.action.as_bytes());
+        field(self.target.as_bytes());
+        // Absent and present-but-empty differ.
+        field(
+            self.before
+                .as_deref()
+                .map_or(&b"\x00absent"[..], str::as_bytes),
+        );
+        field(
+            self.after
+                .as_deref()
+                .map_or(&b"\x00absent"[..], str::as_bytes),
+        );
+        let d = ctx.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        crate::identity::key::to_hex(&out)
+    }
+
+    /// The entry as listed.
+    pub fn entry(self) -> AuditEntry {
+        let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+        AuditEntry {
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            target: self.target,
+            before: parse(self.before),
+            after: parse(self.after),
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
 }
 
 /// Appends the entry for `change` inside the caller's transaction.
@@ -80,94 +131,51 @@ pub fn append(tx: &Transaction<'_>, actor: &str, change: &Change) -> Result<()> 
             rusqlite::Error::QueryReturnedNoRows => Ok(None),
             e => Err(e),
         })?;
-    let (seq, prev) = match last {
-        Some((s, h)) => (s + 1, h),
-        None => (1, GENESIS.to_string()),
-    };
-    let at = crate::clock::now();
-    let before = change.before.as_ref().map(Value::to_string);
-    let after = change.after.as_ref().map(Value::to_string);
-    let hash = entry_hash(
-        &prev,
-        &Fields {
-            seq,
-            at,
-            actor,
-            action: change.action,
-            target: &change.target,
-            before: before.as_deref(),
-            after: after.as_deref(),
-        },
-    );
+    let e = Stored::next(last, actor, change);
     tx.execute(
         "INSERT INTO audit (seq, at, actor, action, target, before, after, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
-            seq,
-            at,
-            actor,
-            change.action,
-            change.target,
-            before,
-            after,
-            prev,
-            hash
+            e.seq,
+            e.at,
+            e.actor,
+            e.action,
+            e.target,
+            e.before,
+            e.after,
+            e.prev_hash,
+            e.hash
         ],
     )?;
     Ok(())
 }
 
-type RawEntry = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    String,
-);
-
-fn raw_rows(conn: &Connection, after_seq: i64, limit: i64) -> Result<Vec<RawEntry>> {
+fn raw_rows(conn: &Connection, after_seq: i64, limit: i64) -> Result<Vec<Stored>> {
     let mut stmt = conn.prepare(
         "SELECT seq, at, actor, action, target, before, after, prev_hash, hash
          FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![after_seq, limit], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-            r.get(7)?,
-            r.get(8)?,
-        ))
+        Ok(Stored {
+            seq: r.get(0)?,
+            at: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            before: r.get(5)?,
+            after: r.get(6)?,
+            prev_hash: r.get(7)?,
+            hash: r.get(8)?,
+        })
     })?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
 /// Up to `limit` entries after `after_seq`, oldest first.
 pub fn page(conn: &Connection, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>> {
-    let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
     Ok(raw_rows(conn, after_seq, limit)?
         .into_iter()
-        .map(
-            |(seq, at, actor, action, target, before, after, prev_hash, hash)| AuditEntry {
-                seq,
-                at,
-                actor,
-                action,
-                target,
-                before: parse(before),
-                after: parse(after),
-                prev_hash,
-                hash,
-            },
-        )
+        .map(Stored::entry)
         .collect())
 }
 
@@ -178,46 +186,38 @@ pub struct Verified {
     pub last_hash: String,
 }
 
-/// Walks the whole chain; the first broken link is the error.
-pub fn verify(conn: &Connection) -> Result<Verified> {
+/// Walks a chain page by page (`fetch(after_seq)` gives the next entries, empty at the end);
+/// the first broken link is the error.
+pub fn verify_pages(mut fetch: impl FnMut(i64) -> Result<Vec<Stored>>) -> Result<Verified> {
     let mut prev = GENESIS.to_string();
     let mut expected_seq = 1;
     let mut entries = 0;
     loop {
-        let batch = raw_rows(conn, expected_seq - 1, 1000)?;
+        let batch = fetch(expected_seq - 1)?;
         if batch.is_empty() {
             break;
         }
-        for (seq, at, actor, action, target, before, after, prev_hash, hash) in batch {
-            if seq != expected_seq {
+        for e in batch {
+            if e.seq != expected_seq {
                 return Err(StoreError::Tampered(format!(
-                    "entry {expected_seq} is missing (next is {seq})"
+                    "entry {expected_seq} is missing (next is {})",
+                    e.seq
                 )));
             }
-            if prev_hash != prev {
+            if e.prev_hash != prev {
                 return Err(StoreError::Tampered(format!(
-                    "entry {seq} does not follow entry {}",
-                    seq - 1
+                    "entry {} does not follow entry {}",
+                    e.seq,
+                    e.seq - 1
                 )));
             }
-            let computed = entry_hash(
-                &prev,
-                &Fields {
-                    seq,
-                    at,
-                    actor: &actor,
-                    action: &action,
-                    target: &target,
-                    before: before.as_deref(),
-                    after: after.as_deref(),
-                },
-            );
-            if computed != hash {
+            if e.computed_hash() != e.hash {
                 return Err(StoreError::Tampered(format!(
-                    "entry {seq} was changed after it was written"
+                    "entry {} was changed after it was written",
+                    e.seq
                 )));
             }
-            prev = hash;
+            prev = e.hash;
             expected_seq += 1;
             entries += 1;
         }
@@ -226,6 +226,11 @@ pub fn verify(conn: &Connection) -> Result<Verified> {
         entries,
         last_hash: prev,
     })
+}
+
+/// Walks the whole chain of the SQLite store.
+pub fn verify(conn: &Connection) -> Result<Verified> {
+    verify_pages(|after| raw_rows(conn, after, 1000))
 }
 
 #[cfg(test)]

@@ -4,11 +4,11 @@
 use super::{Change, Result, Store, StoreError};
 use crate::identity::key::{self, Digest, NewKey};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 /// A consumer as stored.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ConsumerRow {
     pub id: String,
     pub plan: Option<String>,
@@ -168,13 +168,95 @@ pub fn load_all(conn: &Connection) -> Result<(Vec<ConsumerRow>, Vec<KeyRow>)> {
     Ok((consumers, keys))
 }
 
-fn insert_key(
-    conn: &Connection,
+/// The reads and writes the admin changes need, over one transaction of a store (SQLite
+/// here, Redis in `cluster::records`). The changes below are written once against it.
+pub trait RecordTx {
+    fn consumer(&mut self, id: &str) -> Result<Option<ConsumerRow>>;
+    fn keys_of(&mut self, consumer_id: &str) -> Result<Vec<KeyRow>>;
+    /// The key `key_id` of `consumer_id` (`NotFound` otherwise).
+    fn key(&mut self, consumer_id: &str, key_id: &str) -> Result<KeyRow>;
+    /// Inserts or replaces a consumer.
+    fn put_consumer(&mut self, row: &ConsumerRow) -> Result<()>;
+    /// Deletes a consumer and its keys.
+    fn remove_consumer(&mut self, id: &str, keys: &[KeyRow]) -> Result<()>;
+    /// Inserts or replaces a key.
+    fn put_key(&mut self, row: &KeyRow) -> Result<()>;
+}
+
+/// A SQLite transaction as a `RecordTx`.
+pub struct SqlTx<'a, 'b>(pub &'a rusqlite::Transaction<'b>);
+
+impl RecordTx for SqlTx<'_, '_> {
+    fn consumer(&mut self, id: &str) -> Result<Option<ConsumerRow>> {
+        get_consumer(self.0, id)
+    }
+
+    fn keys_of(&mut self, consumer_id: &str) -> Result<Vec<KeyRow>> {
+        list_keys(self.0, consumer_id)
+    }
+
+    fn key(&mut self, consumer_id: &str, key_id: &str) -> Result<KeyRow> {
+        get_key(self.0, consumer_id, key_id)
+    }
+
+    fn put_consumer(&mut self, row: &ConsumerRow) -> Result<()> {
+        self.0.execute(
+            &format!(
+                "INSERT INTO consumers ({CONSUMER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(id) DO UPDATE SET plan = excluded.plan, groups = excluded.groups,
+                 scopes = excluded.scopes, metadata = excluded.metadata,
+                 updated_at = excluded.updated_at"
+            ),
+            params![
+                row.id,
+                row.plan,
+                json!(row.groups).to_string(),
+                json!(row.scopes).to_string(),
+                Value::Object(row.metadata.clone()).to_string(),
+                row.created_at,
+                row.updated_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn remove_consumer(&mut self, id: &str, _keys: &[KeyRow]) -> Result<()> {
+        // The keys go with it (ON DELETE CASCADE).
+        self.0
+            .execute("DELETE FROM consumers WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    fn put_key(&mut self, row: &KeyRow) -> Result<()> {
+        self.0.execute(
+            &format!(
+                "INSERT INTO api_keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET label = excluded.label,
+                 expires_at = excluded.expires_at, revoked_at = excluded.revoked_at,
+                 replaced_by = excluded.replaced_by"
+            ),
+            params![
+                row.id,
+                row.consumer_id,
+                &row.digest[..],
+                row.display,
+                row.label,
+                row.created_at,
+                row.expires_at,
+                row.revoked_at,
+                row.replaced_by
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+fn new_key_row(
     consumer_id: &str,
     label: Option<&str>,
     expires_at: Option<i64>,
     now: i64,
-) -> Result<(KeyRow, NewKey)> {
+) -> (KeyRow, NewKey) {
     let new = key::generate();
     let row = KeyRow {
         id: key::random_id("key_"),
@@ -187,64 +269,191 @@ fn insert_key(
         revoked_at: None,
         replaced_by: None,
     };
-    conn.execute(
-        &format!(
-            "INSERT INTO api_keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)"
-        ),
-        params![
-            row.id,
-            row.consumer_id,
-            &row.digest[..],
-            row.display,
-            row.label,
-            row.created_at,
-            row.expires_at
-        ],
-    )?;
-    Ok((row, new))
+    (row, new)
 }
 
+fn not_found(what: String) -> StoreError {
+    StoreError::NotFound(what)
+}
+
+/// Creates a consumer.
+pub fn create_consumer(tx: &mut impl RecordTx, c: NewConsumer) -> Result<(ConsumerRow, Change)> {
+    if tx.consumer(&c.id)?.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "consumer {} already exists",
+            c.id
+        )));
+    }
+    let now = crate::clock::now();
+    let row = ConsumerRow {
+        id: c.id,
+        plan: c.plan,
+        groups: c.groups,
+        scopes: c.scopes,
+        metadata: c.metadata,
+        created_at: now,
+        updated_at: now,
+    };
+    tx.put_consumer(&row)?;
+    let change = Change {
+        action: "consumer.create",
+        target: format!("consumer/{}", row.id),
+        before: None,
+        after: Some(json!(row)),
+    };
+    Ok((row, change))
+}
+
+/// Changes the fields of a consumer that the patch names.
+pub fn update_consumer(
+    tx: &mut impl RecordTx,
+    id: &str,
+    patch: ConsumerPatch,
+) -> Result<(ConsumerRow, Change)> {
+    let before = tx
+        .consumer(id)?
+        .ok_or_else(|| not_found(format!("consumer {id}")))?;
+    let mut row = before.clone();
+    if let Some(plan) = patch.plan {
+        row.plan = plan;
+    }
+    if let Some(groups) = patch.groups {
+        row.groups = groups;
+    }
+    if let Some(scopes) = patch.scopes {
+        row.scopes = scopes;
+    }
+    if let Some(metadata) = patch.metadata {
+        row.metadata = metadata;
+    }
+    row.updated_at = crate::clock::now();
+    tx.put_consumer(&row)?;
+    let change = Change {
+        action: "consumer.update",
+        target: format!("consumer/{id}"),
+        before: Some(json!(before)),
+        after: Some(json!(row)),
+    };
+    Ok((row, change))
+}
+
+/// Deletes a consumer and its keys; returns the keys.
+pub fn delete_consumer(tx: &mut impl RecordTx, id: &str) -> Result<(Vec<KeyRow>, Change)> {
+    let before = tx
+        .consumer(id)?
+        .ok_or_else(|| not_found(format!("consumer {id}")))?;
+    let keys = tx.keys_of(id)?;
+    tx.remove_consumer(id, &keys)?;
+    let mut summary = json!(before);
+    summary["keys_deleted"] = json!(keys.len());
+    let change = Change {
+        action: "consumer.delete",
+        target: format!("consumer/{id}"),
+        before: Some(summary),
+        after: None,
+    };
+    Ok((keys, change))
+}
+
+/// Issues a new key to a consumer; the secret is in the `NewKey`, and only there.
+pub fn create_key(
+    tx: &mut impl RecordTx,
+    consumer_id: &str,
+    label: Option<&str>,
+    expires_at: Option<i64>,
+) -> Result<((KeyRow, NewKey), Change)> {
+    if tx.consumer(consumer_id)?.is_none() {
+        return Err(not_found(format!("consumer {consumer_id}")));
+    }
+    let now = crate::clock::now();
+    let (row, new) = new_key_row(consumer_id, label, expires_at, now);
+    tx.put_key(&row)?;
+    let change = Change {
+        action: "key.create",
+        target: format!("consumer/{consumer_id}/keys/{}", row.id),
+        before: None,
+        after: Some(row.summary(now)),
+    };
+    Ok(((row, new), change))
+}
+
+/// Revokes a key at once.
+pub fn revoke_key(
+    tx: &mut impl RecordTx,
+    consumer_id: &str,
+    key_id: &str,
+) -> Result<(KeyRow, Change)> {
+    let before = tx.key(consumer_id, key_id)?;
+    if before.revoked_at.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "key {key_id} is already revoked"
+        )));
+    }
+    let now = crate::clock::now();
+    let after = KeyRow {
+        revoked_at: Some(now),
+        ..before.clone()
+    };
+    tx.put_key(&after)?;
+    let change = Change {
+        action: "key.revoke",
+        target: format!("consumer/{consumer_id}/keys/{key_id}"),
+        before: Some(before.summary(now)),
+        after: Some(after.summary(now)),
+    };
+    Ok((after, change))
+}
+
+/// Replaces a key: the new one gets the old one's lifetime from now, the old one keeps working
+/// for `grace_secs` (or until it expires, if sooner). Returns (new row, new key, old row).
+pub fn rotate_key(
+    tx: &mut impl RecordTx,
+    consumer_id: &str,
+    key_id: &str,
+    grace_secs: i64,
+) -> Result<((KeyRow, NewKey, KeyRow), Change)> {
+    let before = tx.key(consumer_id, key_id)?;
+    let now = crate::clock::now();
+    if before.status(now) != "active" {
+        return Err(StoreError::Conflict(format!(
+            "key {key_id} is {}: only an active key can be rotated",
+            before.status(now)
+        )));
+    }
+    if before.replaced_by.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "key {key_id} was already rotated"
+        )));
+    }
+    let new_expiry = before
+        .expires_at
+        .map(|t| now.saturating_add((t - before.created_at).max(0)));
+    let (new_row, new) = new_key_row(consumer_id, before.label.as_deref(), new_expiry, now);
+    tx.put_key(&new_row)?;
+    let old_expiry = Some(
+        before
+            .expires_at
+            .map_or(now + grace_secs, |t| t.min(now + grace_secs)),
+    );
+    let old = KeyRow {
+        expires_at: old_expiry,
+        replaced_by: Some(new_row.id.clone()),
+        ..before.clone()
+    };
+    tx.put_key(&old)?;
+    let change = Change {
+        action: "key.rotate",
+        target: format!("consumer/{consumer_id}/keys/{key_id}"),
+        before: Some(before.summary(now)),
+        after: Some(json!({ "old": old.summary(now), "new": new_row.summary(now) })),
+    };
+    Ok(((new_row, new, old), change))
+}
+
+/// The changes as methods of the SQLite store, each one transaction with its audit entry.
 impl Store {
     pub fn create_consumer(&self, actor: &str, c: NewConsumer) -> Result<ConsumerRow> {
-        self.change(actor, |tx| {
-            if get_consumer(tx, &c.id)?.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "consumer {} already exists",
-                    c.id
-                )));
-            }
-            let now = crate::clock::now();
-            let row = ConsumerRow {
-                id: c.id,
-                plan: c.plan,
-                groups: c.groups,
-                scopes: c.scopes,
-                metadata: c.metadata,
-                created_at: now,
-                updated_at: now,
-            };
-            tx.execute(
-                &format!(
-                    "INSERT INTO consumers ({CONSUMER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                ),
-                params![
-                    row.id,
-                    row.plan,
-                    json!(row.groups).to_string(),
-                    json!(row.scopes).to_string(),
-                    Value::Object(row.metadata.clone()).to_string(),
-                    row.created_at,
-                    row.updated_at
-                ],
-            )?;
-            let change = Change {
-                action: "consumer.create",
-                target: format!("consumer/{}", row.id),
-                before: None,
-                after: Some(json!(row)),
-            };
-            Ok((row, change))
-        })
+        self.change(actor, |tx| create_consumer(&mut SqlTx(tx), c))
     }
 
     pub fn update_consumer(
@@ -253,64 +462,13 @@ impl Store {
         id: &str,
         patch: ConsumerPatch,
     ) -> Result<ConsumerRow> {
-        self.change(actor, |tx| {
-            let before = get_consumer(tx, id)?
-                .ok_or_else(|| StoreError::NotFound(format!("consumer {id}")))?;
-            let mut row = before.clone();
-            if let Some(plan) = patch.plan {
-                row.plan = plan;
-            }
-            if let Some(groups) = patch.groups {
-                row.groups = groups;
-            }
-            if let Some(scopes) = patch.scopes {
-                row.scopes = scopes;
-            }
-            if let Some(metadata) = patch.metadata {
-                row.metadata = metadata;
-            }
-            row.updated_at = crate::clock::now();
-            tx.execute(
-                "UPDATE consumers SET plan = ?2, groups = ?3, scopes = ?4, metadata = ?5, updated_at = ?6 WHERE id = ?1",
-                params![
-                    row.id,
-                    row.plan,
-                    json!(row.groups).to_string(),
-                    json!(row.scopes).to_string(),
-                    Value::Object(row.metadata.clone()).to_string(),
-                    row.updated_at
-                ],
-            )?;
-            let change = Change {
-                action: "consumer.update",
-                target: format!("consumer/{id}"),
-                before: Some(json!(before)),
-                after: Some(json!(row)),
-            };
-            Ok((row, change))
-        })
+        self.change(actor, |tx| update_consumer(&mut SqlTx(tx), id, patch))
     }
 
-    /// Deletes a consumer and, with it, all its keys (returned, for the index).
     pub fn delete_consumer(&self, actor: &str, id: &str) -> Result<Vec<KeyRow>> {
-        self.change(actor, |tx| {
-            let before = get_consumer(tx, id)?
-                .ok_or_else(|| StoreError::NotFound(format!("consumer {id}")))?;
-            let keys = list_keys(tx, id)?;
-            tx.execute("DELETE FROM consumers WHERE id = ?1", [id])?;
-            let mut summary = json!(before);
-            summary["keys_deleted"] = json!(keys.len());
-            let change = Change {
-                action: "consumer.delete",
-                target: format!("consumer/{id}"),
-                before: Some(summary),
-                after: None,
-            };
-            Ok((keys, change))
-        })
+        self.change(actor, |tx| delete_consumer(&mut SqlTx(tx), id))
     }
 
-    /// A new key for a consumer; the secret is in the returned `NewKey`, once.
     pub fn create_key(
         &self,
         actor: &str,
@@ -319,51 +477,14 @@ impl Store {
         expires_at: Option<i64>,
     ) -> Result<(KeyRow, NewKey)> {
         self.change(actor, |tx| {
-            if get_consumer(tx, consumer_id)?.is_none() {
-                return Err(StoreError::NotFound(format!("consumer {consumer_id}")));
-            }
-            let now = crate::clock::now();
-            let (row, new) = insert_key(tx, consumer_id, label, expires_at, now)?;
-            let change = Change {
-                action: "key.create",
-                target: format!("consumer/{consumer_id}/keys/{}", row.id),
-                before: None,
-                after: Some(row.summary(now)),
-            };
-            Ok(((row, new), change))
+            create_key(&mut SqlTx(tx), consumer_id, label, expires_at)
         })
     }
 
-    /// Revokes a key at once.
     pub fn revoke_key(&self, actor: &str, consumer_id: &str, key_id: &str) -> Result<KeyRow> {
-        self.change(actor, |tx| {
-            let before = get_key(tx, consumer_id, key_id)?;
-            if before.revoked_at.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "key {key_id} is already revoked"
-                )));
-            }
-            let now = crate::clock::now();
-            tx.execute(
-                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
-                params![key_id, now],
-            )?;
-            let after = KeyRow {
-                revoked_at: Some(now),
-                ..before.clone()
-            };
-            let change = Change {
-                action: "key.revoke",
-                target: format!("consumer/{consumer_id}/keys/{key_id}"),
-                before: Some(before.summary(now)),
-                after: Some(after.summary(now)),
-            };
-            Ok((after, change))
-        })
+        self.change(actor, |tx| revoke_key(&mut SqlTx(tx), consumer_id, key_id))
     }
 
-    /// Issues a replacement key; the old one stays valid for `grace_secs` more (or until its
-    /// own expiry, if sooner). Returns the new key, its secret and the old key.
     pub fn rotate_key(
         &self,
         actor: &str,
@@ -372,46 +493,7 @@ impl Store {
         grace_secs: i64,
     ) -> Result<(KeyRow, NewKey, KeyRow)> {
         self.change(actor, |tx| {
-            let before = get_key(tx, consumer_id, key_id)?;
-            let now = crate::clock::now();
-            if before.status(now) != "active" {
-                return Err(StoreError::Conflict(format!(
-                    "key {key_id} is {}: only an active key can be rotated",
-                    before.status(now)
-                )));
-            }
-            if before.replaced_by.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "key {key_id} was already rotated"
-                )));
-            }
-            // The new key gets the old key's lifetime, counted from now.
-            let new_expiry = before
-                .expires_at
-                .map(|t| now.saturating_add((t - before.created_at).max(0)));
-            let (new_row, new) =
-                insert_key(tx, consumer_id, before.label.as_deref(), new_expiry, now)?;
-            let old_expiry = Some(
-                before
-                    .expires_at
-                    .map_or(now + grace_secs, |t| t.min(now + grace_secs)),
-            );
-            tx.execute(
-                "UPDATE api_keys SET expires_at = ?2, replaced_by = ?3 WHERE id = ?1",
-                params![key_id, old_expiry, new_row.id],
-            )?;
-            let old = KeyRow {
-                expires_at: old_expiry,
-                replaced_by: Some(new_row.id.clone()),
-                ..before.clone()
-            };
-            let change = Change {
-                action: "key.rotate",
-                target: format!("consumer/{consumer_id}/keys/{key_id}"),
-                before: Some(before.summary(now)),
-                after: Some(json!({ "old": old.summary(now), "new": new_row.summary(now) })),
-            };
-            Ok(((new_row, new, old), change))
+            rotate_key(&mut SqlTx(tx), consumer_id, key_id, grace_secs)
         })
     }
 }

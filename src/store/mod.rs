@@ -37,6 +37,8 @@ pub enum StoreError {
     },
     /// The audit chain does not verify.
     Tampered(String),
+    /// Redis could not complete the operation (unreachable, or an unexpected reply).
+    Redis(String),
 }
 
 impl fmt::Display for StoreError {
@@ -51,6 +53,7 @@ impl fmt::Display for StoreError {
                 "the store has schema version {found}, this binary knows up to {known}: use a newer turnpike"
             ),
             StoreError::Tampered(why) => write!(f, "audit log does not verify: {why}"),
+            StoreError::Redis(why) => write!(f, "redis: {why}"),
         }
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod redis;
 pub mod upstream;
 
 use std::io::{Read, Write};
@@ -47,11 +48,24 @@ impl Gateway {
 
     /// Starts the binary with the proxy on `port` and does not wait for it to be ready.
     pub fn spawn_on(port: u16, server_extra: &str, body: &str) -> Gateway {
+        Gateway::spawn_full(port, server_extra, "", body)
+    }
+
+    /// Starts the binary with `store_extra` lines inside `[store]` (Redis settings) and waits
+    /// for it to be ready.
+    pub fn start_with_store(store_extra: &str, body: &str) -> Gateway {
+        let mut gw = Gateway::spawn_full(free_port(), "", store_extra, body);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Starts the binary; `server_extra` and `store_extra` go inside `[server]` and `[store]`.
+    pub fn spawn_full(port: u16, server_extra: &str, store_extra: &str, body: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let admin_port = free_port();
         let d = dir.path().display();
         let header = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{d}/tp.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n{server_extra}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TURNPIKE_TEST_ADMIN_TOKEN\"\n\n[store]\npath = \"{d}/turnpike.db\"\n\n"
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{d}/tp.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n{server_extra}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TURNPIKE_TEST_ADMIN_TOKEN\"\n\n[store]\npath = \"{d}/turnpike.db\"\n{store_extra}\n\n"
         );
         let text = format!("{header}{body}\n");
         let config = dir.path().join("turnpike.toml");

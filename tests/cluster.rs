@@ -1,0 +1,454 @@
+//! Several gateway processes sharing a real `redis-server` (started by the test on a free
+//! port): batched quotas never go over and end exact, strict plans are exact, batching keeps
+//! Redis calls far below one per request, keys and revocations made on one node's admin API
+//! work on the other within a second, and Redis stopped and restarted mid-test under each
+//! `on_store_error` policy.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::redis::RedisServer;
+use support::upstream::Upstream;
+use support::{client, problem, Gateway, ADMIN_TOKEN};
+
+const KEYS: [&str; 4] = [
+    "tpk_clustertestclustertestcluster000001",
+    "tpk_clustertestclustertestcluster000002",
+    "tpk_clustertestclustertestcluster000003",
+    "tpk_clustertestclustertestcluster000004",
+];
+
+fn digest(key: &str) -> String {
+    turnpike::identity::key::to_hex(&turnpike::identity::key::digest(key.as_bytes()))
+}
+
+/// One API with key auth, `plans`, and consumers c0..c3 on the plans named in `on`.
+fn config(upstream: std::net::SocketAddr, plans: &str, on: [&str; 4]) -> String {
+    let mut text = format!(
+        r#"
+[upstreams.app]
+targets = [ {{ addr = "{upstream}" }} ]
+
+[[apis]]
+name = "app"
+base_path = "/app"
+upstream = "app"
+[apis.auth]
+methods = ["api_key"]
+
+{plans}
+"#
+    );
+    for (i, plan) in on.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[consumers]]\nid = \"c{i}\"\nplan = \"{plan}\"\nkeys = [{{ sha256 = \"{}\" }}]\n",
+            digest(KEYS[i])
+        ));
+    }
+    text
+}
+
+fn store(redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "redis_url = \"{}\"\nredis_prefix = \"tp-test:\"\nnodes = 2\nsync_interval = \"250ms\"\n{extra}",
+        redis.url()
+    )
+}
+
+async fn get_with(url: &str, key: &str) -> (u16, String) {
+    let r = client()
+        .get(url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("body"))
+}
+
+async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = client()
+        .request(method.parse().expect("method"), gw.admin_url(path))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("admin call");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("admin body");
+    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (status, v)
+}
+
+/// Waits while fewer than `need` seconds are left in the UTC day (quotas here are daily).
+async fn away_from_day_boundary(need: i64) {
+    let left = 86_400 - turnpike::clock::now().rem_euclid(86_400);
+    if left < need {
+        tokio::time::sleep(Duration::from_secs(left as u64 + 1)).await;
+    }
+}
+
+/// Sends `total` requests with `key`, `clients` at a time, alternating between the gateways;
+/// returns (accepted, refused with 429). Any other status fails the test.
+async fn hammer(
+    gws: &[&Gateway],
+    key: &'static str,
+    clients: usize,
+    total: usize,
+) -> (usize, usize) {
+    let urls: Vec<String> = gws.iter().map(|g| g.url("/app/x")).collect();
+    let per = total / clients;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let urls = urls.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut limited) = (0, 0);
+            for i in 0..per {
+                let url = &urls[(c + i) % urls.len()];
+                match get_with(url, key).await {
+                    (200, _) => ok += 1,
+                    (429, _) => limited += 1,
+                    (s, body) => panic!("unexpected status {s}: {body}"),
+                }
+            }
+            (ok, limited)
+        }));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        let (o, l) = t.await.expect("client");
+        ok += o;
+        limited += l;
+    }
+    (ok, limited)
+}
+
+/// The test's own view of a daily counter in Redis.
+fn redis_count(redis: &RedisServer, consumer: &str) -> u64 {
+    let day = turnpike::clock::now().div_euclid(86_400) * 86_400;
+    let v: Option<u64> = redis::cmd("GET")
+        .arg(format!("tp-test:q:day:{day}:{consumer}"))
+        .query(&mut redis.conn())
+        .expect("GET counter");
+    v.unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quotas_across_two_nodes_batched_and_strict() {
+    away_from_day_boundary(60).await;
+    let redis = RedisServer::start();
+    let up = Upstream::start("app").await;
+    let plans = "[plans.batched]\nquotas = [\"300/day\"]\n\n[plans.strict]\nquotas = [\"200/day\"]\nexactness = \"strict\"\n\n[plans.big]\nquotas = [\"1000000/day\"]\n";
+    let body = config(up.addr, plans, ["batched", "strict", "big", "big"]);
+    let a = Gateway::start_with_store(&store(&redis, ""), &body);
+    let b = Gateway::start_with_store(&store(&redis, ""), &body);
+
+    // Batched: 64 clients, 600 requests over both nodes for a quota of 300. Never more than
+    // the quota; fewer only while the other node holds an unused lease.
+    let (ok, limited) = hammer(&[&a, &b], KEYS[0], 64, 640).await;
+    assert!(ok <= 300, "batched mode accepted {ok} of a quota of 300");
+    assert_eq!(ok + limited, 640);
+    // Leases go back within one sync interval; after that the rest of the quota is usable
+    // and the fleet's total is exactly the quota.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (more, _) = hammer(&[&a, &b], KEYS[0], 4, 400).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        ok + more,
+        300,
+        "the fleet's accepted total ends at the quota exactly"
+    );
+    assert_eq!(
+        redis_count(&redis, "c0"),
+        300,
+        "redis holds the whole count"
+    );
+    eprintln!("batched: {ok} accepted in the burst (quota 300), {more} after the leases came back");
+
+    // Strict: exactly the quota, at once, with 64 clients over both nodes.
+    let (ok, limited) = hammer(&[&a, &b], KEYS[1], 64, 640).await;
+    let redis_lines = |gw: &Gateway| -> String {
+        gw.log()
+            .lines()
+            .filter(|l| l.contains("redis"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        ok,
+        200,
+        "strict mode accepts exactly the quota; logs:\n{}\n{}",
+        redis_lines(&a),
+        redis_lines(&b)
+    );
+    assert_eq!(limited, 440);
+    let (s, text) = get_with(&b.url("/app/x"), KEYS[1]).await;
+    problem(&text, s, "quota_exceeded");
+
+    // Batching: steady traffic from one client costs far fewer Redis script runs than requests.
+    let before = redis.calls("evalsha") + redis.calls("eval");
+    let started = Instant::now();
+    let (ok, _) = hammer(&[&a], KEYS[2], 1, 1500).await;
+    let runs = redis.calls("evalsha") + redis.calls("eval") - before;
+    eprintln!(
+        "batched steady load: {ok} requests in {:?} took {runs} redis script runs",
+        started.elapsed()
+    );
+    assert_eq!(ok, 1500);
+    assert!(
+        runs * 5 < 1500,
+        "{runs} script runs for 1500 requests: batching does not batch"
+    );
+    assert_eq!(up.hits() as u64, 300 + 200 + 1500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_and_revocations_reach_every_node_within_a_second() {
+    let redis = RedisServer::start();
+    let up = Upstream::start("app").await;
+    let plans = "[plans.big]\nquotas = [\"1000000/day\"]\n";
+    let body = config(up.addr, plans, ["big", "big", "big", "big"]);
+    let a = Gateway::start_with_store(&store(&redis, ""), &body);
+    let b = Gateway::start_with_store(&store(&redis, ""), &body);
+
+    let (s, v) = admin(
+        &a,
+        "POST",
+        "/consumers",
+        Some(json!({"id": "beta", "plan": "big"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = admin(&a, "POST", "/consumers/beta/keys", Some(json!({}))).await;
+    assert_eq!(s, 201, "{v}");
+    let key: &'static str = Box::leak(
+        v["key"]
+            .as_str()
+            .expect("key shown once")
+            .to_string()
+            .into_boxed_str(),
+    );
+    let key_id = v["id"].as_str().expect("key id").to_string();
+    let created = Instant::now();
+    // Works on node A at once (its index is updated in the same call) ...
+    assert_eq!(get_with(&a.url("/app/x"), key).await.0, 200);
+    // ... and on node B within a second.
+    loop {
+        let (s, _) = get_with(&b.url("/app/x"), key).await;
+        if s == 200 {
+            break;
+        }
+        assert_eq!(s, 401);
+        assert!(
+            created.elapsed() < Duration::from_secs(1),
+            "a key created on node A did not work on node B within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("key usable on the other node after {:?}", created.elapsed());
+    // B lists it (the records are shared, not copied).
+    let (s, v) = admin(&b, "GET", "/consumers/beta/keys", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["items"][0]["id"], json!(key_id));
+
+    // Revoked through node B: refused on node A within a second.
+    let (s, v) = admin(
+        &b,
+        "DELETE",
+        &format!("/consumers/beta/keys/{key_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    let revoked = Instant::now();
+    assert_eq!(get_with(&b.url("/app/x"), key).await.0, 401);
+    loop {
+        let (s, _) = get_with(&a.url("/app/x"), key).await;
+        if s == 401 {
+            break;
+        }
+        assert_eq!(s, 200);
+        assert!(
+            revoked.elapsed() < Duration::from_secs(1),
+            "a key revoked on node B still worked on node A after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "revocation effective on the other node after {:?}",
+        revoked.elapsed()
+    );
+
+    // One audit log for the fleet, chained across nodes, and no key in Redis.
+    let (s, v) = admin(&a, "GET", "/audit", None).await;
+    assert_eq!(s, 200);
+    let actions: Vec<&str> = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["consumer.create", "key.create", "key.revoke"]);
+    let (code, out, err) = support::run_cli(
+        &["audit", "verify", "-c", &b.config.display().to_string()],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 entries"), "{out}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tp-test:*")
+        .query(&mut redis.conn())
+        .expect("KEYS");
+    let mut conn = redis.conn();
+    for k in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP")
+            .arg(&k)
+            .query(&mut conn)
+            .unwrap_or_default();
+        assert!(
+            !dump.windows(key.len()).any(|w| w == key.as_bytes()),
+            "the key itself is stored in redis under {k}"
+        );
+    }
+    // The CLI writes to the same records: a key it creates works on both nodes.
+    let (code, out, err) = support::run_cli(
+        &[
+            "keys",
+            "create",
+            "--consumer",
+            "gamma",
+            "-c",
+            &a.config.display().to_string(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let cli_key: &'static str = Box::leak(out.trim().to_string().into_boxed_str());
+    let start = Instant::now();
+    for gw in [&a, &b] {
+        while get_with(&gw.url("/app/x"), cli_key).await.0 != 200 {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "CLI key not usable"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn status(gw: &Gateway) -> Value {
+    admin(gw, "GET", "/status", None).await.1
+}
+
+async fn wait_state(gw: &Gateway, want: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let v = status(gw).await;
+        if v["store"]["state"] == json!(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "store state did not become {want}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outage_under_each_policy() {
+    away_from_day_boundary(60).await;
+    let mut redis = RedisServer::start();
+    let up = Upstream::start("app").await;
+    let plans = "[plans.deny]\nquotas = [\"1000/day\"]\non_store_error = \"deny\"\n\n\
+                 [plans.allow]\nquotas = [\"1000/day\"]\non_store_error = \"allow\"\n\n\
+                 [plans.local]\nquotas = [\"20/day\"]\non_store_error = \"local\"\n\n\
+                 [plans.strict]\nquotas = [\"1000/day\"]\nexactness = \"strict\"\non_store_error = \"local\"\n";
+    let body = config(up.addr, plans, ["deny", "allow", "local", "strict"]);
+    let a = Gateway::start_with_store(&store(&redis, ""), &body);
+    let b = Gateway::start_with_store(&store(&redis, ""), &body);
+    wait_state(&a, "up").await;
+    let s = status(&a).await;
+    assert_eq!(s["store"]["kind"], json!("redis"), "{s}");
+    for key in [KEYS[0], KEYS[1], KEYS[3]] {
+        for gw in [&a, &b] {
+            assert_eq!(get_with(&gw.url("/app/x"), key).await.0, 200);
+        }
+    }
+
+    redis.stop();
+    // The next sync notices (within one interval); status and log say so.
+    let noticed = wait_state(&a, "down").await;
+    eprintln!("outage seen in /status after {noticed:?}");
+    assert!(a.log().contains("is unreachable"), "{}", a.log());
+    let v = status(&a).await;
+    assert_eq!(v["store"]["counting"], json!("on_store_error"), "{v}");
+    assert!(
+        !v.to_string().contains("redis://"),
+        "status shows the URL: {v}"
+    );
+
+    // deny: the node's unused lease may still be spent; then 503 store_unavailable.
+    let url = a.url("/app/x");
+    let (mut leased, mut refused) = (0, 0);
+    for _ in 0..60 {
+        let (s, text) = get_with(&url, KEYS[0]).await;
+        if s == 200 {
+            leased += 1;
+        } else {
+            problem(&text, 503, "store_unavailable");
+            refused += 1;
+        }
+    }
+    assert!(
+        leased <= 4,
+        "deny accepted {leased} during the outage: more than its lease"
+    );
+    assert_eq!(leased + refused, 60);
+    // allow: everything goes through.
+    for _ in 0..30 {
+        assert_eq!(get_with(&url, KEYS[1]).await.0, 200);
+    }
+    // local: this node's share of the quota: 20 / 2 nodes = 10.
+    let (ok, limited) = hammer(&[&a], KEYS[2], 1, 30).await;
+    assert_eq!(
+        (ok, limited),
+        (10, 20),
+        "local fallback counts 1/nodes of the quota"
+    );
+    // A strict plan with local fallback works too.
+    assert_eq!(get_with(&url, KEYS[3]).await.0, 200);
+
+    // Redis comes back (empty: a restart without persistence): counting through it resumes
+    // by itself, and what was counted meanwhile is pushed to it.
+    redis.restart();
+    let back = wait_state(&a, "up").await;
+    eprintln!("recovery seen in /status after {back:?}");
+    assert!(a.log().contains("reachable again"), "{}", a.log());
+    // Two quiet syncs later every lease is back and the totals are the accepted counts.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        redis_count(&redis, "c2"),
+        10,
+        "local-mode counts reach redis"
+    );
+    assert_eq!(
+        redis_count(&redis, "c1"),
+        30,
+        "allow-mode counts reach redis"
+    );
+    assert_eq!(
+        get_with(&url, KEYS[0]).await.0,
+        200,
+        "deny plan works again"
+    );
+    assert_eq!(
+        get_with(&url, KEYS[3]).await.0,
+        200,
+        "strict plan works again"
+    );
+    // The restarted Redis has the local-mode count: 10 more for the fleet, then refused.
+    let (ok, _) = hammer(&[&a, &b], KEYS[2], 2, 30).await;
+    assert_eq!(ok, 10, "after recovery the fleet has the rest of the quota");
+}
