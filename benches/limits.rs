@@ -6,7 +6,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::sync::Arc;
 use std::time::Instant;
 use turnpike::config::file::OnStoreError;
-use turnpike::limits::limiter::{Check, Limiter, Mode, Plan};
+use turnpike::limits::limiter::{Check, Limiter, Mode, Plan, SyncOutcome};
 use turnpike::limits::spec::parse_quota;
 
 fn plan() -> Plan {
@@ -72,9 +72,9 @@ fn bench(c: &mut Criterion) {
     let cluster = Limiter::new();
     let mode = Mode::Cluster { nodes: 2, up: true };
     let _ = cluster.decide("acme", &plan, now, mode);
-    let items = cluster.take_sync(now as i64 / 1_000_000_000);
+    let items = cluster.take_sync(now as i64 / 1_000_000_000, false);
     let grants: Vec<(u64, u64)> = items.iter().map(|_| (u64::MAX / 8, u64::MAX / 8)).collect();
-    cluster.finish_sync(&items, Some(&grants));
+    cluster.finish_sync(&items, SyncOutcome::Applied(&grants));
     g.bench_function("check_leased_redis_batched", |b| {
         b.iter(|| {
             matches!(

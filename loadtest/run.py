@@ -21,6 +21,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -168,7 +169,7 @@ class Servers:
     def stop(self, name):
         p = self.procs.pop(name, None)
         if p and p.poll() is None:
-            p.send_signal(signal.SIGINT if name == "turnpike" else signal.SIGQUIT)
+            p.send_signal({"turnpike": signal.SIGINT, "redis": signal.SIGTERM}.get(name, signal.SIGQUIT))
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -225,6 +226,8 @@ def measure(servers, target, path, duration, conn_close=False, rate=None, header
     warm = max(2, duration // 5)
     (run_oha(url, warm, rate) if rate else run_wrk(url, warm, conn_close, headers))
     names = ["backend"] + ([target] if target != "backend" else [])
+    if target == "turnpike" and "redis" in servers.procs:
+        names.append("redis")
     before = {n: cpu_ticks(servers.pid(n)) for n in names}
     acc0 = accepts()
     res = run_oha(url, duration, rate) if rate else run_wrk(url, duration, conn_close, headers)
@@ -293,7 +296,43 @@ SCENARIOS = {
                      {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
     "full-chain": (lambda: scenario_config("full-chain"), "/items/42",
                    {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
+    # The same chain with the fleet's store in a local redis-server started here (batched
+    # leases, then one Redis script run per request with a strict plan).
+    "full-chain-redis": (lambda: with_redis(scenario_config("full-chain"), strict=False), "/items/42",
+                         {"headers": [f"x-api-key: {LOADTEST_KEY}"], "redis": True}),
+    "full-chain-redis-strict": (lambda: with_redis(scenario_config("full-chain"), strict=True), "/items/42",
+                                {"headers": [f"x-api-key: {LOADTEST_KEY}"], "redis": True}),
 }
+
+REDIS_PORT = 16379
+
+
+def with_redis(config, strict):
+    """A scenario config pointed at the harness's redis-server."""
+    config = config.replace('[store]\n', f'[store]\nredis_url = "redis://127.0.0.1:{REDIS_PORT}"\n'
+                            'redis_prefix = "turnpike-loadtest:"\n', 1)
+    if strict:
+        config = config.replace("[plans.loadtest]\n", '[plans.loadtest]\nexactness = "strict"\n', 1)
+    return config
+
+
+def start_redis(work):
+    """A redis-server on loopback without persistence, on the servers' CPU; stopped by PID."""
+    need("redis-server", "redis-server")
+    proc = subprocess.Popen(
+        ["taskset", "-c", SERVER_CPU, "redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", work],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=1).close()
+            return proc
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                die(f"redis-server did not start on 127.0.0.1:{REDIS_PORT}")
+            time.sleep(0.1)
 
 
 def callgrind_total(work, name, cmd, port, requests, stop_signal, headers=()):
@@ -435,7 +474,10 @@ def main():
     load_before = os.getloadavg()
     lines = []
     work = tempfile.mkdtemp(prefix="turnpike-loadtest-")
+    redis = start_redis(work) if any(SCENARIOS[n][2].get("redis") for n in names) else None
     servers = Servers(work, SCENARIOS[names[0]][0]())
+    if redis is not None:
+        servers.procs["redis"] = redis
     try:
         current = None
         for name in names:
@@ -457,6 +499,9 @@ def main():
             lines.append("|---|---|---|---|---|---|---|---|---|---|")
             for target in ["backend", "nginx-proxy", "turnpike"]:
                 lines.append(fmt_row(target, results[target], results))
+            if "redis" in results["turnpike"]["cpu_us"]:
+                lines.append(f"\nredis-server CPU while Turnpike was measured: "
+                             f"{results['turnpike']['cpu_us']['redis']:.1f} us/req.")
             print("\n".join(lines[-5:]), flush=True)
     finally:
         servers.stop_all()

@@ -51,7 +51,7 @@ methods = ["api_key"]
 
 fn store(redis: &RedisServer, extra: &str) -> String {
     format!(
-        "redis_url = \"{}\"\nredis_prefix = \"tp-test:\"\nnodes = 2\nsync_interval = \"250ms\"\n{extra}",
+        "redis_url = \"{}\"\nredis_prefix = \"tp-test:\"\nnodes = 2\nsync_interval = \"250ms\"\nredis_timeout = \"2s\"\n{extra}",
         redis.url()
     )
 }
@@ -127,8 +127,9 @@ async fn hammer(
 /// The test's own view of a daily counter in Redis.
 fn redis_count(redis: &RedisServer, consumer: &str) -> u64 {
     let day = turnpike::clock::now().div_euclid(86_400) * 86_400;
-    let v: Option<u64> = redis::cmd("GET")
+    let v: Option<u64> = redis::cmd("HGET")
         .arg(format!("tp-test:q:day:{day}:{consumer}"))
+        .arg("n")
         .query(&mut redis.conn())
         .expect("GET counter");
     v.unwrap_or(0)
@@ -205,7 +206,8 @@ async fn quotas_across_two_nodes_batched_and_strict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keys_and_revocations_reach_every_node_within_a_second() {
-    let redis = RedisServer::start();
+    const PASSWORD: &str = "redis-test-password-5d1c";
+    let redis = RedisServer::start_with_password(Some(PASSWORD));
     let up = Upstream::start("app").await;
     let plans = "[plans.big]\nquotas = [\"1000000/day\"]\n";
     let body = config(up.addr, plans, ["big", "big", "big", "big"]);
@@ -296,19 +298,19 @@ async fn keys_and_revocations_reach_every_node_within_a_second() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("3 entries"), "{out}");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("tp-test:*")
-        .query(&mut redis.conn())
-        .expect("KEYS");
-    let mut conn = redis.conn();
-    for k in keys {
-        let dump: Vec<u8> = redis::cmd("DUMP")
-            .arg(&k)
-            .query(&mut conn)
-            .unwrap_or_default();
+    let stored = redis.dump_all("tp-test:*");
+    assert!(stored.contains("key.revoke"), "the dump reads values");
+    assert!(
+        !stored.contains(key) && !stored.contains(&key[4..]),
+        "the key itself is stored in redis"
+    );
+    // The Redis password is in no log line and not in /status.
+    let (_, status) = admin(&a, "GET", "/status", None).await;
+    assert_eq!(status["store"]["state"], json!("up"), "{status}");
+    for text in [a.log(), b.log(), status.to_string()] {
         assert!(
-            !dump.windows(key.len()).any(|w| w == key.as_bytes()),
-            "the key itself is stored in redis under {k}"
+            !text.contains(PASSWORD),
+            "the redis password leaked: {text}"
         );
     }
     // The CLI writes to the same records: a key it creates works on both nodes.
@@ -433,10 +435,12 @@ async fn redis_outage_under_each_policy() {
         10,
         "local-mode counts reach redis"
     );
-    assert_eq!(
-        redis_count(&redis, "c1"),
-        30,
-        "allow-mode counts reach redis"
+    // allow spends node A's lease first (granted before the outage, so counted in the Redis
+    // that was lost): 28 to 30 of the 30 are pushed.
+    let allowed = redis_count(&redis, "c1");
+    assert!(
+        (28..=30).contains(&allowed),
+        "allow-mode counts reach redis: {allowed}"
     );
     assert_eq!(
         get_with(&url, KEYS[0]).await.0,

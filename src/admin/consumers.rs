@@ -123,11 +123,11 @@ fn store_error(e: StoreError, rid: &str) -> Answer {
     match e {
         StoreError::NotFound(what) => problem(Code::NotFound, &format!("{what} not found"), rid),
         StoreError::Conflict(why) => problem(Code::Conflict, &why, rid),
-        StoreError::Redis(why) => {
-            log::error!("admin store operation failed: redis: {why}");
+        e @ (StoreError::Redis(_) | StoreError::RedisCall(_)) => {
+            log::error!("admin store operation failed: {e}");
             problem(
                 Code::StoreUnavailable,
-                "the shared store (redis) cannot be reached; nothing was changed",
+                "the shared store (redis) did not answer; look before trying again (the change may or may not have been made)",
                 rid,
             )
         }

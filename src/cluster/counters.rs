@@ -11,9 +11,13 @@
 //! never accepts more than the quota. The price is on the other side: a request may be refused
 //! while other nodes hold unused leases, for at most one sync interval (they give them back at
 //! their next sync). Strict plans ask Redis for every request, rate included.
+//!
+//! Counters are hashes: `n` the count (accepted requests plus every unused lease) and
+//! `l:{node}` the lease each node holds, so that a node never gives back more than Redis
+//! granted it (after a reset or a Redis restart the record is gone and so is the stale lease).
 
-use super::{is_outage, scripts, Cluster};
-use crate::limits::limiter::{Answer, Ask, Limiter, SyncItem};
+use super::{is_outage, scripts, CallError, Cluster};
+use crate::limits::limiter::{Answer, Ask, Limiter, SyncItem, SyncOutcome};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -32,15 +36,9 @@ fn ttl(end: i64, now: i64) -> i64 {
 }
 
 /// Asks Redis to decide one request (see the module docs). `None`: Redis could not answer
-/// (and is now marked down).
+/// (after one retry on a fresh connection when the connection had dropped, e.g. closed while
+/// idle); an outage also marks Redis down.
 pub async fn take(c: &Cluster, key: &str, ask: &Ask) -> Option<Answer> {
-    let mut conn = match c.async_conn() {
-        Some(conn) => conn,
-        None => {
-            c.ensure_async_conn().await;
-            c.async_conn()?
-        }
-    };
     let now = crate::clock::now();
     let mut inv = scripts::TAKE.prepare_invoke();
     inv.key(c.key(&["r", key]));
@@ -52,24 +50,43 @@ pub async fn take(c: &Cluster, key: &str, ask: &Ask) -> Option<Answer> {
         inv.key(counter_key(c, key, q.period.name(), *start));
         inv.arg(q.limit).arg(ttl(*end, now));
     }
-    let result = tokio::time::timeout(c.timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
-    let reply = match result {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            if is_outage(&e) {
-                c.drop_async_conn();
+    let mut reply = None;
+    for attempt in 0..2 {
+        let mut conn = match c.async_conn() {
+            Some(conn) => conn,
+            None => {
+                c.ensure_async_conn().await;
+                c.async_conn()?
             }
-            c.failed("plan check", &e);
-            return None;
+        };
+        match tokio::time::timeout(c.timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await {
+            Ok(Ok(v)) => {
+                reply = Some(v);
+                break;
+            }
+            Ok(Err(e)) if is_outage(&e) => {
+                c.drop_async_conn();
+                let dropped = e.is_connection_dropped() || e.is_io_error();
+                if attempt == 0 && dropped {
+                    continue;
+                }
+                c.failed("plan check", &e);
+                return None;
+            }
+            Ok(Err(e)) => {
+                log::warn!("plan check in redis failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                c.drop_async_conn();
+                c.failed("plan check", &"no answer within redis_timeout");
+                return None;
+            }
         }
-        Err(_) => {
-            c.drop_async_conn();
-            c.failed("plan check", &"no answer within redis_timeout");
-            return None;
-        }
-    };
+    }
+    let reply = reply?;
     let [ok, rate_ok, level, counts @ ..] = reply.as_slice() else {
-        c.failed("plan check", &"unexpected reply");
+        log::warn!("plan check in redis: unexpected reply");
         return None;
     };
     Some(Answer {
@@ -85,30 +102,46 @@ pub async fn take(c: &Cluster, key: &str, ask: &Ask) -> Option<Answer> {
 
 /// One sync of every counter this node holds (see the module docs); returns how many were
 /// exchanged. With nothing to exchange it only checks that Redis answers, so that an outage
-/// ends as soon as Redis is back.
-pub fn sync(c: &Cluster, limiter: &Limiter) -> usize {
+/// ends as soon as Redis is back. `last`: the sync at exit, which asks for no new lease.
+/// Redis counts as up again only once a sync has pushed everything this node counted alone.
+pub fn sync(c: &Cluster, limiter: &Limiter, last: bool) -> usize {
+    let _one_at_a_time = c.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
     let now = crate::clock::now();
-    let items = limiter.take_sync(now);
+    let items = limiter.take_sync(now, last);
     if items.is_empty() {
-        let _ = c.with_conn("ping", |conn| redis::cmd("PING").query::<String>(conn));
+        if c.with_conn("ping", |conn| redis::cmd("PING").query::<String>(conn))
+            .is_ok()
+        {
+            c.succeeded();
+        }
         return 0;
     }
     let mut done = 0;
-    for batch in items.chunks(SYNC_BATCH) {
-        let results = c.with_conn("counter sync", |conn| run_sync(c, conn, batch, now));
-        match results {
+    let mut batches = items.chunks(SYNC_BATCH);
+    for batch in batches.by_ref() {
+        match c.with_conn("counter sync", |conn| run_sync(c, conn, batch, now)) {
             Ok(r) => {
-                limiter.finish_sync(batch, Some(&r));
+                limiter.finish_sync(batch, SyncOutcome::Applied(&r));
                 done += batch.len();
             }
             Err(e) => {
-                if !is_outage(&e) {
+                if !is_outage(e.redis()) {
                     log::warn!("plan counters not synced this time: {e}");
                 }
-                limiter.finish_sync(batch, None);
+                let outcome = match e {
+                    CallError::NotSent(_) => SyncOutcome::NotSent,
+                    CallError::Failed(_) => SyncOutcome::Unclear,
+                };
+                limiter.finish_sync(batch, outcome);
+                // The rest waits for the next sync: no new connection per batch.
+                for rest in batches.by_ref() {
+                    limiter.finish_sync(rest, SyncOutcome::NotSent);
+                }
+                return done;
             }
         }
     }
+    c.succeeded();
     done
 }
 
@@ -119,7 +152,7 @@ fn run_sync(
     now: i64,
 ) -> redis::RedisResult<Vec<(u64, u64)>> {
     let mut inv = scripts::SYNC.prepare_invoke();
-    inv.arg(c.nodes);
+    inv.arg(c.nodes).arg(&c.node_id);
     for item in batch {
         let end = item.period.window(item.window).1;
         inv.key(counter_key(c, &item.key, item.period.name(), item.window));
@@ -200,7 +233,7 @@ struct FinalSync(Arc<Cluster>, Arc<Limiter>);
 
 impl Drop for FinalSync {
     fn drop(&mut self) {
-        let n = sync(&self.0, &self.1);
+        let n = sync(&self.0, &self.1, true);
         log::info!("plan counters synced with redis at exit ({n} counters)");
     }
 }
@@ -216,7 +249,7 @@ impl BackgroundService for CounterSync {
             tick.tick().await;
             self.cluster.ensure_async_conn().await;
             let (cluster, limiter) = (self.cluster.clone(), self.limiter.clone());
-            if tokio::task::spawn_blocking(move || sync(&cluster, &limiter))
+            if tokio::task::spawn_blocking(move || sync(&cluster, &limiter, false))
                 .await
                 .is_err()
             {

@@ -48,21 +48,63 @@ pub struct Cluster {
     /// `host:port` (for logs and status).
     pub address: String,
     pub prefix: String,
+    /// This process's id in lease records (random per start).
+    pub node_id: String,
     pub nodes: u64,
     pub timeout: Duration,
     pub interval: Duration,
     sync_conn: Mutex<Option<redis::Connection>>,
     async_conn: ArcSwapOption<MultiplexedConnection>,
     health: Health,
+    /// Serialises counter syncs (the periodic one and the one at exit).
+    pub sync_lock: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An error worth a retry on another connection (the server did not answer).
-fn is_outage(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+/// An error that means this server cannot serve us now: no answer, or a server that is
+/// loading, read-only (a demoted primary after a failover) or without a primary. The
+/// connection is dropped and a new one opened on the next try.
+pub fn is_outage(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::TryAgain
+            )
+        )
+}
+
+/// How a call on the plain connection failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// No connection could be opened: nothing was sent.
+    NotSent(redis::RedisError),
+    /// The call was sent and failed; it may or may not have run.
+    Failed(redis::RedisError),
+}
+
+impl CallError {
+    pub fn redis(&self) -> &redis::RedisError {
+        match self {
+            CallError::NotSent(e) | CallError::Failed(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.redis().fmt(f)
+    }
 }
 
 impl Cluster {
@@ -77,12 +119,14 @@ impl Cluster {
             client,
             address,
             prefix: store.redis_prefix.clone(),
+            node_id: crate::identity::key::random_id("node_"),
             nodes: u64::from(store.nodes.max(1)),
             timeout: store.redis_timeout.0,
             interval: store.sync_interval.0,
             sync_conn: Mutex::new(None),
             async_conn: ArcSwapOption::empty(),
             health: Health::default(),
+            sync_lock: Mutex::new(()),
         }))
     }
 
@@ -120,7 +164,9 @@ impl Cluster {
         *lock(&self.health.last_error) = Some(text);
     }
 
-    /// Records a successful call: the first success after an outage is logged as recovery.
+    /// Records that Redis counts again. Only the counter sync calls it, after it pushed what
+    /// was counted during an outage, so that no request is decided by Redis before Redis has
+    /// those counts. The first success after an outage is logged as recovery.
     pub fn succeeded(&self) {
         if !self.health.up.swap(true, Ordering::AcqRel) {
             let now = crate::clock::now();
@@ -143,7 +189,7 @@ impl Cluster {
         &self,
         what: &str,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> redis::RedisResult<T> {
+    ) -> Result<T, CallError> {
         let mut slot = lock(&self.sync_conn);
         if slot.is_none() {
             let conn = self
@@ -158,7 +204,7 @@ impl Cluster {
                 Ok(c) => *slot = Some(c),
                 Err(e) => {
                     self.failed(what, &e);
-                    return Err(e);
+                    return Err(CallError::NotSent(e));
                 }
             }
         }
@@ -166,15 +212,13 @@ impl Cluster {
             unreachable!("connected above")
         };
         let result = f(conn);
-        match &result {
-            Ok(_) => self.succeeded(),
-            Err(e) if is_outage(e) => {
+        if let Err(e) = &result {
+            if is_outage(e) {
                 *slot = None;
                 self.failed(what, e);
             }
-            Err(_) => {}
         }
-        result
+        result.map_err(CallError::Failed)
     }
 
     /// The request path's connection, if one is open.

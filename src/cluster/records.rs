@@ -68,7 +68,7 @@ impl KeyDoc {
 }
 
 fn redis_error(e: redis::RedisError) -> StoreError {
-    StoreError::Redis(e.to_string())
+    StoreError::RedisCall(e)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
@@ -174,18 +174,25 @@ impl RecordTx for RedisTx<'_> {
 }
 
 impl RedisRecords {
+    /// Runs `f` on the plain connection; a failed Redis call inside it reaches `with_conn`,
+    /// so that an outage marks Redis down and drops the connection.
     fn conn<T>(
         &self,
         what: &str,
         f: impl FnOnce(&mut redis::Connection) -> Result<T>,
     ) -> Result<T> {
         let mut out = None;
-        let r = self.cluster.with_conn(what, |conn| {
-            out = Some(f(conn));
-            Ok(())
+        let r = self.cluster.with_conn(what, |conn| match f(conn) {
+            Err(StoreError::RedisCall(e)) => Err(e),
+            other => {
+                out = Some(other);
+                Ok(())
+            }
         });
-        r.map_err(redis_error)?;
-        out.unwrap_or_else(|| Err(StoreError::Redis("no connection".into())))
+        match r {
+            Ok(()) => out.unwrap_or_else(|| Err(StoreError::Redis("no result".into()))),
+            Err(e) => Err(StoreError::Redis(e.to_string())),
+        }
     }
 
     /// Runs one change with its audit entry (see the module docs). `f` may run more than once.
@@ -213,7 +220,13 @@ impl RedisRecords {
                         return Err(e);
                     }
                 };
-                let last: Option<String> = tx.get(head.clone())?;
+                let last: Option<String> = match tx.get(head.clone()) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = redis::cmd("UNWATCH").exec(tx.conn);
+                        return Err(e);
+                    }
+                };
                 let last = last.and_then(|t| {
                     let (seq, hash) = t.split_once(' ')?;
                     Some((seq.parse().ok()?, hash.to_string()))

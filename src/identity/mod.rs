@@ -332,16 +332,29 @@ impl BackgroundService for IdentitySync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One line when syncing starts failing and one when it works again, not one per tick.
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
             let identity = self.identity.clone();
-            match tokio::task::spawn_blocking(move || identity.sync()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => log::warn!("identity index sync failed: {e}"),
-                Err(e) => log::warn!("identity index sync task failed: {e}"),
+            let failure = match tokio::task::spawn_blocking(move || identity.sync()).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("task failed: {e}")),
+            };
+            match failure {
+                Some(e) if !failing => {
+                    log::warn!("identity index sync failed (keeps serving the last index): {e}");
+                    failing = true;
+                }
+                None if failing => {
+                    log::info!("identity index sync works again");
+                    failing = false;
+                }
+                _ => {}
             }
         }
     }

@@ -266,6 +266,17 @@ pub struct CounterRecord {
     pub count: u64,
 }
 
+/// How a sync call ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SyncOutcome<'a> {
+    /// Redis ran it: (total, granted lease) per item.
+    Applied(&'a [(u64, u64)]),
+    /// Nothing reached Redis.
+    NotSent,
+    /// Sent, and no answer: it may have run.
+    Unclear,
+}
+
 /// One counter's exchange with Redis at a sync: the unused lease it gives back, the counts
 /// it pushes, the lease it would like, and (filled in by Redis) the total and the new lease.
 #[derive(Debug, Clone, PartialEq)]
@@ -446,6 +457,11 @@ impl Limiter {
         }
         let denied = denial(rate.as_ref(), &quotas, secs, now_ns);
         if denied.is_none() && ask {
+            // The node's rate takes the request now (concurrent asks must not all pass it);
+            // `answered` gives it back if Redis refuses.
+            if let Some(r) = &rate {
+                st.charge(r, true);
+            }
             return Check::Ask(self.ask(plan, now_ns, false));
         }
         if denied.is_none() && unavailable {
@@ -508,19 +524,30 @@ impl Limiter {
                 Some(r)
             }
             Some(r) => {
-                let step = st.rate(shared_rate(r, nodes), now_ns);
+                // Charged when the ask was made; a refusal gives it back.
+                let (interval, burst) = shared_rate(r, nodes);
+                if !a.accepted {
+                    st.tat_ns = st.tat_ns.saturating_sub(interval);
+                }
+                let mut step = st.rate((interval, burst), now_ns);
+                step.allowed = true;
                 if a.accepted {
-                    // Redis counted it: the local rate takes it whatever its state.
-                    st.tat_ns = step.next;
-                    st.rate_params = Some((step.interval, step.burst));
+                    // Show the state with this request in it.
+                    step.next = step.base;
+                    step.base = step.base.saturating_sub(interval).max(now_ns);
                 }
                 Some(step)
             }
         };
         let mut quotas = Vec::with_capacity(plan.quotas.len());
         for (q, count) in plan.quotas.iter().zip(a.counts.iter().copied()) {
-            let end = q.period.window(secs).1;
+            let (start, end) = q.period.window(secs);
             let c = st.counter(q.period, secs);
+            if c.window != start {
+                // Another request rolled the counter into the next window meanwhile: this
+                // answer is about the last one and must not land in the new count.
+                continue;
+            }
             c.limit = q.limit;
             c.touched = true;
             c.strict = plan.strict;
@@ -655,7 +682,7 @@ impl Limiter {
     /// With Redis: takes what every counter of a current window has to exchange (unused
     /// leases, counts made while Redis was unreachable, the demand since the last sync).
     /// Counters of past windows are dropped: their leases and counts no longer matter.
-    pub fn take_sync(&self, now_secs: i64) -> Vec<SyncItem> {
+    pub fn take_sync(&self, now_secs: i64, last: bool) -> Vec<SyncItem> {
         let mut out = Vec::new();
         self.each_state(|key, st| {
             st.counters
@@ -674,7 +701,7 @@ impl Limiter {
                     used: c.used,
                     // Enough for twice the last interval's traffic; nothing for an idle key
                     // or a strict plan.
-                    wanted: if c.strict {
+                    wanted: if c.strict || last {
                         0
                     } else {
                         c.used.saturating_mul(2).min(c.limit)
@@ -691,9 +718,11 @@ impl Limiter {
         out
     }
 
-    /// With Redis: applies a sync's results (total, granted lease), or puts everything back
-    /// (`None`: the sync failed) for the next try.
-    pub fn finish_sync(&self, items: &[SyncItem], results: Option<&[(u64, u64)]>) {
+    /// With Redis: applies a sync's results (total, granted lease), or puts back what the
+    /// next try needs. A sync that was sent and failed may have run: its lease is then taken
+    /// as given back (if Redis did not get it, it stays counted there: fewer requests accepted,
+    /// never more), and its pushed counts are pushed again (counted twice at worst).
+    pub fn finish_sync(&self, items: &[SyncItem], outcome: SyncOutcome<'_>) {
         for (i, item) in items.iter().enumerate() {
             let state = self.state(&item.key);
             let mut st = lock(&state);
@@ -704,14 +733,18 @@ impl Limiter {
             else {
                 continue;
             };
-            match results.and_then(|r| r.get(i)) {
-                Some(&(total, grant)) => {
-                    c.base = total;
-                    c.lease += grant;
+            match outcome {
+                SyncOutcome::Applied(results) => {
+                    if let Some(&(total, grant)) = results.get(i) {
+                        c.base = total;
+                        c.lease += grant;
+                    }
                 }
-                None => {
-                    c.base += item.returned;
-                    c.lease += item.returned;
+                SyncOutcome::NotSent | SyncOutcome::Unclear => {
+                    if outcome == SyncOutcome::NotSent {
+                        c.base += item.returned;
+                        c.lease += item.returned;
+                    }
                     c.local += item.pushed;
                     c.used += item.used;
                     c.touched = true;
@@ -946,12 +979,12 @@ mod tests {
         assert_eq!(v.denied, None);
         assert_eq!(v.policies[0].remaining, 9);
         // The sync wants twice the traffic; Redis grants 2 of it (total 3).
-        let items = l.take_sync(now);
+        let items = l.take_sync(now, false);
         assert_eq!(
             (items[0].used, items[0].wanted, items[0].returned),
             (1, 2, 0)
         );
-        l.finish_sync(&items, Some(&[(3, 2)]));
+        l.finish_sync(&items, SyncOutcome::Applied(&[(3, 2)]));
         for _ in 0..2 {
             assert!(matches!(l.decide("a", &p, t, up), Check::Done(v) if v.denied.is_none()));
         }
@@ -960,13 +993,13 @@ mod tests {
             "lease spent"
         );
         // A failed sync puts everything back; the next one returns what is unused.
-        let items = l.take_sync(now);
+        let items = l.take_sync(now, false);
         assert_eq!(items[0].returned, 0);
-        l.finish_sync(&items, None);
-        let items = l.take_sync(now);
+        l.finish_sync(&items, SyncOutcome::NotSent);
+        let items = l.take_sync(now, false);
         assert_eq!(items[0].used, 2, "demand survives a failed sync");
         // A count at the limit refuses here without asking.
-        l.finish_sync(&items, Some(&[(10, 0)]));
+        l.finish_sync(&items, SyncOutcome::Applied(&[(10, 0)]));
         assert!(matches!(
             l.decide("a", &p, t, up),
             Check::Done(Verdict {
@@ -995,25 +1028,25 @@ mod tests {
         let l = Limiter::new();
         let p = on_error(plan(None, &["20/hour"]), OnStoreError::Local);
         let _ = l.decide("a", &p, t, Mode::Cluster { nodes: 2, up: true });
-        let items = l.take_sync(now);
-        l.finish_sync(&items, Some(&[(4, 0)]));
+        let items = l.take_sync(now, false);
+        l.finish_sync(&items, SyncOutcome::Applied(&[(4, 0)]));
         assert_eq!(accepted(&l, &p, 30), 8);
         // The counts made meanwhile go to Redis at the next sync.
-        let items = l.take_sync(now);
+        let items = l.take_sync(now, false);
         assert_eq!(items[0].pushed, 8);
         // deny: the lease, then unavailable.
         let l = Limiter::new();
         let p = on_error(plan(None, &["20/hour"]), OnStoreError::Deny);
         let _ = l.decide("a", &p, t, Mode::Cluster { nodes: 2, up: true });
-        let items = l.take_sync(now);
-        l.finish_sync(&items, Some(&[(3, 3)]));
+        let items = l.take_sync(now, false);
+        l.finish_sync(&items, SyncOutcome::Applied(&[(3, 3)]));
         assert_eq!(accepted(&l, &p, 10), 3);
         assert_eq!(l.decide("a", &p, t, down), Check::Unavailable);
         // allow: everything, counted for later.
         let l = Limiter::new();
         let p = on_error(plan(Some((S, 1)), &["2/hour"]), OnStoreError::Allow);
         assert_eq!(accepted(&l, &p, 10), 10);
-        assert_eq!(l.take_sync(now)[0].pushed, 10);
+        assert_eq!(l.take_sync(now, false)[0].pushed, 10);
     }
 
     #[test]
@@ -1050,7 +1083,7 @@ mod tests {
         );
         assert_eq!(v.policies[0].remaining, 0);
         assert_eq!(v.policies[1].remaining, 7);
-        let items = l.take_sync((t / S) as i64);
+        let items = l.take_sync((t / S) as i64, false);
         assert_eq!(items[0].wanted, 0);
     }
 }

@@ -39,6 +39,8 @@ pub enum StoreError {
     Tampered(String),
     /// Redis could not complete the operation (unreachable, or an unexpected reply).
     Redis(String),
+    /// A Redis call failed (kept whole so that an outage can be recognised).
+    RedisCall(redis::RedisError),
 }
 
 impl fmt::Display for StoreError {
@@ -54,6 +56,7 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Tampered(why) => write!(f, "audit log does not verify: {why}"),
             StoreError::Redis(why) => write!(f, "redis: {why}"),
+            StoreError::RedisCall(e) => write!(f, "redis: {e}"),
         }
     }
 }

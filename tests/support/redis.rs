@@ -9,6 +9,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// `requirepass`, when the test wants one.
+    pub password: Option<String>,
 }
 
 fn program() -> PathBuf {
@@ -26,18 +28,27 @@ fn program() -> PathBuf {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with_password(None)
+    }
+
+    /// A server that requires `password` (AUTH).
+    pub fn start_with_password(password: Option<&str>) -> RedisServer {
         let mut r = RedisServer {
             child: None,
             port: super::free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            password: password.map(str::to_string),
         };
         r.restart();
         r
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://[:password@]127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Starts the server again on the same port (after `stop`), empty.
@@ -55,6 +66,11 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_string(), p.clone()]),
+            )
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
@@ -90,6 +106,48 @@ impl RedisServer {
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
             .expect("connect to the test's redis-server")
+    }
+
+    /// Every value under `pattern`, read by type, as one text (for secret scans).
+    pub fn dump_all(&self, pattern: &str) -> String {
+        let mut conn = self.conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut conn)
+            .expect("KEYS");
+        let mut out = String::new();
+        for k in keys {
+            let kind: String = redis::cmd("TYPE").arg(&k).query(&mut conn).expect("TYPE");
+            let values: Vec<String> = match kind.as_str() {
+                "string" => vec![redis::cmd("GET").arg(&k).query(&mut conn).expect("GET")],
+                "list" => redis::cmd("LRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut conn)
+                    .expect("LRANGE"),
+                "set" => redis::cmd("SMEMBERS")
+                    .arg(&k)
+                    .query(&mut conn)
+                    .expect("SMEMBERS"),
+                "zset" => redis::cmd("ZRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut conn)
+                    .expect("ZRANGE"),
+                "hash" => redis::cmd("HGETALL")
+                    .arg(&k)
+                    .query(&mut conn)
+                    .expect("HGETALL"),
+                other => panic!("unexpected type {other} of {k}"),
+            };
+            out.push_str(&k);
+            out.push('\n');
+            out.push_str(&values.join("\n"));
+            out.push('\n');
+        }
+        out
     }
 
     /// How many times a command ran (`INFO commandstats`), e.g. "evalsha".
