@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::redis::RedisServer;
 use support::upstream::Upstream;
-use support::{client, problem, Gateway, ADMIN_TOKEN};
+use support::{admin, client, key_digest, problem, Gateway};
 
 const KEYS: [&str; 4] = [
     "tpk_clustertestclustertestcluster000001",
@@ -18,10 +18,6 @@ const KEYS: [&str; 4] = [
     "tpk_clustertestclustertestcluster000003",
     "tpk_clustertestclustertestcluster000004",
 ];
-
-fn digest(key: &str) -> String {
-    turnpike::identity::key::to_hex(&turnpike::identity::key::digest(key.as_bytes()))
-}
 
 /// One API with key auth, `plans`, and consumers c0..c3 on the plans named in `on`.
 fn config(upstream: std::net::SocketAddr, plans: &str, on: [&str; 4]) -> String {
@@ -43,7 +39,7 @@ methods = ["api_key"]
     for (i, plan) in on.iter().enumerate() {
         text.push_str(&format!(
             "\n[[consumers]]\nid = \"c{i}\"\nplan = \"{plan}\"\nkeys = [{{ sha256 = \"{}\" }}]\n",
-            digest(KEYS[i])
+            key_digest(KEYS[i])
         ));
     }
     text
@@ -65,20 +61,6 @@ async fn get_with(url: &str, key: &str) -> (u16, String) {
         .expect("request");
     let status = r.status().as_u16();
     (status, r.text().await.expect("body"))
-}
-
-async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = client()
-        .request(method.parse().expect("method"), gw.admin_url(path))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("admin call");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("admin body");
-    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
-    (status, v)
 }
 
 /// Waits while fewer than `need` seconds are left in the UTC day (quotas here are daily).
@@ -236,18 +218,7 @@ async fn keys_and_revocations_reach_every_node_within_a_second() {
     // Works on node A at once (its index is updated in the same call) ...
     assert_eq!(get_with(&a.url("/app/x"), key).await.0, 200);
     // ... and on node B within a second.
-    loop {
-        let (s, _) = get_with(&b.url("/app/x"), key).await;
-        if s == 200 {
-            break;
-        }
-        assert_eq!(s, 401);
-        assert!(
-            created.elapsed() < Duration::from_secs(1),
-            "a key created on node A did not work on node B within a second"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    turns_within_a_second(&b, key, 401, 200, created, "a key created on node A").await;
     eprintln!("key usable on the other node after {:?}", created.elapsed());
     // B lists it (the records are shared, not copied).
     let (s, v) = admin(&b, "GET", "/consumers/beta/keys", None).await;
@@ -265,18 +236,7 @@ async fn keys_and_revocations_reach_every_node_within_a_second() {
     assert_eq!(s, 204, "{v}");
     let revoked = Instant::now();
     assert_eq!(get_with(&b.url("/app/x"), key).await.0, 401);
-    loop {
-        let (s, _) = get_with(&a.url("/app/x"), key).await;
-        if s == 401 {
-            break;
-        }
-        assert_eq!(s, 200);
-        assert!(
-            revoked.elapsed() < Duration::from_secs(1),
-            "a key revoked on node B still worked on node A after a second"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    turns_within_a_second(&a, key, 200, 401, revoked, "a key revoked on node B").await;
     eprintln!(
         "revocation effective on the other node after {:?}",
         revoked.elapsed()
@@ -336,6 +296,30 @@ async fn keys_and_revocations_reach_every_node_within_a_second() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Polls `gw` with `key` until it answers `to` (answering `from` meanwhile), failing if that
+/// takes a second or more from `since`.
+async fn turns_within_a_second(
+    gw: &Gateway,
+    key: &str,
+    from: u16,
+    to: u16,
+    since: Instant,
+    what: &str,
+) {
+    loop {
+        let (s, _) = get_with(&gw.url("/app/x"), key).await;
+        if s == to {
+            return;
+        }
+        assert_eq!(s, from);
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "{what} still answered {from} on the other node after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

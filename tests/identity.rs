@@ -7,7 +7,7 @@ mod support;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::upstream::Upstream;
-use support::{client, problem, run_cli, Gateway, ADMIN_TOKEN};
+use support::{admin, client, problem, run_cli, Gateway, ADMIN_TOKEN};
 
 fn sha256_hex(s: &str) -> String {
     let (code, out, err) = {
@@ -34,25 +34,6 @@ fn sha256_hex(s: &str) -> String {
     };
     assert_eq!(code, 0, "{err}");
     out.trim().to_string()
-}
-
-async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let c = client();
-    let mut req = c
-        .request(method.parse().expect("method"), gw.admin_url(path))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("admin call");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("admin body");
-    let v = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-    };
-    (status, v)
 }
 
 async fn call(

@@ -8,13 +8,9 @@ mod support;
 use std::process::Child;
 use std::time::{Duration, Instant};
 use support::upstream::Upstream;
-use support::{client, problem, Gateway, ADMIN_TOKEN};
+use support::{admin, client, key_digest, problem, Gateway, ADMIN_TOKEN};
 
 const KEY: &str = "tpk_limitstestlimitstestlimitstest000000";
-
-fn digest() -> String {
-    turnpike::identity::key::to_hex(&turnpike::identity::key::digest(KEY.as_bytes()))
-}
 
 fn config(upstream: std::net::SocketAddr, plans: &str) -> String {
     format!(
@@ -36,7 +32,7 @@ id = "acme"
 plan = "tier"
 keys = [{{ sha256 = "{digest}" }}]
 "#,
-        digest = digest()
+        digest = key_digest(KEY)
     )
 }
 
@@ -285,17 +281,6 @@ async fn quota_counts_survive_restarts() {
     );
 }
 
-async fn admin(gw: &Gateway, method: &str, path: &str) -> (u16, serde_json::Value) {
-    let r = client()
-        .request(method.parse().expect("method"), gw.admin_url(path))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .send()
-        .await
-        .expect("admin call");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(serde_json::Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_for_the_caller_and_the_admin_with_an_audited_reset() {
     away_from_hour_boundary(20).await;
@@ -332,15 +317,15 @@ async fn usage_for_the_caller_and_the_admin_with_an_audited_reset() {
     assert_eq!(r.status(), 401, "usage needs the caller's credentials");
 
     // The admin sees the same, and a reset is audited.
-    let (s, v) = admin(&gw, "GET", "/consumers/acme/usage").await;
+    let (s, v) = admin(&gw, "GET", "/consumers/acme/usage", None).await;
     assert_eq!(s, 200);
     assert_eq!(v["scopes"][0]["policies"][0]["remaining"], 43);
-    let (s, v) = admin(&gw, "POST", "/consumers/acme/usage/reset").await;
+    let (s, v) = admin(&gw, "POST", "/consumers/acme/usage/reset", None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["scopes"][0]["policies"][0]["remaining"], 50);
-    let (_, audit) = admin(&gw, "GET", "/audit").await;
+    let (_, audit) = admin(&gw, "GET", "/audit", None).await;
     assert!(audit.to_string().contains("usage.reset"), "{audit}");
-    let (s, _) = admin(&gw, "GET", "/consumers/nobody/usage").await;
+    let (s, _) = admin(&gw, "GET", "/consumers/nobody/usage", None).await;
     assert_eq!(s, 404);
 
     // A store consumer on the plan keeps a reload from dropping the plan.
@@ -359,7 +344,7 @@ async fn usage_for_the_caller_and_the_admin_with_an_audited_reset() {
     .replace("plan = \"tier\"", "plan = \"other\"")
     .replace("[plans.tier]\nquotas = [\"50/hour\"]\n", "");
     gw.rewrite(&renamed);
-    let (s, v) = admin(&gw, "POST", "/reload").await;
+    let (s, v) = admin(&gw, "POST", "/reload", None).await;
     assert_eq!(s, 422, "{v}");
     assert!(v.to_string().contains("store consumer \\\"beta\\\""), "{v}");
 }
@@ -412,4 +397,45 @@ async fn flood_and_brute_force_guards_per_address() {
             .contains("failed authentication"),
         "{p}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_count_across_apis_unless_an_api_counts_its_own() {
+    away_from_hour_boundary(20).await;
+    let up = Upstream::start("app").await;
+    let auth = "[apis.auth]\nmethods = [\"api_key\"]\n";
+    let extra = format!(
+        "[plans.tier]\nquotas = [\"5/hour\"]\n\n\
+         [[apis]]\nname = \"other\"\nbase_path = \"/other\"\nupstream = \"app\"\n{auth}\n\
+         [[apis]]\nname = \"own\"\nbase_path = \"/own\"\nupstream = \"app\"\nlimits_scope = \"consumer_api\"\n{auth}\
+         [apis.plans.tier]\nquotas = [\"3/hour\"]\n"
+    );
+    let gw = Gateway::start(&config(up.addr, &extra));
+    // "app" and "other" share the consumer's count of 5.
+    for path in ["/app/x", "/other/x", "/app/x", "/other/x", "/app/x"] {
+        assert_eq!(get(&gw.url(path)).await.0, 200, "{path}");
+    }
+    let (s, _, body) = get(&gw.url("/other/x")).await;
+    assert_eq!(
+        s, 429,
+        "the shared count is used up on every API that shares it"
+    );
+    problem(&body, 429, "quota_exceeded");
+    // "own" counts separately, with its own number for the plan (3), untouched by the others.
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/own/x")).await.0, 200);
+    }
+    let (s, h, body) = get(&gw.url("/own/x")).await;
+    assert_eq!(s, 429);
+    let p = problem(&body, 429, "quota_exceeded");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("3 requests per hour"),
+        "{p}"
+    );
+    let policy = h["ratelimit-policy"].to_str().unwrap_or("");
+    assert!(policy.contains("q=3"), "{policy}");
+    assert_eq!(up.hits(), 8, "refused requests send nothing upstream");
 }

@@ -4,8 +4,10 @@
 use crate::cluster::records::RedisRecords;
 use crate::identity::key::NewKey;
 use crate::store::audit::{AuditEntry, Verified};
-use crate::store::consumers::{self as rows, ConsumerPatch, ConsumerRow, KeyRow, NewConsumer};
-use crate::store::{audit, Result, Store};
+use crate::store::consumers::{
+    self as rows, ConsumerPatch, ConsumerRow, KeyRow, NewConsumer, RecordTx, SqlTx,
+};
+use crate::store::{audit, Change, Result, Store};
 
 #[derive(Clone, Copy)]
 pub enum Records<'a> {
@@ -14,11 +16,21 @@ pub enum Records<'a> {
 }
 
 impl Records<'_> {
-    pub fn create_consumer(&self, actor: &str, c: NewConsumer) -> Result<ConsumerRow> {
+    /// Runs one change with its audit entry in whichever store is in use (`f` may run more
+    /// than once with Redis, when another node changed something meanwhile).
+    fn change<T>(
+        &self,
+        actor: &str,
+        mut f: impl FnMut(&mut dyn RecordTx) -> Result<(T, Change)>,
+    ) -> Result<T> {
         match self {
-            Records::Sqlite(s) => s.create_consumer(actor, c),
-            Records::Redis(r) => r.change(actor, |tx| rows::create_consumer(tx, c.clone())),
+            Records::Sqlite(s) => s.change(actor, |tx| f(&mut SqlTx(tx))),
+            Records::Redis(r) => r.change(actor, |tx| f(tx)),
         }
+    }
+
+    pub fn create_consumer(&self, actor: &str, c: NewConsumer) -> Result<ConsumerRow> {
+        self.change(actor, |tx| rows::create_consumer(tx, c.clone()))
     }
 
     pub fn update_consumer(
@@ -27,17 +39,11 @@ impl Records<'_> {
         id: &str,
         patch: ConsumerPatch,
     ) -> Result<ConsumerRow> {
-        match self {
-            Records::Sqlite(s) => s.update_consumer(actor, id, patch),
-            Records::Redis(r) => r.change(actor, |tx| rows::update_consumer(tx, id, patch.clone())),
-        }
+        self.change(actor, |tx| rows::update_consumer(tx, id, patch.clone()))
     }
 
     pub fn delete_consumer(&self, actor: &str, id: &str) -> Result<Vec<KeyRow>> {
-        match self {
-            Records::Sqlite(s) => s.delete_consumer(actor, id),
-            Records::Redis(r) => r.change(actor, |tx| rows::delete_consumer(tx, id)),
-        }
+        self.change(actor, |tx| rows::delete_consumer(tx, id))
     }
 
     pub fn create_key(
@@ -47,19 +53,13 @@ impl Records<'_> {
         label: Option<&str>,
         expires_at: Option<i64>,
     ) -> Result<(KeyRow, NewKey)> {
-        match self {
-            Records::Sqlite(s) => s.create_key(actor, consumer_id, label, expires_at),
-            Records::Redis(r) => r.change(actor, |tx| {
-                rows::create_key(tx, consumer_id, label, expires_at)
-            }),
-        }
+        self.change(actor, |tx| {
+            rows::create_key(tx, consumer_id, label, expires_at)
+        })
     }
 
     pub fn revoke_key(&self, actor: &str, consumer_id: &str, key_id: &str) -> Result<KeyRow> {
-        match self {
-            Records::Sqlite(s) => s.revoke_key(actor, consumer_id, key_id),
-            Records::Redis(r) => r.change(actor, |tx| rows::revoke_key(tx, consumer_id, key_id)),
-        }
+        self.change(actor, |tx| rows::revoke_key(tx, consumer_id, key_id))
     }
 
     pub fn rotate_key(
@@ -69,12 +69,9 @@ impl Records<'_> {
         key_id: &str,
         grace_secs: i64,
     ) -> Result<(KeyRow, NewKey, KeyRow)> {
-        match self {
-            Records::Sqlite(s) => s.rotate_key(actor, consumer_id, key_id, grace_secs),
-            Records::Redis(r) => r.change(actor, |tx| {
-                rows::rotate_key(tx, consumer_id, key_id, grace_secs)
-            }),
-        }
+        self.change(actor, |tx| {
+            rows::rotate_key(tx, consumer_id, key_id, grace_secs)
+        })
     }
 
     pub fn get_consumer(&self, id: &str) -> Result<Option<ConsumerRow>> {

@@ -1,7 +1,7 @@
 //! Consumers and their API keys in the store: reads, and the changes the admin API and the
 //! `keys create` command make (each one transaction with its audit entry).
 
-use super::{Change, Result, Store, StoreError};
+use super::{Change, Result, StoreError};
 use crate::identity::key::{self, Digest, NewKey};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
@@ -277,7 +277,7 @@ fn not_found(what: String) -> StoreError {
 }
 
 /// Creates a consumer.
-pub fn create_consumer(tx: &mut impl RecordTx, c: NewConsumer) -> Result<(ConsumerRow, Change)> {
+pub fn create_consumer(tx: &mut dyn RecordTx, c: NewConsumer) -> Result<(ConsumerRow, Change)> {
     if tx.consumer(&c.id)?.is_some() {
         return Err(StoreError::Conflict(format!(
             "consumer {} already exists",
@@ -306,7 +306,7 @@ pub fn create_consumer(tx: &mut impl RecordTx, c: NewConsumer) -> Result<(Consum
 
 /// Changes the fields of a consumer that the patch names.
 pub fn update_consumer(
-    tx: &mut impl RecordTx,
+    tx: &mut dyn RecordTx,
     id: &str,
     patch: ConsumerPatch,
 ) -> Result<(ConsumerRow, Change)> {
@@ -338,7 +338,7 @@ pub fn update_consumer(
 }
 
 /// Deletes a consumer and its keys; returns the keys.
-pub fn delete_consumer(tx: &mut impl RecordTx, id: &str) -> Result<(Vec<KeyRow>, Change)> {
+pub fn delete_consumer(tx: &mut dyn RecordTx, id: &str) -> Result<(Vec<KeyRow>, Change)> {
     let before = tx
         .consumer(id)?
         .ok_or_else(|| not_found(format!("consumer {id}")))?;
@@ -357,7 +357,7 @@ pub fn delete_consumer(tx: &mut impl RecordTx, id: &str) -> Result<(Vec<KeyRow>,
 
 /// Issues a new key to a consumer; the secret is in the `NewKey`, and only there.
 pub fn create_key(
-    tx: &mut impl RecordTx,
+    tx: &mut dyn RecordTx,
     consumer_id: &str,
     label: Option<&str>,
     expires_at: Option<i64>,
@@ -379,7 +379,7 @@ pub fn create_key(
 
 /// Revokes a key at once.
 pub fn revoke_key(
-    tx: &mut impl RecordTx,
+    tx: &mut dyn RecordTx,
     consumer_id: &str,
     key_id: &str,
 ) -> Result<(KeyRow, Change)> {
@@ -407,7 +407,7 @@ pub fn revoke_key(
 /// Replaces a key: the new one gets the old one's lifetime from now, the old one keeps working
 /// for `grace_secs` (or until it expires, if sooner). Returns (new row, new key, old row).
 pub fn rotate_key(
-    tx: &mut impl RecordTx,
+    tx: &mut dyn RecordTx,
     consumer_id: &str,
     key_id: &str,
     grace_secs: i64,
@@ -450,64 +450,18 @@ pub fn rotate_key(
     Ok(((new_row, new, old), change))
 }
 
-/// The changes as methods of the SQLite store, each one transaction with its audit entry.
-impl Store {
-    pub fn create_consumer(&self, actor: &str, c: NewConsumer) -> Result<ConsumerRow> {
-        self.change(actor, |tx| create_consumer(&mut SqlTx(tx), c))
-    }
-
-    pub fn update_consumer(
-        &self,
-        actor: &str,
-        id: &str,
-        patch: ConsumerPatch,
-    ) -> Result<ConsumerRow> {
-        self.change(actor, |tx| update_consumer(&mut SqlTx(tx), id, patch))
-    }
-
-    pub fn delete_consumer(&self, actor: &str, id: &str) -> Result<Vec<KeyRow>> {
-        self.change(actor, |tx| delete_consumer(&mut SqlTx(tx), id))
-    }
-
-    pub fn create_key(
-        &self,
-        actor: &str,
-        consumer_id: &str,
-        label: Option<&str>,
-        expires_at: Option<i64>,
-    ) -> Result<(KeyRow, NewKey)> {
-        self.change(actor, |tx| {
-            create_key(&mut SqlTx(tx), consumer_id, label, expires_at)
-        })
-    }
-
-    pub fn revoke_key(&self, actor: &str, consumer_id: &str, key_id: &str) -> Result<KeyRow> {
-        self.change(actor, |tx| revoke_key(&mut SqlTx(tx), consumer_id, key_id))
-    }
-
-    pub fn rotate_key(
-        &self,
-        actor: &str,
-        consumer_id: &str,
-        key_id: &str,
-        grace_secs: i64,
-    ) -> Result<(KeyRow, NewKey, KeyRow)> {
-        self.change(actor, |tx| {
-            rotate_key(&mut SqlTx(tx), consumer_id, key_id, grace_secs)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     #[test]
     fn consumers_and_keys_round_trip_and_the_secret_is_never_stored() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("s.db");
         let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        let c = s
+        let r = crate::identity::records::Records::Sqlite(&s);
+        let c = r
             .create_consumer(
                 "t",
                 NewConsumer {
@@ -519,7 +473,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.groups, vec!["partners"]);
         assert!(matches!(
-            s.create_consumer(
+            r.create_consumer(
                 "t",
                 NewConsumer {
                     id: "acme".into(),
@@ -529,10 +483,10 @@ mod tests {
             Err(StoreError::Conflict(_))
         ));
         let now = crate::clock::now();
-        let (row, new) = s
+        let (row, new) = r
             .create_key("t", "acme", Some("ci"), Some(now + 1000))
             .unwrap_or_else(|e| panic!("{e}"));
-        let (rotated, new2, old) = s
+        let (rotated, new2, old) = r
             .rotate_key("t", "acme", &row.id, 60)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(old.replaced_by.as_deref(), Some(rotated.id.as_str()));
@@ -545,11 +499,11 @@ mod tests {
             .is_some_and(|t| (t - rotated.created_at - 1000).abs() <= 1));
         let (_, keys) = s.read(load_all).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(keys.len(), 2);
-        s.revoke_key("t", "acme", &rotated.id)
+        r.revoke_key("t", "acme", &rotated.id)
             .unwrap_or_else(|e| panic!("{e}"));
         let (_, keys) = s.read(load_all).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(keys.len(), 1, "revoked keys leave the index");
-        s.delete_consumer("t", "acme")
+        r.delete_consumer("t", "acme")
             .unwrap_or_else(|e| panic!("{e}"));
         let (consumers, keys) = s.read(load_all).unwrap_or_else(|e| panic!("{e}"));
         assert!(consumers.is_empty() && keys.is_empty());

@@ -317,3 +317,32 @@ pub fn run_cli(args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The hex SHA-256 digest of an API key, as config files list keys.
+pub fn key_digest(key: &str) -> String {
+    turnpike::identity::key::to_hex(&turnpike::identity::key::digest(key.as_bytes()))
+}
+
+/// Calls the admin API with the test token; the answer's JSON body (`Null` when empty).
+pub async fn admin(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = client()
+        .request(method.parse().expect("method"), gw.admin_url(path))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("admin call");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("admin body");
+    let v = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    (status, v)
+}
