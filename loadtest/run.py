@@ -296,6 +296,8 @@ SCENARIOS = {
                      {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
     "full-chain": (lambda: scenario_config("full-chain"), "/items/42",
                    {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
+    # Every request after the first answered from the edge cache (nginx still proxies).
+    "cache-hit": (lambda: scenario_config("cache-hit"), "/items/42", {}),
     # The same chain with the fleet's store in a local redis-server started here (batched
     # leases, then one Redis script run per request with a strict plan).
     "full-chain-redis": (lambda: with_redis(scenario_config("full-chain"), strict=False), "/items/42",
@@ -380,6 +382,9 @@ def instruction_counts(record):
     chain_path = os.path.join(work, "turnpike-full-chain.toml")
     with open(chain_path, "w") as f:
         f.write(scenario_config("full-chain"))
+    cache_path = os.path.join(work, "turnpike-cache-hit.toml")
+    with open(cache_path, "w") as f:
+        f.write(scenario_config("cache-hit"))
     # The same chain with a quota of 1 a month: every request but the first is a 429.
     refused_path = os.path.join(work, "turnpike-429.toml")
     with open(refused_path, "w") as f:
@@ -394,6 +399,7 @@ def instruction_counts(record):
         "turnpike (api-key auth)": ([binary, "run", "-c", auth_path], TURNPIKE_PORT, signal.SIGINT, key),
         "turnpike (full chain)": ([binary, "run", "-c", chain_path], TURNPIKE_PORT, signal.SIGINT, key),
         "turnpike (full chain, 429 answers)": ([binary, "run", "-c", refused_path], TURNPIKE_PORT, signal.SIGINT, key),
+        "turnpike (cache hits)": ([binary, "run", "-c", cache_path], TURNPIKE_PORT, signal.SIGINT, ()),
     }
     backend = subprocess.Popen(["nginx", "-c", backend_path, "-p", work],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

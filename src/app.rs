@@ -183,6 +183,14 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
         }
         Some(c) => {
             server.add_service(background_service(
+                "cache purges from the fleet",
+                crate::cache::purge::PurgeListener {
+                    cluster: c.clone(),
+                    store: shared.cache.storage,
+                    channel: file.cache.purge_channel.clone(),
+                },
+            ));
+            server.add_service(background_service(
                 "plan counter sync with redis",
                 crate::cluster::counters::CounterSync {
                     cluster: c.clone(),

@@ -73,6 +73,8 @@ pub struct Endpoint {
     pub limits: Option<Arc<crate::limits::EndpointLimits>>,
     /// `[apis.limits] per_ip`, shared by the API's endpoints.
     pub per_ip: Option<Arc<crate::limits::ip::IpLimit>>,
+    /// `[apis.cache]` (or the route's own block), on proxied endpoints.
+    pub cache: Option<Arc<crate::cache::Policy>>,
 }
 
 /// Edge limits in the form the hot path uses.
@@ -116,6 +118,8 @@ pub struct Shared {
     pub limiter: Arc<crate::limits::limiter::Limiter>,
     /// The fleet's Redis (`[store] redis_url`), if any.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The edge cache (`[cache]`; created once, restart-only).
+    pub cache: crate::cache::EdgeCache,
     pub config_path: PathBuf,
     pub started_at: SystemTime,
     /// Serialises reloads.
@@ -130,7 +134,9 @@ impl Shared {
         cluster: Option<Arc<crate::cluster::Cluster>>,
         config_path: PathBuf,
     ) -> Arc<Shared> {
+        let cache = crate::cache::EdgeCache::new(&snapshot.file.cache);
         Arc::new(Shared {
+            cache,
             snapshot: ArcSwap::from_pointee(snapshot),
             identity,
             limiter: Arc::new(crate::limits::limiter::Limiter::new()),

@@ -440,3 +440,87 @@ async fn redis_outage_under_each_policy() {
     let (ok, _) = hammer(&[&a, &b], KEYS[2], 2, 30).await;
     assert_eq!(ok, 10, "after recovery the fleet has the rest of the quota");
 }
+
+async fn cache_status(gw: &Gateway, path: &str) -> String {
+    let r = client()
+        .get(gw.url(path))
+        .header(
+            "x-test-respond",
+            "Cache-Control=max-age=300|Surrogate-Key=t1",
+        )
+        .send()
+        .await
+        .expect("request");
+    r.headers()
+        .get("x-cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(none)")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cache_purges_reach_every_node_through_redis() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start("app").await;
+    let body = format!(
+        "[upstreams.app]\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[apis]]\nname = \"pub\"\nbase_path = \"/pub\"\nupstream = \"app\"\n[apis.cache]\nttl = \"300s\"\n",
+        up.addr
+    );
+    let a = Gateway::start_with_store(&store(&redis, ""), &body);
+    let b = Gateway::start_with_store(&store(&redis, ""), &body);
+    for gw in [&a, &b] {
+        for path in ["/pub/p", "/pub/q"] {
+            assert_eq!(cache_status(gw, path).await, "MISS");
+            assert_eq!(cache_status(gw, path).await, "HIT");
+        }
+    }
+    // A purge by URL on A reaches B (the URL names B's host:port, as B's clients sent it).
+    let url = format!("{}pub/p", b.url("/"));
+    let (s, v) = admin(&a, "POST", "/cache/purge", Some(json!({ "url": url }))).await;
+    assert_eq!((s, &v["reached"]), (200, &json!("every node")), "{v}");
+    until_miss(&b, "/pub/p", Instant::now()).await;
+    assert_eq!(cache_status(&b, "/pub/q").await, "HIT", "only that URL");
+    // A purge by tag on A reaches every copy on both nodes.
+    let (s, v) = admin(&a, "POST", "/cache/purge", Some(json!({ "tag": "t1" }))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(cache_status(&a, "/pub/q").await, "MISS");
+    until_miss(&b, "/pub/q", Instant::now()).await;
+    let log = b.log();
+    assert!(log.contains("cache purge from node"), "{log}");
+
+    // Redis down: the purge is applied here and the caller is told the fleet did not get it.
+    assert_eq!(cache_status(&b, "/pub/q").await, "HIT");
+    redis.stop();
+    let (s, v) = admin(&a, "POST", "/cache/purge", Some(json!({ "api": "pub" }))).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{v}"
+    );
+    assert_eq!(cache_status(&a, "/pub/q").await, "MISS");
+    // When B subscribes again it clears what it may have missed.
+    redis.restart();
+    let since = Instant::now();
+    loop {
+        if status(&b).await["cache"]["objects"] == json!(0) {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the other node kept its copies after missing purges"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cache_status(&b, "/pub/q").await, "MISS");
+}
+
+/// Polls `path` on `gw` until it is not served from the cache, failing after a second.
+async fn until_miss(gw: &Gateway, path: &str, since: Instant) {
+    while cache_status(gw, path).await == "HIT" {
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "the purge did not reach the other node within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

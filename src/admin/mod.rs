@@ -14,6 +14,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod cache;
 mod consumers;
 
 /// Largest request body the admin API reads.
@@ -189,6 +190,7 @@ impl AdminApp {
                 "started_at": unix_secs(self.shared.started_at),
                 "last_reload": last,
                 "store": self.store_status(),
+                "cache": self.shared.cache.status(),
             }),
             "application/json",
             rid,
@@ -362,6 +364,8 @@ impl ServeHttp for AdminApp {
             ("GET", "/upstreams") => self.upstreams(&rid),
             ("GET", "/status") => self.status(&rid),
             ("POST", "/reload") => self.reload(&rid).await,
+            ("POST", "/cache/purge") => cache::purge(&self.shared, &body, &actor, &rid).await,
+            (_, "/cache/purge") => problem(Code::MethodNotAllowed, "use POST", &rid),
             (_, "/upstreams" | "/health" | "/ready" | "/status") => {
                 problem(Code::MethodNotAllowed, "use GET", &rid)
             }

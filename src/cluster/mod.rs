@@ -130,6 +130,11 @@ impl Cluster {
         }))
     }
 
+    /// The Redis client (for connections of their own, e.g. pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     /// A key of this fleet.
     pub fn key(&self, parts: &[&str]) -> String {
         let mut k = self.prefix.clone();

@@ -15,8 +15,16 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 /// An endpoint before it is numbered: (template, catch-all, methods, action, body limit,
-/// required scopes).
-type Planned = (Arc<str>, bool, Methods, Action, u64, Vec<String>);
+/// required scopes, cache policy).
+type Planned = (
+    Arc<str>,
+    bool,
+    Methods,
+    Action,
+    u64,
+    Vec<String>,
+    Option<Arc<crate::cache::Policy>>,
+);
 
 /// Builds a snapshot; `previous` lends pools whose definition did not change.
 pub fn compile(
@@ -131,7 +139,23 @@ pub fn compile(
                 }
             }
         };
-        // (template, catch-all, methods, action, body limit, scopes) of each endpoint.
+        let has_auth = api.auth.is_some();
+        let api_cache = api
+            .cache
+            .as_ref()
+            .and_then(|c| crate::cache::Policy::compile(c, has_auth, file.cache.max_memory.0))
+            .map(Arc::new);
+        // Only answers that come from an upstream are cached.
+        let cache_for = |action: &Action, own: Option<&crate::config::file::ApiCacheSection>| {
+            if !matches!(action, Action::Proxy(_)) {
+                return None;
+            }
+            match own {
+                Some(c) => crate::cache::Policy::compile(c, has_auth, file.cache.max_memory.0)
+                    .map(Arc::new),
+                None => api_cache.clone(),
+            }
+        };
         let mut planned: Vec<Planned> = Vec::new();
         if api.routes.is_empty() {
             if let Some(action) = api_action.take() {
@@ -140,7 +164,16 @@ pub fn compile(
                 } else {
                     base.into()
                 };
-                planned.push((template, true, Methods::ANY, action, api_body, Vec::new()));
+                let cache = cache_for(&action, None);
+                planned.push((
+                    template,
+                    true,
+                    Methods::ANY,
+                    action,
+                    api_body,
+                    Vec::new(),
+                    cache,
+                ));
             }
         }
         for (r, route) in api.routes.iter().enumerate() {
@@ -162,6 +195,7 @@ pub fn compile(
                 continue;
             };
             let template: Arc<str> = format!("{base}{}", route.path).into();
+            let cache = cache_for(&action, route.cache.as_ref());
             planned.push((
                 template,
                 false,
@@ -169,9 +203,10 @@ pub fn compile(
                 action,
                 route.max_body.map_or(api_body, |s| s.0),
                 route.scopes.clone(),
+                cache,
             ));
         }
-        for (template, catch_all, methods, action, max_body, scopes) in planned {
+        for (template, catch_all, methods, action, max_body, scopes, cache) in planned {
             let id = endpoints.len();
             router.insert(
                 &api.hosts,
@@ -190,6 +225,7 @@ pub fn compile(
                 scopes,
                 limits: limits.clone(),
                 per_ip: per_ip.clone(),
+                cache,
             });
         }
     }

@@ -30,6 +30,90 @@ pub struct FileConfig {
     pub plans: BTreeMap<String, PlanSection>,
     #[serde(default)]
     pub usage: UsageSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// `[cache]`: the edge cache shared by every API with an `[apis.cache]` block.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Hard bound for all cached bodies and headers of this process.
+    #[serde(default = "default_cache_memory")]
+    pub max_memory: Size,
+    /// How long a request waits for another request that is fetching the same object before
+    /// it goes upstream itself.
+    #[serde(default = "default_cache_lock_timeout")]
+    pub lock_timeout: Dur,
+    /// With `[store] redis_url`: Redis channel used to send purges to every node (under the
+    /// store's `redis_prefix`).
+    #[serde(default = "default_purge_channel")]
+    pub purge_channel: String,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            max_memory: default_cache_memory(),
+            lock_timeout: default_cache_lock_timeout(),
+            purge_channel: default_purge_channel(),
+        }
+    }
+}
+
+fn default_cache_memory() -> Size {
+    Size(256 << 20)
+}
+fn default_cache_lock_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_purge_channel() -> String {
+    "cache-purge".into()
+}
+
+/// `[apis.cache]` or `[apis.routes.cache]`: responses of this API (or route) may be cached.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiCacheSection {
+    /// `false` on a route turns off the API's cache for that route.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Freshness when the upstream gives none (no max-age, s-maxage or Expires).
+    #[serde(default = "default_cache_ttl")]
+    pub ttl: Dur,
+    /// `consumer`: one copy per consumer (default on APIs with auth); `shared`: one copy for all.
+    pub scope: Option<CacheScope>,
+    /// Request headers whose values select different copies (in addition to the upstream's
+    /// `Vary`).
+    #[serde(default)]
+    pub vary: Vec<String>,
+    /// How long a stale copy may be served while one background request refreshes it (when the
+    /// upstream's Cache-Control says nothing).
+    #[serde(default)]
+    pub stale_while_revalidate: Option<Dur>,
+    /// How long a stale copy may be served when the upstream fails (when the upstream's
+    /// Cache-Control says nothing).
+    #[serde(default)]
+    pub stale_if_error: Option<Dur>,
+    /// Larger responses are passed through and not stored (default 1MiB, or an eighth of
+    /// `[cache] max_memory` when that is less).
+    pub max_object: Option<Size>,
+    /// Store responses that carry `Set-Cookie` (the cookie is then replayed to every caller who
+    /// gets the copy).
+    #[serde(default)]
+    pub store_set_cookie: bool,
+}
+
+fn default_cache_ttl() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// Who may receive a cached copy.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    Consumer,
+    Shared,
 }
 
 /// `[usage]`: where callers read their own usage with their normal credentials.
@@ -464,6 +548,7 @@ pub struct ApiSection {
     #[serde(default)]
     pub plans: BTreeMap<String, PlanOverride>,
     pub limits: Option<ApiLimitsSection>,
+    pub cache: Option<ApiCacheSection>,
 }
 
 /// `[apis.limits]`: flood guards of an API.
@@ -487,6 +572,8 @@ pub struct RouteSection {
     /// Scopes a caller needs for this route (on an API with `auth`).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Replaces the API's `[apis.cache]` for this route.
+    pub cache: Option<ApiCacheSection>,
 }
 
 /// `respond`: a static answer given by the gateway itself.

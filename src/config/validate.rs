@@ -18,6 +18,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
         loops(&mut v, cfg, name, up);
     }
     apis(&mut v, cfg);
+    cache(&mut v, &cfg.cache);
     v.0.extend(super::identity::validate(cfg));
     v.0
 }
@@ -437,6 +438,54 @@ struct Claim {
     key: String,
 }
 
+/// `[cache]`.
+fn cache(v: &mut Problems, c: &CacheSection) {
+    if c.max_memory.0 < 1 << 20 {
+        v.add("cache.max_memory", "at least 1MiB");
+    }
+    if c.lock_timeout.0 < std::time::Duration::from_millis(100) {
+        v.add("cache.lock_timeout", "at least 100ms");
+    }
+    if !is_name(&c.purge_channel) {
+        v.add(
+            "cache.purge_channel",
+            "letters, digits, '-', '_' and '.' (at most 64)",
+        );
+    }
+}
+
+/// `[apis.cache]` / `[apis.routes.cache]`.
+fn cache_block(v: &mut Problems, cfg: &FileConfig, key: &str, c: &ApiCacheSection, auth: bool) {
+    if c.ttl.0 < std::time::Duration::from_secs(1) {
+        v.add(format!("{key}.ttl"), "at least 1s");
+    }
+    if c.scope == Some(CacheScope::Consumer) && !auth {
+        v.add(
+            format!("{key}.scope"),
+            "\"consumer\" needs [apis.auth] to know the consumer; use \"shared\" on a public API",
+        );
+    }
+    for (i, h) in c.vary.iter().enumerate() {
+        if !is_header_name(h) {
+            v.add(
+                format!("{key}.vary[{i}]"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+    }
+    if c.max_object
+        .is_some_and(|m| m.0 == 0 || m.0 > cfg.cache.max_memory.0 / 8)
+    {
+        v.add(
+            format!("{key}.max_object"),
+            format!(
+                "between 1 byte and an eighth of [cache] max_memory ({} bytes)",
+                cfg.cache.max_memory.0 / 8
+            ),
+        );
+    }
+}
+
 fn apis(v: &mut Problems, cfg: &FileConfig) {
     let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
     let mut ids: HashMap<(String, Option<String>), usize> = HashMap::new();
@@ -525,6 +574,9 @@ fn apis(v: &mut Problems, cfg: &FileConfig) {
         if let Some(r) = &api.respond {
             respond(v, &format!("{key}.respond"), r);
         }
+        if let Some(c) = &api.cache {
+            cache_block(v, cfg, &format!("{key}.cache"), c, api.auth.is_some());
+        }
         let mut hosts: Vec<String> = api.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
         hosts.sort();
         if api.routes.is_empty() {
@@ -566,6 +618,9 @@ fn apis(v: &mut Problems, cfg: &FileConfig) {
             }
             if let Some(rr) = &route.respond {
                 respond(v, &format!("{rkey}.respond"), rr);
+            }
+            if let Some(c) = &route.cache {
+                cache_block(v, cfg, &format!("{rkey}.cache"), c, api.auth.is_some());
             }
             if let (Some(base), Some(shape)) = (&base, shape) {
                 claims.push(Claim {

@@ -29,6 +29,11 @@ impl Records<'_> {
         }
     }
 
+    /// Records an admin action that changes no record (e.g. a cache purge) in the audit log.
+    pub fn record(&self, actor: &str, change: Change) -> Result<()> {
+        self.change(actor, |_| Ok(((), change.clone())))
+    }
+
     pub fn create_consumer(&self, actor: &str, c: NewConsumer) -> Result<ConsumerRow> {
         self.change(actor, |tx| rows::create_consumer(tx, c.clone()))
     }

@@ -31,6 +31,14 @@ pub struct RequestCtx {
     pub ratelimit: Option<(String, String)>,
     /// The request is for the caller's own usage (`[usage] path`).
     pub usage: bool,
+    /// The endpoint's cache policy (set for every request to a cached endpoint).
+    pub cache: Option<Arc<crate::cache::Policy>>,
+    /// A stale copy was found for this request.
+    pub stale_found: bool,
+    /// The request announced a body.
+    pub had_body: bool,
+    /// pingora-cache's background refresh of a stale copy (not a client's request).
+    pub background: bool,
 }
 
 impl RequestCtx {
@@ -50,6 +58,10 @@ impl RequestCtx {
             consumer: None,
             ratelimit: None,
             usage: false,
+            cache: None,
+            stale_found: false,
+            had_body: false,
+            background: false,
         }
     }
 }

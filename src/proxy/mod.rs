@@ -2,6 +2,7 @@
 //! head, `path` the target, `route` finds the endpoint, `upstream` picks and reports targets,
 //! `headers` sets forwarding headers and `reply` writes every answer the gateway gives itself.
 
+pub mod caching;
 pub mod ctx;
 pub mod deadline;
 pub mod edge;
@@ -111,6 +112,11 @@ impl Gateway {
     /// The caller checks of a routed request, in order: the address's flood guard, identity,
     /// the plan. `Err` is the answer to give instead.
     async fn check_caller(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Reply> {
+        if ctx.background {
+            // The cache's background refresh of a copy a client already got (and was counted
+            // for): only the consumer is needed, for the key.
+            return self.identify(session, ctx).await;
+        }
         self.guard_ip(session, ctx)?;
         self.identify(session, ctx).await?;
         self.limit(ctx).await
@@ -368,6 +374,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.background = session.subrequest_ctx.is_some();
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
         ctx.traceparent =
@@ -384,7 +391,12 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Ok(close) => {
+                ctx.had_body = close;
                 if let Err(reply) = self.check_caller(session, ctx).await {
+                    let reply = match self.endpoint(ctx).is_some_and(|e| e.cache.is_some()) {
+                        true => reply.header(caching::STATUS_HEADER, "BYPASS"),
+                        false => reply,
+                    };
                     reply::write_problem(session, &reply, &ctx.request_id, close).await?;
                     return Ok(true);
                 }
@@ -409,6 +421,58 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        self.enable_cache(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<pingora::cache::CacheKey> {
+        self.cache_key(session, ctx)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora::cache::CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<pingora::cache::key::HashBinary> {
+        caching::vary(meta, req)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &pingora::cache::CacheMeta,
+        _hit_handler: &mut pingora::cache::HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<pingora::cache::ForcedFreshness>> {
+        ctx.stale_found |= !is_fresh;
+        Ok(None)
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<pingora::cache::RespCacheable> {
+        Ok(self.cacheable(resp, ctx))
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        caching::serve_stale(ctx, error)
     }
 
     async fn request_body_filter(
@@ -565,11 +629,12 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        caching::mark_response(session, resp, ctx)?;
         if let Some((policy, state)) = ctx.ratelimit.take() {
             resp.insert_header("RateLimit-Policy", policy)?;
             resp.insert_header("RateLimit", state)?;
@@ -637,10 +702,11 @@ impl ProxyHttp for Gateway {
                 Code::BadRequest => "the request could not be read",
                 _ => "the request failed",
             };
-            if let Err(err) =
-                reply::write_problem(session, &Reply::new(code, detail), &ctx.request_id, true)
-                    .await
-            {
+            let mut reply = Reply::new(code, detail);
+            if ctx.cache.is_some() {
+                reply = reply.header(caching::STATUS_HEADER, "MISS");
+            }
+            if let Err(err) = reply::write_problem(session, &reply, &ctx.request_id, true).await {
                 log::debug!("could not write the error answer: {err}");
             }
         }

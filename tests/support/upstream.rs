@@ -1,7 +1,10 @@
 //! A real HTTP upstream on an ephemeral loopback port (hyper, HTTP/1.1 and h2c). It counts
 //! requests and accepted connections, records the last request, and can be made slow,
 //! failing, unhealthy or stopped. Query parameters steer single requests:
-//! `delay_ms=N` waits before answering, `status=N` answers with that status.
+//! `delay_ms=N` waits before answering, `status=N` answers with that status. The request
+//! header `x-test-respond: Name=value|Name2=value2` adds response headers (for cache tests);
+//! with an `ETag` among them, a matching `If-None-Match` gets 304. JSON bodies carry `n`, the
+//! upstream's request count when it answered.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -168,8 +171,29 @@ async fn handle(
             .body(Full::new(Bytes::from_static(b"ok")))
             .unwrap_or_default());
     }
-    c.hits.fetch_add(1, Ordering::SeqCst);
+    let n = c.hits.fetch_add(1, Ordering::SeqCst) + 1;
     let uri = req.uri().clone();
+    let extra: Vec<(String, String)> = req
+        .headers()
+        .get("x-test-respond")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split('|')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let etag = extra
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+        .map(|(_, v)| v.clone());
+    let not_modified = etag.is_some()
+        && req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            == etag.as_deref();
     let method = req.method().to_string();
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
@@ -206,6 +230,7 @@ async fn handle(
         Some(n) => Bytes::from(vec![b'x'; n]),
         None => Bytes::from(
             serde_json::json!({
+                "n": n,
                 "upstream": name,
                 "method": method,
                 "uri": seen.uri,
@@ -215,10 +240,17 @@ async fn handle(
             .to_string(),
         ),
     };
-    Ok(Response::builder()
+    let (status, body) = if not_modified && status == 200 {
+        (304, Bytes::new())
+    } else {
+        (status, body)
+    };
+    let mut resp = Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .header("x-upstream", name)
-        .body(Full::new(body))
-        .unwrap_or_default())
+        .header("x-upstream", name);
+    for (k, v) in &extra {
+        resp = resp.header(k.as_str(), v.as_str());
+    }
+    Ok(resp.body(Full::new(body)).unwrap_or_default())
 }

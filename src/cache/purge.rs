@@ -1,0 +1,246 @@
+//! Purges: `POST /cache/purge` with `{"url": ...}`, `{"api": ...}` or `{"tag": ...}` removes
+//! every matching copy on this node (all consumers' copies and all variants), and with
+//! `[store] redis_url` publishes the purge on a Redis channel that every node subscribes to
+//! (`PurgeListener`). Redis pub/sub delivers only to connected subscribers: a node whose
+//! subscription broke clears its whole cache when it subscribes again, since it may have missed
+//! purges meanwhile.
+
+use super::storage::{Labels, MemoryStore};
+use crate::cluster::Cluster;
+use async_trait::async_trait;
+use futures::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What to purge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Every copy of one URL (normalised like cache keys).
+    Url(String),
+    /// Every copy of one API (by name).
+    Api(String),
+    /// Every copy whose upstream response named this tag in `Surrogate-Key`.
+    Tag(String),
+    /// Everything (a node that may have missed purges).
+    All,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    url: Option<String>,
+    api: Option<String>,
+    tag: Option<String>,
+}
+
+impl Target {
+    /// Reads an admin request body; `Err` is the message for the caller.
+    pub fn parse(body: &[u8]) -> Result<Target, String> {
+        let b: Body = serde_json::from_slice(body).map_err(|e| {
+            format!("expected a JSON object with one of \"url\", \"api\" or \"tag\": {e}")
+        })?;
+        let target = match (b.url, b.api, b.tag) {
+            (Some(u), None, None) => Target::Url(normalise_url(&u)?),
+            (None, Some(a), None) if !a.is_empty() => Target::Api(a),
+            (None, None, Some(t)) if !t.is_empty() && !t.contains(char::is_whitespace) => {
+                Target::Tag(t)
+            }
+            (None, None, Some(_)) => return Err("a tag is one word without spaces".into()),
+            _ => return Err("give exactly one of \"url\", \"api\" or \"tag\" (not empty)".into()),
+        };
+        Ok(target)
+    }
+
+    fn matches(&self, l: &Labels) -> bool {
+        match self {
+            Target::Url(u) => *l.url == **u,
+            Target::Api(a) => *l.api == **a,
+            Target::Tag(t) => l.tags.iter().any(|x| **x == **t),
+            Target::All => true,
+        }
+    }
+
+    /// Removes the matching copies from this node; returns how many.
+    pub fn apply(&self, store: &MemoryStore) -> usize {
+        store.purge_where(|l| self.matches(l))
+    }
+}
+
+/// `http(s)://host[:port]/path[?query]` in the form cache keys record it.
+fn normalise_url(u: &str) -> Result<String, String> {
+    let bad = || format!("{u:?} is not an absolute http or https URL");
+    let (https, rest) = if let Some(r) = u.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = u.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(bad());
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (host, target) = rest.split_at(split);
+    if host.is_empty() || rest.contains('#') {
+        return Err(bad());
+    }
+    let target = if target.starts_with('/') {
+        target.to_string()
+    } else {
+        format!("/{target}")
+    };
+    Ok(super::key::url(
+        https,
+        host.as_bytes(),
+        target.as_bytes(),
+        None,
+    ))
+}
+
+/// A purge sent to the fleet.
+#[derive(Debug, Serialize, Deserialize)]
+struct Message {
+    /// The node that applied it already.
+    from: String,
+    target: Target,
+}
+
+fn channel(cluster: &Cluster, name: &str) -> String {
+    cluster.key(&[name])
+}
+
+/// Sends a purge to every other node. `Err` is the Redis failure (the purge did not leave this
+/// node).
+pub fn publish(cluster: &Cluster, name: &str, target: &Target) -> Result<u64, String> {
+    let msg = Message {
+        from: cluster.node_id.clone(),
+        target: target.clone(),
+    };
+    let text = serde_json::to_string(&msg).map_err(|e| e.to_string())?;
+    let channel = channel(cluster, name);
+    cluster
+        .with_conn("cache purge", |c| {
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&text)
+                .query::<u64>(c)
+        })
+        .map_err(|e| e.redis().to_string())
+}
+
+/// Applies the fleet's purges on this node.
+pub struct PurgeListener {
+    pub cluster: Arc<Cluster>,
+    pub store: &'static MemoryStore,
+    /// `[cache] purge_channel`.
+    pub channel: String,
+}
+
+impl PurgeListener {
+    fn receive(&self, payload: &[u8]) {
+        let msg: Message = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("ignored a cache purge message that is not valid: {e}");
+                return;
+            }
+        };
+        if msg.from == self.cluster.node_id {
+            return;
+        }
+        let n = msg.target.apply(self.store);
+        log::info!(
+            "cache purge from node {}: {:?}, {n} copies",
+            msg.from,
+            msg.target
+        );
+    }
+
+    /// Listens until the subscription breaks.
+    async fn listen(&self, first: &mut bool) -> Result<(), String> {
+        let mut pubsub = self
+            .cluster
+            .client()
+            .get_async_pubsub()
+            .await
+            .map_err(|e| e.to_string())?;
+        pubsub
+            .subscribe(channel(&self.cluster, &self.channel))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !*first {
+            let n = Target::All.apply(self.store);
+            log::warn!(
+                "cache purge channel subscribed again: cleared {n} cached copies (purges sent meanwhile may have been missed)"
+            );
+        }
+        *first = false;
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            self.receive(msg.get_payload_bytes());
+        }
+        Err("the subscription ended".into())
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PurgeListener {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let mut first = true;
+        let mut logged = false;
+        loop {
+            if let Err(e) = self.listen(&mut first).await {
+                if !logged {
+                    log::warn!(
+                        "cache purge channel on redis at {}: {e}; retrying every {:?}",
+                        self.cluster.address,
+                        self.cluster.interval
+                    );
+                }
+                logged = true;
+            }
+            tokio::time::sleep(self.cluster.interval).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_name_exactly_one_target() {
+        assert_eq!(
+            Target::parse(br#"{"url":"https://API.example.com:8443/a?b=1&a=2"}"#),
+            Ok(Target::Url("https://api.example.com:8443/a?a=2&b=1".into()))
+        );
+        assert_eq!(
+            Target::parse(br#"{"url":"http://h"}"#),
+            Ok(Target::Url("http://h/".into()))
+        );
+        assert_eq!(
+            Target::parse(br#"{"api":"catalog"}"#),
+            Ok(Target::Api("catalog".into()))
+        );
+        assert_eq!(
+            Target::parse(br#"{"tag":"p-1"}"#),
+            Ok(Target::Tag("p-1".into()))
+        );
+        for bad in [
+            &br#"{"url":"/relative"}"#[..],
+            br#"{"url":"ftp://h/x"}"#,
+            br#"{"api":"a","tag":"t"}"#,
+            br#"{}"#,
+            br#"{"tag":"two words"}"#,
+            br#"{"api":""}"#,
+            br#"{"host":"x"}"#,
+            b"not json",
+        ] {
+            assert!(
+                Target::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

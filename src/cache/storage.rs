@@ -1,0 +1,468 @@
+//! The edge cache's storage: complete responses kept in memory, bounded by `[cache]
+//! max_memory`. pingora-cache drives it (lookups, writes of misses, meta updates after a
+//! revalidation, purges of what its LRU eviction manager evicts); the admin purge removes
+//! entries by URL, API or tag through `purge_where`.
+//!
+//! Accounting: every byte of a stored object (body, serialized header and meta, and a fixed
+//! overhead) and every byte of a response still being written counts against `max_memory`. The
+//! eviction manager is given a limit below it (see `EVICTION_SHARE`) so that writes in flight
+//! have room; a write that would still go over the bound fails, and that response is passed
+//! through without being stored. A reader never sees a partial object: objects become visible
+//! when their write finishes (readers of the same key wait on the cache lock meanwhile).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::eviction::EvictionManager;
+use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheEntryKeyRef, CacheKey, CacheMeta, Storage};
+use pingora::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Bytes counted per object on top of its body and serialized meta (map entry, key, labels).
+pub const OBJECT_OVERHEAD: usize = 256;
+/// The share of `max_memory` (in eighths) the eviction manager keeps objects under.
+pub const EVICTION_SHARE: usize = 7;
+const SHARDS: usize = 16;
+
+/// What an object is for the admin purge: its API, normalised URL and `Surrogate-Key` tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    pub api: Arc<str>,
+    pub url: Arc<str>,
+    pub tags: Vec<Box<str>>,
+}
+
+struct Object {
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+    weight: usize,
+    key: CompactCacheKey,
+    labels: Arc<Labels>,
+}
+
+type Shard = RwLock<HashMap<HashBinary, Arc<Object>>>;
+
+/// The bounded in-memory storage.
+pub struct MemoryStore {
+    shards: Vec<Shard>,
+    /// Stored objects plus writes in flight.
+    bytes: AtomicUsize,
+    objects: AtomicUsize,
+    max: usize,
+    eviction: &'static (dyn EvictionManager + Sync),
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MemoryStore {
+    pub fn new(max: usize, eviction: &'static (dyn EvictionManager + Sync)) -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            bytes: AtomicUsize::new(0),
+            objects: AtomicUsize::new(0),
+            max,
+            eviction,
+        }
+    }
+
+    fn shard(&self, key: &HashBinary) -> &Shard {
+        &self.shards[key[0] as usize % SHARDS]
+    }
+
+    /// Counts `n` more bytes, unless that would pass the bound.
+    fn reserve(&self, n: usize) -> bool {
+        let mut now = self.bytes.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = now.checked_add(n).filter(|&t| t <= self.max) else {
+                return false;
+            };
+            match self
+                .bytes
+                .compare_exchange_weak(now, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    fn release(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn remove(&self, key: &HashBinary) -> Option<Arc<Object>> {
+        let gone = write(self.shard(key)).remove(key);
+        if let Some(o) = &gone {
+            self.release(o.weight);
+            self.objects.fetch_sub(1, Ordering::Relaxed);
+        }
+        gone
+    }
+
+    /// Removes every object whose labels match; returns how many. The eviction manager forgets
+    /// them too.
+    pub fn purge_where(&self, matches: impl Fn(&Labels) -> bool) -> usize {
+        let mut removed = Vec::new();
+        for shard in &self.shards {
+            let mut map = write(shard);
+            map.retain(|_, o| {
+                let keep = !matches(&o.labels);
+                if !keep {
+                    removed.push(o.clone());
+                }
+                keep
+            });
+        }
+        for o in &removed {
+            self.release(o.weight);
+            self.objects.fetch_sub(1, Ordering::Relaxed);
+            self.eviction.remove(CacheEntryKeyRef::KeyOnly(&o.key));
+        }
+        removed.len()
+    }
+
+    /// (objects, bytes counted against the bound).
+    pub fn usage(&self) -> (usize, usize) {
+        (
+            self.objects.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+/// The labels of an object: its key carries the API and URL (set when the key is built), the
+/// upstream's `Surrogate-Key` header the tags.
+fn labels(key: &CacheKey, meta: &CacheMeta) -> Arc<Labels> {
+    let (api, url) = match key.extensions.get::<super::key::Entry>() {
+        Some(e) => (e.api.clone(), e.url.clone()),
+        None => (Arc::from(""), Arc::from("")),
+    };
+    let tags = meta
+        .headers()
+        .get_all("surrogate-key")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(str::split_ascii_whitespace)
+        .take(64)
+        .map(Box::from)
+        .collect();
+    Arc::new(Labels { api, url, tags })
+}
+
+fn storage_error(why: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::InternalError, why)
+}
+
+#[async_trait]
+impl Storage for MemoryStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let hash = key.combined_bin();
+        let Some(object) = read(self.shard(&hash)).get(&hash).cloned() else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&object.meta.0, &object.meta.1)?;
+        let len = object.body.len();
+        let hit = Hit {
+            body: object.body.clone(),
+            range: (0, len),
+            done: false,
+            weight: object.weight,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let serialized = meta.serialize()?;
+        let base = serialized.0.len() + serialized.1.len() + OBJECT_OVERHEAD;
+        if !self.reserve(base) {
+            return Err(storage_error("cache memory is full"));
+        }
+        Ok(Box::new(Writer {
+            store: self,
+            hash: key.combined_bin(),
+            key: key.to_compact(),
+            meta: Some(serialized),
+            labels: labels(key, meta),
+            parts: Vec::new(),
+            reserved: base,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        match self.remove(&target.key().combined_bin()) {
+            Some(_) => Ok(PurgeOutcome::Purged(None)),
+            None => Ok(PurgeOutcome::NotFound),
+        }
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let hash = key.combined_bin();
+        let serialized = meta.serialize()?;
+        let mut map = write(self.shard(&hash));
+        let Some(old) = map.get(&hash) else {
+            return Ok(false);
+        };
+        let updated = Object {
+            meta: serialized,
+            body: old.body.clone(),
+            weight: old.weight,
+            key: old.key.clone(),
+            labels: old.labels.clone(),
+        };
+        map.insert(hash, Arc::new(updated));
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Serves one stored body (or a range of it).
+struct Hit {
+    body: Bytes,
+    range: (usize, usize),
+    done: bool,
+    weight: usize,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.range.0..self.range.1)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        let end = end.unwrap_or(len).min(len);
+        if start > end {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "range outside the cached body",
+            ));
+        }
+        self.range = (start, end);
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.weight
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Collects the body of a miss; the object appears when `finish` runs. Dropped unfinished, it
+/// gives its bytes back.
+struct Writer {
+    store: &'static MemoryStore,
+    hash: HashBinary,
+    key: CompactCacheKey,
+    meta: Option<(Vec<u8>, Vec<u8>)>,
+    labels: Arc<Labels>,
+    parts: Vec<Bytes>,
+    reserved: usize,
+}
+
+#[async_trait]
+impl HandleMiss for Writer {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.store.reserve(data.len()) {
+            return Err(storage_error("cache memory is full"));
+        }
+        self.reserved += data.len();
+        self.parts.push(data);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let body = match self.parts.len() {
+            0 => Bytes::new(),
+            1 => self.parts.remove(0),
+            _ => Bytes::from(self.parts.concat()),
+        };
+        let weight = self.reserved;
+        let object = Object {
+            meta: self.meta.take().unwrap_or_default(),
+            body,
+            weight,
+            key: self.key.clone(),
+            labels: self.labels.clone(),
+        };
+        // The bytes now belong to the stored object.
+        self.reserved = 0;
+        let old = write(self.store.shard(&self.hash)).insert(self.hash, Arc::new(object));
+        match old {
+            Some(old) => self.store.release(old.weight),
+            None => {
+                self.store.objects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(MissFinishType::Created(weight))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.reserved > 0 {
+            self.store.release(self.reserved);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::eviction::lru::Manager;
+    use pingora::cache::trace::Span;
+    use pingora::http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    fn store(max: usize) -> &'static MemoryStore {
+        let eviction: &'static Manager<4> = Box::leak(Box::new(Manager::with_capacity(max, 64)));
+        Box::leak(Box::new(MemoryStore::new(max, eviction)))
+    }
+
+    fn meta(tags: &str) -> CacheMeta {
+        let mut h = ResponseHeader::build(200, None).expect("header");
+        h.insert_header("surrogate-key", tags).expect("tag");
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+    }
+
+    fn key(url: &str, api: &str) -> CacheKey {
+        let mut k = CacheKey::new(url, "");
+        k.extensions.insert(super::super::key::Entry {
+            api: Arc::from(api),
+            url: Arc::from(url),
+        });
+        k
+    }
+
+    async fn put(s: &'static MemoryStore, k: &CacheKey, tags: &str, body: &[u8]) -> Result<()> {
+        let span = Span::inactive().handle();
+        let mut w = s.get_miss_handler(k, &meta(tags), &span).await?;
+        w.write_body(Bytes::copy_from_slice(body), true).await?;
+        w.finish().await.map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn stores_reads_and_purges_by_label() {
+        let s = store(1 << 20);
+        let span = Span::inactive().handle();
+        let a = key("http://h/a", "catalog");
+        let b = key("http://h/b", "catalog");
+        let c = key("http://h/c", "orders");
+        put(s, &a, "t1 t2", b"alpha").await.expect("a");
+        put(s, &b, "t2", b"beta").await.expect("b");
+        put(s, &c, "t3", b"gamma").await.expect("c");
+        let (_, mut hit) = s.lookup(&a, &span).await.expect("lookup").expect("hit");
+        assert_eq!(
+            hit.read_body().await.expect("body").as_deref(),
+            Some(&b"alpha"[..])
+        );
+        assert_eq!(hit.read_body().await.expect("end"), None);
+        assert_eq!(s.usage().0, 3);
+        assert_eq!(s.purge_where(|l| l.tags.iter().any(|t| &**t == "t2")), 2);
+        assert!(s.lookup(&a, &span).await.expect("lookup").is_none());
+        assert_eq!(s.purge_where(|l| &*l.api == "orders"), 1);
+        assert_eq!(s.usage(), (0, 0), "all bytes are given back");
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_bound_fail_and_give_their_bytes_back() {
+        let s = store(8 * 1024);
+        let big = vec![b'x'; 6 * 1024];
+        put(s, &key("http://h/1", "a"), "", &big)
+            .await
+            .expect("fits");
+        let used = s.usage().1;
+        assert!(used <= s.max());
+        assert!(put(s, &key("http://h/2", "a"), "", &big).await.is_err());
+        assert_eq!(s.usage().1, used, "a failed write keeps nothing");
+        // Replacing an object counts only the new copy.
+        put(s, &key("http://h/1", "a"), "", b"small")
+            .await
+            .expect("replace");
+        assert!(s.usage().1 < used);
+        assert_eq!(s.usage().0, 1);
+    }
+
+    #[tokio::test]
+    async fn seeks_serve_ranges() {
+        let s = store(1 << 20);
+        let span = Span::inactive().handle();
+        let k = key("http://h/r", "a");
+        put(s, &k, "", b"0123456789").await.expect("put");
+        let (_, mut hit) = s.lookup(&k, &span).await.expect("lookup").expect("hit");
+        hit.seek(2, Some(5)).expect("seek");
+        assert_eq!(
+            hit.read_body().await.expect("body").as_deref(),
+            Some(&b"234"[..])
+        );
+        assert!(hit.seek(11, None).is_err());
+    }
+}
