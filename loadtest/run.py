@@ -298,6 +298,8 @@ SCENARIOS = {
                    {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
     # Every request after the first answered from the edge cache (nginx still proxies).
     "cache-hit": (lambda: scenario_config("cache-hit"), "/items/42", {}),
+    # The gateway answering by itself: the floor under any answer, cache hits included.
+    "static-respond": (lambda: scenario_config("static-respond"), "/items/42", {}),
     # The same chain with the fleet's store in a local redis-server started here (batched
     # leases, then one Redis script run per request with a strict plan).
     "full-chain-redis": (lambda: with_redis(scenario_config("full-chain"), strict=False), "/items/42",

@@ -33,9 +33,12 @@ pub async fn purge(shared: &Arc<Shared>, body: &[u8], actor: &str, rid: &str) ->
         Target::Tag(v) => ("tag", v.as_str()),
         Target::All => ("all", ""),
     };
+    // PUBLISH answers how many subscribers got it (this node's own listener among them).
+    let nodes = shared.cluster.as_ref().map_or(1, |c| c.nodes);
     let reached = match &fleet {
         None => json!("this node"),
-        Some(Ok(_)) => json!("every node"),
+        Some(Ok(n)) if *n >= nodes => json!("every node"),
+        Some(Ok(n)) => json!(format!("{n} of {nodes} nodes subscribed")),
         Some(Err(_)) => json!("this node only"),
     };
     let change = Change {

@@ -117,7 +117,7 @@ pub fn query_values(query: &[u8], name: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn percent_decode(s: &[u8]) -> Vec<u8> {
+pub fn percent_decode(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {

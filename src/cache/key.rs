@@ -4,9 +4,11 @@
 //! requests can frame to the same bytes. The upstream's own `Vary` is handled on top of this by
 //! pingora-cache's variance (see `variance`).
 //!
-//! The normalised query drops empty pieces and the API key parameter (a credential, never part
-//! of a key or a purge label) and sorts what is left, so `?b=2&a=1` and `?a=1&b=2` share a copy.
-//! Percent-encoding is kept as sent.
+//! The normalised query drops empty pieces and the API key parameter (matched after
+//! percent-decoding its name, as auth does: a credential is never part of a key or a purge
+//! label) and orders the rest by name, keeping the order of repeated names (`?b=2&a=1` and
+//! `?a=1&b=2` share a copy; `?id=1&id=2` and `?id=2&id=1` do not). Percent-encoding is kept as
+//! sent. Values of `vary` headers enter the key hashed (a key's text may reach Pingora's logs).
 
 use super::Policy;
 use http::HeaderMap;
@@ -45,15 +47,18 @@ pub fn url(https: bool, host: &[u8], target: &[u8], credential_param: Option<&st
     out.push_str(&String::from_utf8_lossy(host).to_ascii_lowercase());
     out.push_str(&String::from_utf8_lossy(path));
     if let Some(q) = query {
-        let mut pieces: Vec<&[u8]> = q
+        let name = |p: &[u8]| -> Vec<u8> {
+            crate::auth::percent_decode(p.split(|&b| b == b'=').next().unwrap_or_default())
+        };
+        let mut pieces: Vec<(Vec<u8>, &[u8])> = q
             .split(|&b| b == b'&')
             .filter(|p| !p.is_empty())
-            .filter(|p| {
-                let name = p.split(|&b| b == b'=').next().unwrap_or_default();
-                credential_param.is_none_or(|c| name != c.as_bytes())
-            })
+            .map(|p| (name(p), p))
+            .filter(|(n, _)| credential_param.is_none_or(|c| n != c.as_bytes()))
             .collect();
-        pieces.sort_unstable();
+        // Stable: repeated names keep their order (frameworks read the first or the last).
+        pieces.sort_by(|a, b| a.0.cmp(&b.0));
+        let pieces: Vec<&[u8]> = pieces.into_iter().map(|(_, p)| p).collect();
         for (i, p) in pieces.iter().enumerate() {
             out.push(if i == 0 { '?' } else { '&' });
             out.push_str(&String::from_utf8_lossy(p));
@@ -99,7 +104,7 @@ pub fn build(
             part(&mut primary, b"\0absent");
         }
         for v in values {
-            part(&mut primary, v.as_bytes());
+            part(&mut primary, &pingora::cache::key::hash_key(v.as_bytes()));
         }
     }
     let mut key = CacheKey::new(primary, consumer.unwrap_or(""));
@@ -186,6 +191,16 @@ mod tests {
         assert_eq!(
             url(false, b"h", b"/p?apikey=x", None),
             "http://h/p?apikey=x"
+        );
+        assert_eq!(
+            url(false, b"h", b"/p?%61pikey=tpk_secret&b=1", Some("apikey")),
+            "http://h/p?b=1",
+            "an encoded name is still the credential"
+        );
+        assert_eq!(
+            url(false, b"h", b"/p?id=2&b=1&id=1", None),
+            "http://h/p?b=1&id=2&id=1",
+            "repeated names keep their order"
         );
     }
 

@@ -1,5 +1,5 @@
 //! The edge cache (`[cache]`, `[apis.cache]`, `[apis.routes.cache]`): pingora-cache with the
-//! project's bounded storage (`storage`), pingora-cache's sharded LRU eviction manager and its
+//! project's bounded storage (`storage`), pingora-cache's LRU eviction manager and its
 //! cache lock (concurrent misses of one key make one upstream request). This module owns the
 //! process-wide cache objects and the compiled per-endpoint policy; `key` builds cache keys,
 //! `rules` decides what is stored, `purge` removes copies (on this node and, through Redis,
@@ -12,7 +12,7 @@ pub mod storage;
 
 use crate::config::file::{ApiCacheSection, CacheScope, CacheSection};
 use http::HeaderName;
-use pingora::cache::eviction::lru::Manager;
+use pingora::cache::eviction::simple_lru::Manager;
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheOptionOverrides, CachePhase, NoCacheReason};
@@ -89,7 +89,7 @@ impl Policy {
 /// once at start (`[cache]` changes need a restart) and live as long as the process.
 pub struct EdgeCache {
     pub storage: &'static MemoryStore,
-    pub eviction: &'static Manager<16>,
+    pub eviction: &'static Manager,
     pub lock: &'static CacheKeyLockImpl,
     pub lock_timeout: Duration,
 }
@@ -98,8 +98,9 @@ impl EdgeCache {
     pub fn new(section: &CacheSection) -> EdgeCache {
         let max = usize::try_from(section.max_memory.0).unwrap_or(usize::MAX);
         let limit = max / 8 * storage::EVICTION_SHARE;
-        let eviction: &'static Manager<16> =
-            Box::leak(Box::new(Manager::with_capacity(limit, 1024)));
+        // One exact LRU over every copy (a sharded one evicts from random shards, which is not
+        // least-recently-used when a small cache holds few objects).
+        let eviction: &'static Manager = Box::leak(Box::new(Manager::new(limit)));
         let storage: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(max, eviction)));
         let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(section.lock_timeout.0));
         EdgeCache {
@@ -145,7 +146,16 @@ pub fn status_label(phase: &CachePhase, stale_found: bool) -> &'static str {
     }
 }
 
+/// The `X-Cache-Status` of an error answer (nothing was served from the cache).
+pub fn failure_label(phase: &CachePhase, stale_found: bool) -> &'static str {
+    match phase {
+        CachePhase::Disabled(NoCacheReason::NeverEnabled) | CachePhase::Bypass => "BYPASS",
+        _ if stale_found => "EXPIRED",
+        _ => "MISS",
+    }
+}
+
 /// The eviction manager as pingora-cache takes it.
-pub fn eviction_ref(m: &'static Manager<16>) -> &'static (dyn EvictionManager + Sync) {
+pub fn eviction_ref(m: &'static Manager) -> &'static (dyn EvictionManager + Sync) {
     m
 }

@@ -13,6 +13,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What to purge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,48 +157,77 @@ impl PurgeListener {
         );
     }
 
-    /// Listens until the subscription breaks.
-    async fn listen(&self, first: &mut bool) -> Result<(), String> {
-        let mut pubsub = self
-            .cluster
-            .client()
-            .get_async_pubsub()
+    /// Listens until the subscription breaks. `clean` says this node has missed no purge so
+    /// far (it subscribed at start, or cleared its cache after the last break).
+    async fn listen(&self, clean: bool, subscribed: &mut bool) -> Result<(), String> {
+        let wait = self.cluster.timeout.max(Duration::from_secs(2));
+        let mut pubsub = tokio::time::timeout(wait, self.cluster.client().get_async_pubsub())
             .await
+            .map_err(|_| "no answer".to_string())?
             .map_err(|e| e.to_string())?;
-        pubsub
-            .subscribe(channel(&self.cluster, &self.channel))
-            .await
-            .map_err(|e| e.to_string())?;
-        if !*first {
+        tokio::time::timeout(
+            wait,
+            pubsub.subscribe(channel(&self.cluster, &self.channel)),
+        )
+        .await
+        .map_err(|_| "no answer to SUBSCRIBE".to_string())?
+        .map_err(|e| e.to_string())?;
+        *subscribed = true;
+        if !clean {
             let n = Target::All.apply(self.store);
             log::warn!(
-                "cache purge channel subscribed again: cleared {n} cached copies (purges sent meanwhile may have been missed)"
+                "cache purge channel subscribed after a break: cleared {n} cached copies (purges sent meanwhile may have been missed)"
+            );
+        } else {
+            log::info!(
+                "cache purge channel subscribed on redis at {}",
+                self.cluster.address
             );
         }
-        *first = false;
-        let mut messages = pubsub.on_message();
-        while let Some(msg) = messages.next().await {
-            self.receive(msg.get_payload_bytes());
+        loop {
+            let next = tokio::time::timeout(QUIET, pubsub.on_message().next()).await;
+            match next {
+                Ok(Some(msg)) => self.receive(msg.get_payload_bytes()),
+                Ok(None) => return Err("the subscription ended".into()),
+                // Quiet for a while: a connection dropped without a reset looks the same, so
+                // check that Redis still answers on it.
+                Err(_) => match tokio::time::timeout(wait, pubsub.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(format!("ping failed: {e}")),
+                    Err(_) => return Err("no answer to ping".into()),
+                },
+            }
         }
-        Err("the subscription ended".into())
     }
 }
+
+/// How long the purge channel may stay quiet before its connection is checked.
+const QUIET: Duration = Duration::from_secs(15);
 
 #[async_trait]
 impl BackgroundService for PurgeListener {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let mut first = true;
+        // Whether this node has missed no purge: true until the first failure (a node that
+        // could not subscribe at start may have missed some too); after one, the next
+        // subscription clears the cache.
+        let mut clean = true;
         let mut logged = false;
         loop {
-            if let Err(e) = self.listen(&mut first).await {
+            let mut subscribed = false;
+            let outcome = self.listen(clean, &mut subscribed).await;
+            clean = false;
+            if subscribed {
+                logged = false;
+            }
+            if let Err(e) = outcome {
                 if !logged {
                     log::warn!(
-                        "cache purge channel on redis at {}: {e}; retrying every {:?}",
+                        "cache purge channel on redis at {}: {e}; subscribing again every {:?}",
                         self.cluster.address,
                         self.cluster.interval
                     );
+                    logged = true;
                 }
-                logged = true;
             }
             tokio::time::sleep(self.cluster.interval).await;
         }

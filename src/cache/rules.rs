@@ -9,8 +9,14 @@
 //! - The upstream's `Age` is subtracted from the freshness and counted in the `Age` served.
 //! - `Set-Cookie` responses are stored only with `store_set_cookie = true`.
 //! - `stale-while-revalidate` / `stale-if-error` in Cache-Control win over the block's values.
-//! - Requests with credentials are stored despite RFC 9111's `Authorization` rule: the key
-//!   holds the consumer (or the operator declared the API `shared`).
+//! - On consumer-scoped copies, requests with credentials are stored despite RFC 9111's
+//!   `Authorization` rule: the key holds the consumer. On shared copies, an answer to a request
+//!   whose `Authorization` or `Cookie` reached the upstream is stored only when the upstream
+//!   allows it (`public`, `s-maxage` or `must-revalidate`): it may be that caller's answer.
+//! - `Vary` naming a header the gateway sets or strips (`X-Consumer-Id`, `X-Forwarded-For`...)
+//!   is not stored: the client's copy of that header is not what the upstream saw.
+//! - `no-cache` answers get no stale-while-revalidate or stale-if-error window unless the
+//!   upstream gives one: they are revalidated before every use.
 //! - A request that carried a body is never stored (a copy may still answer it).
 
 use super::Policy;
@@ -23,8 +29,23 @@ use std::time::{Duration, SystemTime};
 const STORABLE: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// The decision for one upstream response.
-pub fn decide(policy: &Policy, resp: &ResponseHeader, request_had_body: bool) -> RespCacheable {
-    decide_at(policy, resp, request_had_body, SystemTime::now())
+/// What the request that fetched an answer carried.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fetched {
+    /// The request announced a body.
+    pub body: bool,
+    /// `Authorization` or `Cookie` reached the upstream.
+    pub credentials: bool,
+}
+
+pub fn decide(policy: &Policy, resp: &ResponseHeader, fetched: Fetched) -> RespCacheable {
+    decide_at(policy, resp, fetched, SystemTime::now())
+}
+
+/// Whether a `Vary` names a header the gateway sets or strips for the upstream.
+fn varies_on_gateway_header(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase();
+    n.contains('_') || crate::proxy::headers::GATEWAY_OWNED.contains(&n.as_str())
 }
 
 fn uncacheable(why: &'static str) -> RespCacheable {
@@ -34,10 +55,10 @@ fn uncacheable(why: &'static str) -> RespCacheable {
 pub fn decide_at(
     policy: &Policy,
     resp: &ResponseHeader,
-    request_had_body: bool,
+    fetched: Fetched,
     now: SystemTime,
 ) -> RespCacheable {
-    if request_had_body {
+    if fetched.body {
         return uncacheable("request-body");
     }
     if !STORABLE.contains(&resp.status.as_u16()) {
@@ -46,15 +67,14 @@ pub fn decide_at(
     if !policy.store_set_cookie && resp.headers.contains_key(http::header::SET_COOKIE) {
         return uncacheable("set-cookie");
     }
-    let vary_star = resp
+    let mut vary = resp
         .headers
         .get_all(http::header::VARY)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|n| n.trim() == "*");
-    if vary_star {
-        return uncacheable("vary-star");
+        .map(|v| v.to_str().ok())
+        .flat_map(|v| v.unwrap_or("*").split(','));
+    if vary.any(|n| n.trim() == "*" || varies_on_gateway_header(n)) {
+        return uncacheable("vary");
     }
     let cc = CacheControl::from_resp_headers(resp);
     if cc
@@ -62,6 +82,12 @@ pub fn decide_at(
         .is_some_and(|c| c.is_cacheable() == Cacheable::No)
     {
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    }
+    let allowed_with_credentials = cc
+        .as_ref()
+        .is_some_and(|c| c.allow_caching_authorized_req());
+    if policy.shared && fetched.credentials && !allowed_with_credentials {
+        return uncacheable("credentials");
     }
     let age = resp
         .headers
@@ -85,14 +111,20 @@ pub fn decide_at(
         fresh_until
     };
     let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    // The block's windows do not apply to answers that must be revalidated before each use.
+    let no_cache = cc.as_ref().is_some_and(|c| c.no_cache());
+    let (block_swr, block_sie) = match no_cache {
+        true => (0, 0),
+        false => (policy.stale_while_revalidate, policy.stale_if_error),
+    };
     let swr = cc
         .as_ref()
         .and_then(|c| c.serve_stale_while_revalidate_duration())
-        .map_or(policy.stale_while_revalidate, secs);
+        .map_or(block_swr, secs);
     let sie = cc
         .as_ref()
         .and_then(|c| c.serve_stale_if_error_duration())
-        .map_or(policy.stale_if_error, secs);
+        .map_or(block_sie, secs);
     let mut header = resp.clone();
     if let Some(c) = &cc {
         c.strip_private_headers(&mut header);
@@ -114,7 +146,7 @@ mod tests {
 
     fn fresh_secs(policy: &Policy, r: &ResponseHeader) -> Option<i64> {
         let now = SystemTime::now();
-        match decide_at(policy, r, false, now) {
+        match decide_at(policy, r, Fetched::default(), now) {
             RespCacheable::Cacheable(m) => Some(match m.fresh_until().duration_since(now) {
                 Ok(d) => d.as_secs() as i64,
                 Err(_) => -1,
@@ -179,9 +211,60 @@ mod tests {
             Some(60)
         );
         assert!(matches!(
-            decide(&p, &resp(200, &[]), true),
+            decide(
+                &p,
+                &resp(200, &[]),
+                Fetched {
+                    body: true,
+                    credentials: false
+                }
+            ),
             RespCacheable::Uncacheable(_)
         ));
+    }
+
+    #[test]
+    fn shared_copies_of_answers_to_credentials_need_the_upstreams_consent() {
+        let shared = Policy {
+            shared: true,
+            ..Policy::test_default()
+        };
+        let creds = Fetched {
+            body: false,
+            credentials: true,
+        };
+        let cacheable = |p: &Policy, r: &ResponseHeader| {
+            matches!(decide(p, r, creds), RespCacheable::Cacheable(_))
+        };
+        assert!(!cacheable(&shared, &resp(200, &[])));
+        assert!(!cacheable(
+            &shared,
+            &resp(200, &[("cache-control", "max-age=60")])
+        ));
+        assert!(cacheable(
+            &shared,
+            &resp(200, &[("cache-control", "public, max-age=60")])
+        ));
+        assert!(cacheable(
+            &shared,
+            &resp(200, &[("cache-control", "s-maxage=60")])
+        ));
+        // A consumer's own copy is keyed by the consumer.
+        assert!(cacheable(&Policy::test_default(), &resp(200, &[])));
+        // Vary on a header the gateway sets is never stored.
+        let p = Policy::test_default();
+        assert_eq!(
+            fresh_secs(&p, &resp(200, &[("vary", "X-Consumer-Id")])),
+            None
+        );
+        assert_eq!(
+            fresh_secs(&p, &resp(200, &[("vary", "accept, x-forwarded-for")])),
+            None
+        );
+        assert_eq!(
+            fresh_secs(&p, &resp(200, &[("vary", "Accept-Language")])),
+            Some(60)
+        );
     }
 
     #[test]
@@ -191,7 +274,7 @@ mod tests {
             stale_if_error: 300,
             ..Policy::test_default()
         };
-        let RespCacheable::Cacheable(m) = decide(&p, &resp(200, &[]), false) else {
+        let RespCacheable::Cacheable(m) = decide(&p, &resp(200, &[]), Fetched::default()) else {
             panic!("cacheable");
         };
         assert_eq!(
@@ -202,18 +285,27 @@ mod tests {
             200,
             &[("cache-control", "max-age=5, stale-while-revalidate=7")],
         );
-        let RespCacheable::Cacheable(m) = decide(&p, &r, false) else {
+        let RespCacheable::Cacheable(m) = decide(&p, &r, Fetched::default()) else {
             panic!("cacheable");
         };
         assert_eq!(m.stale_while_revalidate_sec(), 7);
         let r = resp(200, &[("cache-control", "max-age=5, must-revalidate")]);
-        let RespCacheable::Cacheable(m) = decide(&p, &r, false) else {
+        let RespCacheable::Cacheable(m) = decide(&p, &r, Fetched::default()) else {
             panic!("cacheable");
         };
         assert_eq!(
             m.stale_if_error_sec(),
             0,
             "must-revalidate forbids stale copies"
+        );
+        let r = resp(200, &[("cache-control", "no-cache")]);
+        let RespCacheable::Cacheable(m) = decide(&p, &r, Fetched::default()) else {
+            panic!("cacheable");
+        };
+        assert_eq!(
+            (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+            (0, 0),
+            "no-cache is revalidated before every use"
         );
     }
 }

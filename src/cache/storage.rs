@@ -9,6 +9,11 @@
 //! have room; a write that would still go over the bound fails, and that response is passed
 //! through without being stored. A reader never sees a partial object: objects become visible
 //! when their write finishes (readers of the same key wait on the cache lock meanwhile).
+//!
+//! Every stored object has its own id (pingora-cache's entry id), so that an eviction decided
+//! for an older copy of a key never removes a newer one, and the eviction manager forgets exactly
+//! the copies that leave the map. A purge also voids every write that started before it: a
+//! fetch in flight during a purge does not store what the purge meant to remove.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,11 +24,12 @@ use pingora::cache::storage::{
     PurgeType,
 };
 use pingora::cache::trace::SpanHandle;
-use pingora::cache::{CacheEntryKeyRef, CacheKey, CacheMeta, Storage};
+use pingora::cache::{CacheEntryId, CacheEntryKeyRef, CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Bytes counted per object on top of its body and serialized meta (map entry, key, labels).
@@ -40,8 +46,13 @@ pub struct Labels {
     pub tags: Vec<Box<str>>,
 }
 
+/// A stored answer. The meta's internal part stays serialized (small); its response header is
+/// kept parsed, so that a hit does not decompress a header (pingora-cache compresses serialized
+/// headers with zstd, which costs more than the rest of a lookup).
 struct Object {
-    meta: (Vec<u8>, Vec<u8>),
+    id: u64,
+    internal: Vec<u8>,
+    header: ResponseHeader,
     body: Bytes,
     weight: usize,
     key: CompactCacheKey,
@@ -56,8 +67,14 @@ pub struct MemoryStore {
     /// Stored objects plus writes in flight.
     bytes: AtomicUsize,
     objects: AtomicUsize,
+    next_id: AtomicU64,
+    /// Purges so far; a write started before the latest one is not stored.
+    purges: AtomicU64,
     max: usize,
     eviction: &'static (dyn EvictionManager + Sync),
+    /// A serialized empty header, given to `CacheMeta::deserialize` before the object's parsed
+    /// header replaces it.
+    blank_header: Vec<u8>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -73,9 +90,19 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             bytes: AtomicUsize::new(0),
             objects: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            purges: AtomicU64::new(0),
             max,
             eviction,
+            blank_header: blank_header(),
         }
+    }
+
+    /// The meta of an object, as pingora-cache wants it for a hit.
+    fn meta_of(&self, object: &Object) -> Result<CacheMeta> {
+        let mut meta = CacheMeta::deserialize(&object.internal, &self.blank_header)?;
+        *meta.response_header_mut() = object.header.clone();
+        Ok(meta)
     }
 
     fn shard(&self, key: &HashBinary) -> &Shard {
@@ -103,8 +130,14 @@ impl MemoryStore {
         self.bytes.fetch_sub(n, Ordering::AcqRel);
     }
 
-    fn remove(&self, key: &HashBinary) -> Option<Arc<Object>> {
-        let gone = write(self.shard(key)).remove(key);
+    /// Removes the object of `key` (only the copy `id`, when given). pingora-cache updates the
+    /// eviction manager itself for the purges it makes.
+    fn remove(&self, key: &HashBinary, id: Option<u64>) -> Option<Arc<Object>> {
+        let mut map = write(self.shard(key));
+        if id.is_some_and(|id| map.get(key).is_some_and(|o| o.id != id)) {
+            return None;
+        }
+        let gone = map.remove(key);
         if let Some(o) = &gone {
             self.release(o.weight);
             self.objects.fetch_sub(1, Ordering::Relaxed);
@@ -112,26 +145,32 @@ impl MemoryStore {
         gone
     }
 
-    /// Removes every object whose labels match; returns how many. The eviction manager forgets
-    /// them too.
+    fn forget(&self, o: &Object) {
+        self.eviction.remove(CacheEntryKeyRef::Identified {
+            key: &o.key,
+            id: CacheEntryId::new(o.id),
+        });
+    }
+
+    /// Removes every object whose labels match, and voids the writes in flight; returns how
+    /// many objects went. The eviction manager forgets them too.
     pub fn purge_where(&self, matches: impl Fn(&Labels) -> bool) -> usize {
-        let mut removed = Vec::new();
+        self.purges.fetch_add(1, Ordering::AcqRel);
+        let mut removed = 0;
         for shard in &self.shards {
             let mut map = write(shard);
             map.retain(|_, o| {
-                let keep = !matches(&o.labels);
-                if !keep {
-                    removed.push(o.clone());
+                if !matches(&o.labels) {
+                    return true;
                 }
-                keep
+                self.release(o.weight);
+                self.objects.fetch_sub(1, Ordering::Relaxed);
+                self.forget(o);
+                removed += 1;
+                false
             });
         }
-        for o in &removed {
-            self.release(o.weight);
-            self.objects.fetch_sub(1, Ordering::Relaxed);
-            self.eviction.remove(CacheEntryKeyRef::KeyOnly(&o.key));
-        }
-        removed.len()
+        removed
     }
 
     /// (objects, bytes counted against the bound).
@@ -166,6 +205,28 @@ fn labels(key: &CacheKey, meta: &CacheMeta) -> Arc<Labels> {
     Arc::new(Labels { api, url, tags })
 }
 
+fn blank_header() -> Vec<u8> {
+    let now = std::time::SystemTime::now();
+    ResponseHeader::build(200, Some(0))
+        .ok()
+        .and_then(|h| CacheMeta::new(now, now, 0, 0, h).serialize().ok())
+        .map(|(_, header)| header)
+        .unwrap_or_default()
+}
+
+/// (internal meta, parsed header, bytes counted for both).
+fn split_meta(meta: &CacheMeta) -> Result<(Vec<u8>, ResponseHeader, usize)> {
+    let (internal, _) = meta.serialize()?;
+    let header = meta.response_header_copy();
+    let header_bytes: usize = header
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let counted = internal.len() + header_bytes + 32;
+    Ok((internal, header, counted))
+}
+
 fn storage_error(why: &'static str) -> Box<Error> {
     Error::explain(ErrorType::InternalError, why)
 }
@@ -181,9 +242,10 @@ impl Storage for MemoryStore {
         let Some(object) = read(self.shard(&hash)).get(&hash).cloned() else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&object.meta.0, &object.meta.1)?;
+        let meta = self.meta_of(&object)?;
         let len = object.body.len();
         let hit = Hit {
+            id: object.id,
             body: object.body.clone(),
             range: (0, len),
             done: false,
@@ -198,16 +260,18 @@ impl Storage for MemoryStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let serialized = meta.serialize()?;
-        let base = serialized.0.len() + serialized.1.len() + OBJECT_OVERHEAD;
+        let (internal, header, counted) = split_meta(meta)?;
+        let base = counted + OBJECT_OVERHEAD;
         if !self.reserve(base) {
             return Err(storage_error("cache memory is full"));
         }
         Ok(Box::new(Writer {
             store: self,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            purges: self.purges.load(Ordering::Acquire),
             hash: key.combined_bin(),
             key: key.to_compact(),
-            meta: Some(serialized),
+            meta: Some((internal, header)),
             labels: labels(key, meta),
             parts: Vec::new(),
             reserved: base,
@@ -220,8 +284,12 @@ impl Storage for MemoryStore {
         _purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        match self.remove(&target.key().combined_bin()) {
-            Some(_) => Ok(PurgeOutcome::Purged(None)),
+        let id = match target {
+            PurgeTarget::Active(_) => None,
+            PurgeTarget::Exact(entry) => entry.entry_id().map(CacheEntryId::get),
+        };
+        match self.remove(&target.key().combined_bin(), id) {
+            Some(o) => Ok(PurgeOutcome::Purged(Some(CacheEntryId::new(o.id)))),
             None => Ok(PurgeOutcome::NotFound),
         }
     }
@@ -233,17 +301,20 @@ impl Storage for MemoryStore {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let hash = key.combined_bin();
-        let serialized = meta.serialize()?;
+        let (internal, header, _) = split_meta(meta)?;
+        let labels = labels(key, meta);
         let mut map = write(self.shard(&hash));
         let Some(old) = map.get(&hash) else {
             return Ok(false);
         };
         let updated = Object {
-            meta: serialized,
+            id: old.id,
+            internal,
+            header,
             body: old.body.clone(),
             weight: old.weight,
             key: old.key.clone(),
-            labels: old.labels.clone(),
+            labels,
         };
         map.insert(hash, Arc::new(updated));
         Ok(true)
@@ -256,6 +327,7 @@ impl Storage for MemoryStore {
 
 /// Serves one stored body (or a range of it).
 struct Hit {
+    id: u64,
     body: Bytes,
     range: (usize, usize),
     done: bool,
@@ -303,6 +375,10 @@ impl HandleHit for Hit {
         self.weight
     }
 
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        Some(CacheEntryId::new(self.id))
+    }
+
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
         self
     }
@@ -316,9 +392,12 @@ impl HandleHit for Hit {
 /// gives its bytes back.
 struct Writer {
     store: &'static MemoryStore,
+    id: u64,
+    /// `store.purges` when the write started.
+    purges: u64,
     hash: HashBinary,
     key: CompactCacheKey,
-    meta: Option<(Vec<u8>, Vec<u8>)>,
+    meta: Option<(Vec<u8>, ResponseHeader)>,
     labels: Arc<Labels>,
     parts: Vec<Bytes>,
     reserved: usize,
@@ -338,15 +417,29 @@ impl HandleMiss for Writer {
         Ok(())
     }
 
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        Some(CacheEntryId::new(self.id))
+    }
+
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        if self.store.purges.load(Ordering::Acquire) != self.purges {
+            // A purge ran while this answer was fetched: it may be what the purge removed.
+            // Dropping `self` gives the bytes back; the entry the eviction manager gets weighs 0.
+            return Ok(MissFinishType::Created(0));
+        }
         let body = match self.parts.len() {
             0 => Bytes::new(),
             1 => self.parts.remove(0),
             _ => Bytes::from(self.parts.concat()),
         };
         let weight = self.reserved;
+        let Some((internal, header)) = self.meta.take() else {
+            return Err(storage_error("cache object finished twice"));
+        };
         let object = Object {
-            meta: self.meta.take().unwrap_or_default(),
+            id: self.id,
+            internal,
+            header,
             body,
             weight,
             key: self.key.clone(),
@@ -354,13 +447,17 @@ impl HandleMiss for Writer {
         };
         // The bytes now belong to the stored object.
         self.reserved = 0;
-        let old = write(self.store.shard(&self.hash)).insert(self.hash, Arc::new(object));
-        match old {
-            Some(old) => self.store.release(old.weight),
+        let mut map = write(self.store.shard(&self.hash));
+        match map.insert(self.hash, Arc::new(object)) {
+            Some(old) => {
+                self.store.release(old.weight);
+                self.store.forget(&old);
+            }
             None => {
                 self.store.objects.fetch_add(1, Ordering::Relaxed);
             }
         }
+        drop(map);
         Ok(MissFinishType::Created(weight))
     }
 }
@@ -378,7 +475,6 @@ mod tests {
     use super::*;
     use pingora::cache::eviction::lru::Manager;
     use pingora::cache::trace::Span;
-    use pingora::http::ResponseHeader;
     use std::time::{Duration, SystemTime};
 
     fn store(max: usize) -> &'static MemoryStore {
@@ -449,6 +545,41 @@ mod tests {
             .expect("replace");
         assert!(s.usage().1 < used);
         assert_eq!(s.usage().0, 1);
+    }
+
+    #[tokio::test]
+    async fn an_old_eviction_never_removes_a_newer_copy_and_purges_void_writes_in_flight() {
+        let s = store(1 << 20);
+        let span = Span::inactive().handle();
+        let k = key("http://h/e", "a");
+        put(s, &k, "", b"first").await.expect("first");
+        let (_, old) = s.lookup(&k, &span).await.expect("lookup").expect("hit");
+        let old_id = old.entry_id().expect("id");
+        put(s, &k, "", b"second").await.expect("second");
+        let stale = pingora::cache::CacheEntryKey::identified(k.to_compact(), old_id);
+        let outcome = s
+            .purge(PurgeTarget::Exact(&stale), PurgeType::Eviction, &span)
+            .await
+            .expect("purge");
+        assert_eq!(outcome, PurgeOutcome::NotFound);
+        let (_, mut hit) = s.lookup(&k, &span).await.expect("lookup").expect("kept");
+        assert_eq!(
+            hit.read_body().await.expect("body").as_deref(),
+            Some(&b"second"[..])
+        );
+        // A write that started before a purge is not stored.
+        let k2 = key("http://h/inflight", "a");
+        let mut w = s
+            .get_miss_handler(&k2, &meta(""), &span)
+            .await
+            .expect("writer");
+        w.write_body(Bytes::from_static(b"old"), true)
+            .await
+            .expect("write");
+        s.purge_where(|l| &*l.api == "a");
+        w.finish().await.expect("finish");
+        assert!(s.lookup(&k2, &span).await.expect("lookup").is_none());
+        assert_eq!(s.usage(), (0, 0));
     }
 
     #[tokio::test]

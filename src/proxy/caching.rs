@@ -72,11 +72,25 @@ impl Gateway {
     }
 
     /// `response_cache_filter`.
-    pub(super) fn cacheable(&self, resp: &ResponseHeader, ctx: &RequestCtx) -> RespCacheable {
-        match ctx.cache.as_deref() {
-            Some(policy) => rules::decide(policy, resp, ctx.had_body),
-            None => RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled),
-        }
+    pub(super) fn cacheable(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &RequestCtx,
+    ) -> RespCacheable {
+        let Some(policy) = ctx.cache.as_deref() else {
+            return RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled);
+        };
+        let headers = &session.req_header().headers;
+        // Authorization reaches the upstream unless the API's JWT auth removes it.
+        let auth = self.endpoint(ctx).and_then(|e| e.auth.as_deref());
+        let authorization_forwarded = headers.contains_key(http::header::AUTHORIZATION)
+            && auth.is_none_or(|a| a.forward_credentials || a.jwt.is_none());
+        let fetched = rules::Fetched {
+            body: ctx.had_body,
+            credentials: authorization_forwarded || headers.contains_key(http::header::COOKIE),
+        };
+        rules::decide(policy, resp, fetched)
     }
 }
 

@@ -82,7 +82,7 @@ pub fn traceparent(client: Option<&[u8]>) -> String {
 }
 
 /// Request headers a client may not set for the upstream: the gateway sets them itself.
-const GATEWAY_OWNED: [&str; 8] = [
+pub const GATEWAY_OWNED: [&str; 8] = [
     "x-consumer-id",
     "x-consumer-groups",
     "x-forwarded-for",

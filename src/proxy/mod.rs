@@ -459,11 +459,11 @@ impl ProxyHttp for Gateway {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<pingora::cache::RespCacheable> {
-        Ok(self.cacheable(resp, ctx))
+        Ok(self.cacheable(session, resp, ctx))
     }
 
     fn should_serve_stale(
@@ -704,7 +704,8 @@ impl ProxyHttp for Gateway {
             };
             let mut reply = Reply::new(code, detail);
             if ctx.cache.is_some() {
-                reply = reply.header(caching::STATUS_HEADER, "MISS");
+                let label = crate::cache::failure_label(&session.cache.phase(), ctx.stale_found);
+                reply = reply.header(caching::STATUS_HEADER, label);
             }
             if let Err(err) = reply::write_problem(session, &reply, &ctx.request_id, true).await {
                 log::debug!("could not write the error answer: {err}");

@@ -1,7 +1,8 @@
 //! A real HTTP upstream on an ephemeral loopback port (hyper, HTTP/1.1 and h2c). It counts
 //! requests and accepted connections, records the last request, and can be made slow,
 //! failing, unhealthy or stopped. Query parameters steer single requests:
-//! `delay_ms=N` waits before answering, `status=N` answers with that status. The request
+//! `delay_ms=N` (or the header `x-test-delay-ms: N`) waits before answering, `status=N` answers
+//! with that status. The request
 //! header `x-test-respond: Name=value|Name2=value2` adds response headers (for cache tests);
 //! with an `ETag` among them, a matching `If-None-Match` gets 304. JSON bodies carry `n`, the
 //! upstream's request count when it answered.
@@ -215,7 +216,13 @@ async fn handle(
     if let Ok(mut last) = c.last.lock() {
         *last = Some(seen.clone());
     }
-    if let Some(ms) = query_param(&uri, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+    let header_delay = seen
+        .header("x-test-delay-ms")
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = query_param(&uri, "delay_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .or(header_delay)
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let status = if c.fail_5xx.load(Ordering::SeqCst) {
