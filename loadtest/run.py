@@ -279,6 +279,15 @@ idle_timeout = "50s"
 {apis}"""
 
 
+# The full-chain scenario's access log (analytics as in production); removed after a run.
+ACCESS_LOG = "/tmp/turnpike-loadtest-access.log"
+
+
+def remove_access_log():
+    if os.path.exists(ACCESS_LOG):
+        os.remove(ACCESS_LOG)
+
+
 def scenario_config(name):
     """The scenario configs kept in loadtest/ (ports rewritten to this harness's)."""
     with open(os.path.join(ROOT, "loadtest", f"{name}.toml")) as f:
@@ -417,6 +426,7 @@ def instruction_counts(record):
     finally:
         backend.send_signal(signal.SIGQUIT)
         backend.wait(timeout=10)
+        remove_access_log()
     nginx = per_request["nginx-proxy"]
     lines = [f"\n### instructions per request (plain-proxy, callgrind)\n",
              f"`GET /items/42` over 4 keep-alive connections; (I(5,000 requests) - I(1,000)) / 4,000; user space only.\n",
@@ -513,6 +523,7 @@ def main():
             print("\n".join(lines[-5:]), flush=True)
     finally:
         servers.stop_all()
+        remove_access_log()
     load_after = os.getloadavg()
 
     header = (f"\n## {datetime.date.today().isoformat()} {platform.node()}\n\n"

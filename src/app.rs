@@ -215,6 +215,12 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
         },
     ));
     server.add_service(background_service(
+        "analytics aggregator",
+        crate::analytics::aggregator::Aggregator {
+            shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "config reload on SIGHUP",
         ReloadSignals {
             shared: shared.clone(),

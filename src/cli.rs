@@ -1,4 +1,5 @@
-//! Command-line interface: `run`, `check`, `keys hash|create`, `audit verify`, `--version`.
+//! Command-line interface: `run`, `check`, `keys hash|create`, `audit verify`, `report`,
+//! `--version`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -37,6 +38,28 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print usage from the store's rollups as a table (the same numbers as
+    /// `GET /analytics/usage`; a running gateway writes them every 5 seconds).
+    Report {
+        /// The config file (for [store] path).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// Only this consumer.
+        #[arg(long, value_name = "ID")]
+        consumer: Option<String>,
+        /// Only this API.
+        #[arg(long, value_name = "NAME")]
+        api: Option<String>,
+        /// Start, RFC 3339 or Unix seconds (default: one hour before --to).
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// End, excluded (default: now).
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// minute, hour, day or auto (by the length of the range).
+        #[arg(long, value_name = "G")]
+        granularity: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

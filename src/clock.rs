@@ -60,6 +60,15 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
+/// `2026-11-21T13:00:00.123Z` from milliseconds since the epoch.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    let mut text = rfc3339(secs);
+    text.pop();
+    text.push_str(&format!(".{:03}Z", ms % 1000));
+    text
+}
+
 /// Reads `YYYY-MM-DDTHH:MM:SS` with an optional fraction and a `Z` or `±HH:MM` offset.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let b = text.as_bytes();

@@ -4,6 +4,7 @@
 //! the architecture and `conf/turnpike.toml` for every config key.
 
 pub mod admin;
+pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod cache;

@@ -25,6 +25,23 @@ fn main() -> ExitCode {
             config,
         }) => turnpike::offline::keys_create(&config, &consumer, label.as_deref()),
         Command::Audit(AuditCommand::Verify { config }) => turnpike::offline::audit_verify(&config),
+        Command::Report {
+            config,
+            consumer,
+            api,
+            from,
+            to,
+            granularity,
+        } => {
+            let ask = turnpike::analytics::report::Ask {
+                api,
+                consumer,
+                from,
+                to,
+                granularity,
+            };
+            turnpike::offline::report(&config, &ask)
+        }
         Command::Run {
             config,
             daemon,

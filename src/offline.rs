@@ -119,3 +119,32 @@ pub fn audit_verify(config: &Path) -> ExitCode {
         Err(e) => fail(e),
     }
 }
+
+/// `turnpike report`: usage rollups from the embedded store as a table.
+pub fn report(config: &Path, ask: &crate::analytics::report::Ask) -> ExitCode {
+    let cfg = match crate::config::load(config) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let absolute = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+    let path = crate::app::store_path(&absolute, &cfg.store.path);
+    if !path.exists() {
+        return fail(format!(
+            "{}: no store yet (the gateway has not run with this config)",
+            path.display()
+        ));
+    }
+    let filter = match ask.filter(crate::clock::now(), 3_600, false) {
+        Ok(f) => f,
+        Err(why) => return fail(why),
+    };
+    let rows = crate::store::Store::open(&path)
+        .and_then(|s| s.read(|c| crate::store::usage::query(c, &filter, usize::MAX)));
+    match rows {
+        Ok(rows) => {
+            print!("{}", crate::analytics::report::usage_table(&filter, &rows));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{}: {e}", path.display())),
+    }
+}

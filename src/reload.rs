@@ -97,7 +97,8 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (ol, nl) = (&o.limits, &n.limits);
     let (os, ns) = (&old.store, &new.store);
     let (oc, nc) = (&old.cache, &new.cache);
-    let checks: [(&str, bool); 27] = [
+    let checks: [(&str, bool); 28] = [
+        ("analytics", old.analytics != new.analytics),
         ("cache.max_memory", oc.max_memory != nc.max_memory),
         ("cache.lock_timeout", oc.lock_timeout != nc.lock_timeout),
         ("cache.purge_channel", oc.purge_channel != nc.purge_channel),

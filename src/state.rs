@@ -120,6 +120,8 @@ pub struct Shared {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The edge cache (`[cache]`; created once, restart-only).
     pub cache: crate::cache::EdgeCache,
+    /// Request records and what is built from them (`[analytics]`; restart-only).
+    pub analytics: Arc<crate::analytics::Analytics>,
     pub config_path: PathBuf,
     pub started_at: SystemTime,
     /// Serialises reloads.
@@ -135,8 +137,13 @@ impl Shared {
         config_path: PathBuf,
     ) -> Arc<Shared> {
         let cache = crate::cache::EdgeCache::new(&snapshot.file.cache);
+        let analytics = Arc::new(crate::analytics::Analytics::new(
+            &snapshot.file.analytics,
+            config_path.parent(),
+        ));
         Arc::new(Shared {
             cache,
+            analytics,
             snapshot: ArcSwap::from_pointee(snapshot),
             identity,
             limiter: Arc::new(crate::limits::limiter::Limiter::new()),

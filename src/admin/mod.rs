@@ -14,6 +14,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod analytics;
 mod cache;
 mod consumers;
 
@@ -310,6 +311,12 @@ impl ServeHttp for AdminApp {
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
+        let accept = req
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let Some(body) = read_body(session, MAX_ADMIN_BODY).await else {
             session.set_keepalive(None);
             return problem(
@@ -362,13 +369,21 @@ impl ServeHttp for AdminApp {
         }
         match (method.as_str(), path.as_str()) {
             ("GET", "/upstreams") => self.upstreams(&rid),
+            ("GET", "/metrics") => analytics::metrics(&self.shared, &rid),
+            ("GET", "/analytics/usage") => {
+                analytics::usage(&self.shared, query.as_deref(), &accept, &rid)
+            }
+            ("GET", "/analytics/top") => analytics::top(&self.shared, query.as_deref(), &rid),
+            ("GET", "/analytics/alerts") => analytics::alerts(&self.shared, query.as_deref(), &rid),
             ("GET", "/status") => self.status(&rid),
             ("POST", "/reload") => self.reload(&rid).await,
             ("POST", "/cache/purge") => cache::purge(&self.shared, &body, &actor, &rid).await,
             (_, "/cache/purge") => problem(Code::MethodNotAllowed, "use POST", &rid),
-            (_, "/upstreams" | "/health" | "/ready" | "/status") => {
-                problem(Code::MethodNotAllowed, "use GET", &rid)
-            }
+            (
+                _,
+                "/upstreams" | "/health" | "/ready" | "/status" | "/metrics" | "/analytics/usage"
+                | "/analytics/top" | "/analytics/alerts",
+            ) => problem(Code::MethodNotAllowed, "use GET", &rid),
             (_, "/reload") => problem(Code::MethodNotAllowed, "use POST", &rid),
             _ => problem(Code::RouteNotFound, "no such admin route", &rid),
         }

@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub usage: UsageSection,
     #[serde(default)]
     pub cache: CacheSection,
+    #[serde(default)]
+    pub analytics: super::analytics::AnalyticsSection,
 }
 
 /// `[cache]`: the edge cache shared by every API with an `[apis.cache]` block.

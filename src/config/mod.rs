@@ -2,6 +2,7 @@
 //! semantic problem with its key path), compile (into a `Snapshot`). `load` does the first two,
 //! `load_snapshot` all three.
 
+pub mod analytics;
 pub mod compile;
 pub mod error;
 pub mod file;

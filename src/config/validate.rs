@@ -19,6 +19,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
     }
     apis(&mut v, cfg);
     cache(&mut v, &cfg.cache);
+    v.0.extend(super::analytics::validate(&cfg.analytics));
     v.0.extend(super::identity::validate(cfg));
     v.0
 }

@@ -114,12 +114,13 @@ pub(super) fn serve_stale(ctx: &RequestCtx, error: Option<&Error>) -> bool {
 pub(super) fn mark_response(
     session: &Session,
     resp: &mut ResponseHeader,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
 ) -> Result<()> {
     if ctx.cache.is_none() {
         return Ok(());
     }
     let label = crate::cache::status_label(&session.cache.phase(), ctx.stale_found);
+    ctx.cache_status = Some(label);
     resp.insert_header(STATUS_HEADER, label)?;
     resp.remove_header("surrogate-key");
     Ok(())

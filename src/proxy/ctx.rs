@@ -5,6 +5,7 @@ use crate::identity::Consumer;
 use crate::state::Snapshot;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub struct RequestCtx {
     /// The config generation this request uses from start to end.
@@ -39,6 +40,17 @@ pub struct RequestCtx {
     pub had_body: bool,
     /// pingora-cache's background refresh of a stale copy (not a client's request).
     pub background: bool,
+    /// When the request head had been read.
+    pub start: Instant,
+    /// The code of an answer the gateway gave itself.
+    pub code: Option<Code>,
+    /// The limit that refused the request (`rate`, `quota_<period>`, `per_ip`, `auth_failures`).
+    pub limited: Option<&'static str>,
+    /// The `X-Cache-Status` sent.
+    pub cache_status: Option<&'static str>,
+    /// When the first upstream attempt began, and how long the upstream took to answer.
+    pub upstream_start: Option<Instant>,
+    pub upstream_us: Option<u64>,
 }
 
 impl RequestCtx {
@@ -62,6 +74,12 @@ impl RequestCtx {
             stale_found: false,
             had_body: false,
             background: false,
+            start: Instant::now(),
+            code: None,
+            limited: None,
+            cache_status: None,
+            upstream_start: None,
+            upstream_us: None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod ctx;
 pub mod deadline;
 pub mod edge;
 pub mod headers;
+pub mod logging;
 pub mod reply;
 
 use crate::path::check_target;
@@ -200,6 +201,16 @@ impl Gateway {
             return Ok(());
         };
         use crate::limits::limiter::Denial;
+        use crate::limits::spec::Period;
+        ctx.limited = Some(match &denial {
+            Denial::Rate { .. } => "rate",
+            Denial::Quota { period, .. } => match period {
+                Period::Minute => "quota_minute",
+                Period::Hour => "quota_hour",
+                Period::Day => "quota_day",
+                Period::Month => "quota_month",
+            },
+        });
         let (code, detail, retry) = match denial {
             Denial::Rate { retry_after_secs } => (
                 Code::RateLimited,
@@ -269,6 +280,7 @@ impl Gateway {
         let guard = snapshot.auth_guard.as_ref().zip(client_ip(session));
         if let Some((g, ip)) = guard {
             if g.exhausted(&ip) {
+                ctx.limited = Some("auth_failures");
                 return Err(limited(
                     Code::RateLimited,
                     "too many failed authentication attempts from this address; try again later",
@@ -319,15 +331,18 @@ impl Gateway {
                 ctx.ratelimit = Some(limit.headers("ip", used));
                 Ok(())
             }
-            Err(used) => Err(limited(
-                Code::RateLimited,
-                format!(
-                    "this address is over {} requests per {} s on this API",
-                    limit.spec.count, limit.spec.per_secs
-                ),
-                limit.spec.per_secs,
-                limit.headers("ip", used),
-            )),
+            Err(used) => {
+                ctx.limited = Some("per_ip");
+                Err(limited(
+                    Code::RateLimited,
+                    format!(
+                        "this address is over {} requests per {} s on this API",
+                        limit.spec.count, limit.spec.per_secs
+                    ),
+                    limit.spec.per_secs,
+                    limit.headers("ip", used),
+                ))
+            }
         }
     }
 }
@@ -387,6 +402,7 @@ impl ProxyHttp for Gateway {
         }
         match self.admit(session, ctx) {
             Err((reply, close)) => {
+                ctx.code = Some(reply.code);
                 reply::write_problem(session, &reply, &ctx.request_id, close).await?;
                 Ok(true)
             }
@@ -394,9 +410,13 @@ impl ProxyHttp for Gateway {
                 ctx.had_body = close;
                 if let Err(reply) = self.check_caller(session, ctx).await {
                     let reply = match self.endpoint(ctx).is_some_and(|e| e.cache.is_some()) {
-                        true => reply.header(caching::STATUS_HEADER, "BYPASS"),
+                        true => {
+                            ctx.cache_status = Some("BYPASS");
+                            reply.header(caching::STATUS_HEADER, "BYPASS")
+                        }
                         false => reply,
                     };
+                    ctx.code = Some(reply.code);
                     reply::write_problem(session, &reply, &ctx.request_id, close).await?;
                     return Ok(true);
                 }
@@ -520,6 +540,9 @@ impl ProxyHttp for Gateway {
                 .unwrap_or_default();
             ip_key.as_bytes()
         };
+        if ctx.upstream_start.is_none() {
+            ctx.upstream_start = Some(std::time::Instant::now());
+        }
         match pool.select(key, &ctx.tried) {
             Some(addr) => {
                 ctx.peer = Some(addr);
@@ -615,6 +638,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some((addr, pool)) = self.attempt(ctx) {
             let final_or_upgrade = !resp.status.is_informational() || resp.status == 101;
+            if final_or_upgrade && ctx.upstream_us.is_none() {
+                ctx.upstream_us = ctx
+                    .upstream_start
+                    .map(|t| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
             if !ctx.reported && final_or_upgrade {
                 ctx.reported = true;
                 if resp.status.is_server_error() && pool.def.passive.on_5xx {
@@ -661,6 +689,12 @@ impl ProxyHttp for Gateway {
         )
     }
 
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(record) = logging::record(session, ctx) {
+            self.shared.analytics.send(record);
+        }
+    }
+
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
         // Client-side failures and answers the gateway chose are not operator errors.
         ctx.fail.is_some() || matches!(error.esource(), ErrorSource::Downstream)
@@ -673,6 +707,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = ctx.fail.or_else(|| classify(e));
+        ctx.code = code;
         if let (Some((addr, pool)), Some(c)) = (self.attempt(ctx), code) {
             // Once the upstream answered, a later failure (an idle WebSocket timing out, a client
             // going away) says nothing about the target's health.
@@ -705,6 +740,7 @@ impl ProxyHttp for Gateway {
             let mut reply = Reply::new(code, detail);
             if ctx.cache.is_some() {
                 let label = crate::cache::failure_label(&session.cache.phase(), ctx.stale_found);
+                ctx.cache_status = Some(label);
                 reply = reply.header(caching::STATUS_HEADER, label);
             }
             if let Err(err) = reply::write_problem(session, &reply, &ctx.request_id, true).await {

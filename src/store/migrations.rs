@@ -67,6 +67,24 @@ const STEPS: &[(u32, &str)] = &[
     CREATE TRIGGER keys_del AFTER DELETE ON api_keys BEGIN
         UPDATE meta SET v = v + 1 WHERE k = 'identity_version'; END;",
     ),
+    (
+        3,
+        "CREATE TABLE usage_rollups (
+        granularity INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        api TEXT NOT NULL,
+        version TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        status_class INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        bytes_in INTEGER NOT NULL,
+        bytes_out INTEGER NOT NULL,
+        latency BLOB NOT NULL,
+        PRIMARY KEY (granularity, start, api, version, consumer, status_class)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX usage_by_consumer ON usage_rollups(consumer, granularity, start);",
+    ),
 ];
 
 /// The schema version this binary writes.

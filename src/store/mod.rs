@@ -11,6 +11,7 @@ pub mod audit;
 pub mod consumers;
 mod migrations;
 pub mod quotas;
+pub mod usage;
 
 use rusqlite::{Connection, Transaction};
 use std::fmt;

@@ -28,6 +28,8 @@ enum Lb {
 /// One upstream pool.
 pub struct Pool {
     pub name: String,
+    /// The name again, shared cheaply by request records.
+    pub label: Arc<str>,
     /// The definition this pool was built from; an identical one on reload reuses the pool.
     pub def: UpstreamSection,
     lb: Lb,
@@ -98,6 +100,7 @@ impl Pool {
             None => None,
         };
         Ok(Pool {
+            label: Arc::from(name),
             name: name.to_string(),
             def: def.clone(),
             lb,

@@ -1,0 +1,132 @@
+//! The JSON lines access log, written by the aggregator (never on the request path). A file is
+//! opened in append mode and reopened on `SIGUSR1`, so logrotate can move it away and signal
+//! (see `conf/logrotate/turnpike`). Successful requests may be sampled; errors are always
+//! written.
+
+use super::record::Record;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Where lines go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Target {
+    /// `"stdout"` or a path (relative paths are relative to `base`, the config's directory).
+    pub fn from_config(configured: &Path, base: Option<&Path>) -> Target {
+        if configured == Path::new("stdout") {
+            return Target::Stdout;
+        }
+        match base {
+            Some(dir) if configured.is_relative() => Target::File(dir.join(configured)),
+            _ => Target::File(configured.to_path_buf()),
+        }
+    }
+}
+
+pub struct AccessLog {
+    target: Target,
+    file: Option<File>,
+    buf: Vec<u8>,
+    /// The fraction of successful requests kept, and the credit towards the next kept one.
+    sample: f64,
+    credit: f64,
+}
+
+impl AccessLog {
+    pub fn new(target: Target, sample: f64) -> AccessLog {
+        let mut log = AccessLog {
+            target,
+            file: None,
+            buf: Vec::with_capacity(64 << 10),
+            sample: sample.clamp(0.0, 1.0),
+            credit: 0.0,
+        };
+        log.reopen();
+        log
+    }
+
+    /// Opens the file again (after logrotate moved it).
+    pub fn reopen(&mut self) {
+        let _ = self.flush();
+        if let Target::File(path) = &self.target {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            match OpenOptions::new().create(true).append(true).open(path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    log::error!("access log {}: cannot open: {e}", path.display());
+                    self.file = None;
+                }
+            }
+        }
+    }
+
+    /// Adds a record's line to the buffer (if sampling keeps it).
+    pub fn add(&mut self, r: &Record) {
+        if r.status < 400 && r.status != 0 && self.sample < 1.0 {
+            self.credit += self.sample;
+            if self.credit < 1.0 {
+                return;
+            }
+            self.credit -= 1.0;
+        }
+        r.to_json_line(&mut self.buf);
+        self.buf.push(b'\n');
+    }
+
+    /// Writes the buffered lines; the number of lines lost on an error is returned.
+    pub fn flush(&mut self) -> Result<(), u64> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let lines = memchr::memchr_iter(b'\n', &self.buf).count() as u64;
+        let result = match (&self.target, &mut self.file) {
+            (Target::Stdout, _) => {
+                let mut out = io::stdout().lock();
+                out.write_all(&self.buf).and_then(|_| out.flush())
+            }
+            (Target::File(_), Some(f)) => f.write_all(&self.buf),
+            (Target::File(_), None) => Err(io::Error::other("not open")),
+        };
+        self.buf.clear();
+        result.map_err(|e| {
+            log::debug!("access log write failed: {e}");
+            lines
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_appended_sampled_and_reopened() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("logs/access.log");
+        let mut log = AccessLog::new(Target::File(path.clone()), 0.75);
+        let mut r = super::super::record::sample();
+        for _ in 0..400 {
+            log.add(&r);
+        }
+        r.status = 503;
+        log.add(&r);
+        assert_eq!(log.flush(), Ok(()));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), 301, "3 in 4 successes and the error");
+        std::fs::rename(&path, dir.path().join("old.log")).expect("rotate");
+        log.reopen();
+        log.add(&r);
+        assert_eq!(log.flush(), Ok(()));
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("new").lines().count(),
+            1
+        );
+    }
+}

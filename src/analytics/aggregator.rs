@@ -1,0 +1,216 @@
+//! The aggregator: a background service that takes records from the channel in batches and
+//! feeds the metrics, the access log, the usage rollups and the anomaly detector. It also
+//! reopens the access log on `SIGUSR1`, writes rollups to the store every few seconds, closes
+//! alert windows and moves the consumer label cap once a minute. It keeps running through the
+//! shutdown grace period (requests still finish then) until the runtime drops it; then it takes
+//! what is left in the channel and writes it all out (`Drop` of its state). Store writes run on
+//! the blocking pool, never in the loop that takes records.
+
+use super::access_log::AccessLog;
+use super::anomaly::{Alert, Detector};
+use super::metrics::HistogramCache;
+use super::record::Record;
+use super::webhook::{Webhook, QUEUE};
+use super::Analytics;
+use crate::state::Shared;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{interval, MissedTickBehavior};
+
+/// How often the channel is emptied. The aggregator polls instead of waiting on the channel:
+/// a waiting receiver would make every request's send wake it (a system call on the request
+/// path); polled, a send is a few atomic operations.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How often rollups are written to the store.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// How often the consumer label cap follows traffic.
+pub const REBALANCE_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Aggregator {
+    pub shared: Arc<Shared>,
+}
+
+/// The aggregator's working state; dropping it writes out everything left.
+struct Work<'a> {
+    shared: &'a Arc<Shared>,
+    a: &'a Analytics,
+    rx: mpsc::Receiver<Record>,
+    /// The store write in progress, if any.
+    writing: Option<tokio::task::JoinHandle<()>>,
+    log: Option<AccessLog>,
+    hists: HistogramCache,
+    detector: Option<Detector>,
+    names: super::names::Names,
+    all: Arc<str>,
+    webhook: Option<mpsc::Sender<Alert>>,
+}
+
+impl Work<'_> {
+    fn absorb(&mut self, r: &Record) {
+        self.a.metrics.observe(r, &mut self.hists);
+        if let Some(log) = &mut self.log {
+            log.add(r);
+        }
+        self.a
+            .rollups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(r);
+        if self.detector.is_some() && r.api.is_some() {
+            let api = self.names.get(r.api_name());
+            let consumer = r.consumer_id().map(|c| self.names.get(c));
+            if let Some(d) = &mut self.detector {
+                d.add(r, &api, consumer.as_ref(), &self.all);
+            }
+        }
+    }
+
+    fn flush_log(&mut self) {
+        if let Some(log) = &mut self.log {
+            if let Err(lost) = log.flush() {
+                self.a.metrics.access_log_errors.inc_by(lost);
+            }
+        }
+    }
+
+    /// Starts a store write of the rollups unless one is still running.
+    fn flush_usage(&mut self) {
+        if self.writing.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let shared = self.shared.clone();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            write_usage(&shared);
+        }));
+    }
+
+    fn close_window(&mut self) {
+        let Some(d) = &mut self.detector else {
+            return;
+        };
+        for alert in d.close(crate::clock::now()) {
+            log::warn!("anomaly: {} ({})", alert.message, alert.kind);
+            self.a
+                .metrics
+                .anomalies
+                .with_label_values(&[alert.kind, &alert.api])
+                .inc();
+            if let Some(tx) = &self.webhook {
+                if tx.try_send(alert.clone()).is_err() {
+                    log::warn!("alert webhook queue is full: an alert was not sent");
+                }
+            }
+            self.a.remember(alert);
+        }
+    }
+}
+
+fn write_usage(shared: &Shared) {
+    if let Err(e) = shared.analytics.flush_usage(shared.identity.store()) {
+        log::warn!("usage rollups not written (kept for the next attempt): {e}");
+    }
+}
+
+impl Drop for Work<'_> {
+    fn drop(&mut self) {
+        let mut n = 0;
+        while let Ok(r) = self.rx.try_recv() {
+            self.absorb(&r);
+            n += 1;
+        }
+        self.flush_log();
+        write_usage(self.shared);
+        log::info!("analytics written at exit ({n} records were waiting)");
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Aggregator {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let a = &self.shared.analytics;
+        let Some(rx) = a.take_receiver() else {
+            return;
+        };
+        let webhook = a
+            .cfg
+            .alerts
+            .webhook
+            .clone()
+            .filter(|_| a.cfg.alerts.enabled);
+        let webhook = webhook.map(|url| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let hook = Webhook {
+                url,
+                timeout: a.cfg.alerts.webhook_timeout.0,
+                retries: a.cfg.alerts.webhook_retries,
+                failures: a.metrics.webhook_failures.clone(),
+            };
+            tokio::spawn(hook.run(rx));
+            tx
+        });
+        let mut w = Work {
+            shared: &self.shared,
+            a,
+            rx,
+            writing: None,
+            log: a
+                .access_log
+                .as_ref()
+                .map(|t| AccessLog::new(t.clone(), a.cfg.access_log_sample)),
+            hists: HistogramCache::default(),
+            detector: a
+                .cfg
+                .alerts
+                .enabled
+                .then(|| Detector::new(a.cfg.alerts.clone())),
+            names: Default::default(),
+            all: Arc::from(""),
+            webhook,
+        };
+        // Always listened for, so that a SIGUSR1 without an access log does not end the process.
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .map_err(|e| log::error!("cannot listen for SIGUSR1 (access log reopen): {e}"))
+                .ok();
+        let tick = |every: Duration| {
+            let mut t = interval(every);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        };
+        let mut flush = tick(FLUSH_EVERY);
+        let mut window = tick(a.cfg.alerts.window.0);
+        let mut rebalance = tick(REBALANCE_EVERY);
+        // The first ticks fire at once; the window's first one must not close an empty window.
+        window.tick().await;
+        rebalance.tick().await;
+        let mut drain = tick(DRAIN_EVERY);
+        loop {
+            tokio::select! {
+                _ = drain.tick() => {
+                    let mut n = 0;
+                    while let Ok(r) = w.rx.try_recv() {
+                        w.absorb(&r);
+                        n += 1;
+                    }
+                    if n > 0 {
+                        w.flush_log();
+                    }
+                }
+                Some(()) = async { match &mut usr1 { Some(s) => s.recv().await, None => None } } => {
+                    w.flush_log();
+                    if let Some(log) = &mut w.log {
+                        log.reopen();
+                        log::info!("access log reopened");
+                    }
+                }
+                _ = flush.tick() => w.flush_usage(),
+                _ = window.tick() => w.close_window(),
+                _ = rebalance.tick() => a.metrics.requests.rebalance(),
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Analytics: one `Record` per request, sent from the `logging` phase through a bounded channel
+//! (a full channel drops the record and counts it; the request never waits) to the aggregator,
+//! a background service that feeds the Prometheus metrics, the JSON access log, the per-minute
+//! usage rollups in the embedded store and the anomaly detector. `Analytics` is the handle the
+//! proxy and the admin API share.
+
+pub mod access_log;
+pub mod aggregator;
+pub mod anomaly;
+pub mod metrics;
+pub mod names;
+pub mod record;
+pub mod report;
+pub mod requests;
+pub mod rollup;
+pub mod sketch;
+pub mod webhook;
+
+use crate::config::analytics::AnalyticsSection;
+use anomaly::Alert;
+use record::Record;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// Raised alerts kept for `GET /analytics/alerts`.
+pub const KEPT_ALERTS: usize = 500;
+
+pub struct Analytics {
+    tx: mpsc::Sender<Record>,
+    rx: Mutex<Option<mpsc::Receiver<Record>>>,
+    pub cfg: AnalyticsSection,
+    /// Where the access log goes (`None`: no access log).
+    pub access_log: Option<access_log::Target>,
+    pub metrics: metrics::Metrics,
+    pub rollups: Mutex<rollup::Rollups>,
+    alerts: Mutex<VecDeque<Alert>>,
+}
+
+impl Analytics {
+    /// `config_dir`: relative access log paths are relative to it.
+    pub fn new(cfg: &AnalyticsSection, config_dir: Option<&Path>) -> Analytics {
+        let (tx, rx) = mpsc::channel(cfg.buffer.max(1));
+        let metrics = match metrics::Metrics::new(cfg.consumer_labels) {
+            Ok(m) => m,
+            // Only a programming error (a clashing metric name) can get here.
+            Err(e) => panic!("metric definitions are inconsistent: {e}"),
+        };
+        Analytics {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            access_log: cfg
+                .access_log
+                .as_deref()
+                .map(|p| access_log::Target::from_config(p, config_dir)),
+            cfg: cfg.clone(),
+            metrics,
+            rollups: Mutex::new(rollup::Rollups::default()),
+            alerts: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Hands a record to the aggregator, or drops and counts it when the channel is full.
+    pub fn send(&self, record: Record) {
+        if self.tx.try_send(record).is_err() {
+            self.metrics.dropped.inc();
+        }
+    }
+
+    /// The receiving end, once (for the aggregator).
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<Record>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Adds the rollups waiting in memory into the store (before a usage query).
+    pub fn flush_usage(&self, store: &crate::store::Store) -> crate::store::Result<usize> {
+        rollup::flush(
+            &self.rollups,
+            store,
+            secs(self.cfg.retention.0),
+            secs(self.cfg.hour_retention.0),
+        )
+    }
+
+    pub fn remember(&self, alert: Alert) {
+        let mut kept = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() == KEPT_ALERTS {
+            kept.pop_front();
+        }
+        kept.push_back(alert);
+    }
+
+    /// Raised alerts, oldest first.
+    pub fn alerts(&self) -> Vec<Alert> {
+        let kept = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter().cloned().collect()
+    }
+}
+
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
