@@ -7,6 +7,7 @@ use std::sync::Arc;
 use turnpike::analytics::access_log::{AccessLog, Target};
 use turnpike::analytics::anomaly::Detector;
 use turnpike::analytics::metrics::HistogramCache;
+use turnpike::analytics::names::Names;
 use turnpike::analytics::record::Record;
 use turnpike::analytics::rollup::Rollups;
 use turnpike::analytics::Analytics;
@@ -74,9 +75,7 @@ fn bench(c: &mut Criterion) {
     let mut hists = HistogramCache::default();
     let mut rollups = Rollups::default();
     let mut detector = Detector::new(AnalyticsSection::default().alerts);
-    let all: Arc<str> = Arc::from("");
-    let api_name: Arc<str> = Arc::from("orders");
-    let names: Vec<Arc<str>> = consumers.iter().map(|c| Arc::from(c.id.as_str())).collect();
+    let mut names = Names::default();
     let records: Vec<Record> = (0..1000)
         .map(|i| record(&api, &consumers[i], i as u64))
         .collect();
@@ -87,9 +86,10 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 k = (k + 1) % 1000;
                 let r = &records[k];
-                metrics.observe(r, &mut hists);
-                rollups.add(r);
-                detector.add(r, &api_name, Some(&names[k]), &all);
+                let labels = names.labels(r);
+                metrics.observe(r, &labels, &mut hists);
+                rollups.add(r, &labels);
+                detector.add(r, &labels);
             })
         },
     );

@@ -1,20 +1,11 @@
 //! Admin routes over analytics: `GET /metrics` (Prometheus text), `GET /analytics/usage`
 //! (JSON, or CSV with `Accept: text/csv`), `GET /analytics/top` and `GET /analytics/alerts`.
 
-use super::{json_response, problem, Answer};
+use super::{json_response, problem, problem_or_json, query_param as param, Answer};
 use crate::analytics::report::{self, Ask};
 use crate::proxy::reply::Code;
 use crate::state::Shared;
 use serde_json::json;
-
-/// The query parameter `name`, percent-decoded.
-fn param(query: Option<&str>, name: &str) -> Option<String> {
-    let q = query?;
-    crate::auth::query_values(q.as_bytes(), name)
-        .into_iter()
-        .next()
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-}
 
 fn ask(query: Option<&str>) -> Ask {
     Ask {
@@ -26,15 +17,9 @@ fn ask(query: Option<&str>) -> Ask {
     }
 }
 
-fn text(status: u16, body: Vec<u8>, content_type: &str, rid: &str) -> Answer {
-    let mut resp = json_response(status, json!(null), content_type, rid);
-    *resp.body_mut() = body;
-    resp
-}
-
 pub fn metrics(shared: &Shared, rid: &str) -> Answer {
     let body = shared.analytics.metrics.render(shared);
-    text(200, body, "text/plain; version=0.0.4; charset=utf-8", rid)
+    problem_or_json(200, body, "text/plain; version=0.0.4; charset=utf-8", rid)
 }
 
 /// The rows of a question, with the rollups waiting in memory written first.
@@ -80,7 +65,7 @@ pub fn usage(shared: &Shared, query: Option<&str>, accept: &str, rid: &str) -> A
     };
     if accept.contains("text/csv") {
         let body = report::usage_csv(&rows).into_bytes();
-        return text(200, body, "text/csv; charset=utf-8", rid);
+        return problem_or_json(200, body, "text/csv; charset=utf-8", rid);
     }
     json_response(200, report::usage_json(&f, &rows), "application/json", rid)
 }

@@ -10,7 +10,7 @@
 //! so a revoked key stops working on every worker when the DELETE returns. A key's secret
 //! appears exactly once: in the answer that created it.
 
-use super::{json_response, problem, Answer};
+use super::{json_response, problem, query_param, Answer};
 use crate::config::file::ConsumerSection;
 use crate::config::identity::{is_consumer_id, is_label};
 use crate::identity::index::Index;
@@ -79,12 +79,6 @@ struct CreateKey {
 struct RotateKey {
     /// How long the old key keeps working (default `[keys] rotation_grace`).
     grace: Option<String>,
-}
-
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .find_map(|p| p.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
 }
 
 fn page_limit(query: Option<&str>) -> Result<i64, String> {
@@ -325,7 +319,7 @@ async fn list_consumers(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
         Ok(l) => l,
         Err(e) => return problem(Code::InvalidRequest, &e, rid),
     };
-    let after = query_param(call.query, "after").unwrap_or("").to_string();
+    let after = query_param(call.query, "after").unwrap_or_default();
     let after_db = after.clone();
     let stored = match read(shared, move |r| r.list_consumers(&after_db, limit)).await {
         Ok(r) => r,
@@ -602,7 +596,7 @@ async fn list_audit(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
         Ok(l) => l,
         Err(e) => return problem(Code::InvalidRequest, &e, rid),
     };
-    let after = match query_param(call.query, "after").map(str::parse::<i64>) {
+    let after = match query_param(call.query, "after").map(|v| v.parse::<i64>()) {
         None => 0,
         Some(Ok(n)) if n >= 0 => n,
         Some(_) => return problem(Code::InvalidRequest, "after must be a sequence number", rid),

@@ -111,6 +111,14 @@ fn problem_with(
     problem_or_json(code.status(), bytes, "application/problem+json", request_id)
 }
 
+/// The first value of query parameter `name`, percent-decoded.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    crate::auth::query_values(query?.as_bytes(), name)
+        .into_iter()
+        .next()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -292,7 +300,7 @@ impl AdminApp {
                     })
                     .collect();
                 json!({
-                    "name": p.name,
+                    "name": &*p.name,
                     "balance": format!("{:?}", p.def.balance).to_lowercase(),
                     "active_check": p.health_kind().map(|k| format!("{k:?}").to_lowercase()),
                     "targets": targets,

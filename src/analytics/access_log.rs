@@ -85,7 +85,6 @@ impl AccessLog {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let lines = memchr::memchr_iter(b'\n', &self.buf).count() as u64;
         let result = match (&self.target, &mut self.file) {
             (Target::Stdout, _) => {
                 let mut out = io::stdout().lock();
@@ -94,11 +93,15 @@ impl AccessLog {
             (Target::File(_), Some(f)) => f.write_all(&self.buf),
             (Target::File(_), None) => Err(io::Error::other("not open")),
         };
+        let lost = match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                log::debug!("access log write failed: {e}");
+                Err(memchr::memchr_iter(b'\n', &self.buf).count() as u64)
+            }
+        };
         self.buf.clear();
-        result.map_err(|e| {
-            log::debug!("access log write failed: {e}");
-            lines
-        })
+        lost
     }
 }
 

@@ -45,13 +45,13 @@ struct Work<'a> {
     hists: HistogramCache,
     detector: Option<Detector>,
     names: super::names::Names,
-    all: Arc<str>,
     webhook: Option<mpsc::Sender<Alert>>,
 }
 
 impl Work<'_> {
     fn absorb(&mut self, r: &Record) {
-        self.a.metrics.observe(r, &mut self.hists);
+        let labels = self.names.labels(r);
+        self.a.metrics.observe(r, &labels, &mut self.hists);
         if let Some(log) = &mut self.log {
             log.add(r);
         }
@@ -59,13 +59,9 @@ impl Work<'_> {
             .rollups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add(r);
-        if self.detector.is_some() && r.api.is_some() {
-            let api = self.names.get(r.api_name());
-            let consumer = r.consumer_id().map(|c| self.names.get(c));
-            if let Some(d) = &mut self.detector {
-                d.add(r, &api, consumer.as_ref(), &self.all);
-            }
+            .add(r, &labels);
+        if let Some(d) = &mut self.detector {
+            d.add(r, &labels);
         }
     }
 
@@ -168,7 +164,6 @@ impl BackgroundService for Aggregator {
                 .enabled
                 .then(|| Detector::new(a.cfg.alerts.clone())),
             names: Default::default(),
-            all: Arc::from(""),
             webhook,
         };
         // Always listened for, so that a SIGUSR1 without an access log does not end the process.

@@ -10,6 +10,7 @@
 //! Tracked entities are bounded (`MAX_TRACKED`); an entity whose baseline decays to nothing is
 //! forgotten.
 
+use super::names::Labels;
 use super::record::Record;
 use crate::config::analytics::AlertsSection;
 use serde::Serialize;
@@ -62,6 +63,8 @@ pub struct Detector {
     /// (API, consumer or "" for the API as a whole).
     current: HashMap<Entity, Window>,
     baselines: HashMap<Entity, Baseline>,
+    /// The consumer part of the API as a whole's key.
+    all: Arc<str>,
 }
 
 impl Detector {
@@ -70,6 +73,7 @@ impl Detector {
             cfg,
             current: HashMap::new(),
             baselines: HashMap::new(),
+            all: Arc::from(""),
         }
     }
 
@@ -88,15 +92,17 @@ impl Detector {
         w.errors += u64::from(error);
     }
 
-    /// Counts a routed record for its API and, when identified, its consumer.
-    pub fn add(&mut self, r: &Record, api: &Arc<str>, consumer: Option<&Arc<str>>, all: &Arc<str>) {
+    /// Counts a routed record for its API and, when identified, its consumer (`l.consumer`
+    /// is `""` for anonymous requests, which is also the API as a whole's key).
+    pub fn add(&mut self, r: &Record, l: &Labels) {
         if r.api.is_none() {
             return;
         }
         let error = r.is_error();
-        self.count(api, all, error);
-        if let Some(c) = consumer {
-            self.count(api, c, error);
+        let all = self.all.clone();
+        self.count(&l.api, &all, error);
+        if !l.consumer.is_empty() {
+            self.count(&l.api, &l.consumer, error);
         }
     }
 
@@ -226,13 +232,11 @@ mod tests {
     }
 
     fn feed(d: &mut Detector, n: u64, errors: u64) -> Vec<Alert> {
-        let api: Arc<str> = Arc::from("orders");
-        let all: Arc<str> = Arc::from("");
-        let acme: Arc<str> = Arc::from("acme");
         let mut r = super::super::record::sample();
+        let l = super::super::names::Names::default().labels(&r);
         for i in 0..n {
             r.status = if i < errors { 502 } else { 200 };
-            d.add(&r, &api, Some(&acme), &all);
+            d.add(&r, &l);
         }
         d.close(1_795_000_000)
     }

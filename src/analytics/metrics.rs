@@ -2,8 +2,9 @@
 //! metrics are fed by the aggregator from records, off the request path; state metrics
 //! (config generation, upstream targets, the store) are read when `/metrics` is scraped.
 
+use super::names::Labels;
 use super::record::Record;
-use super::requests::{RequestCounts, Series};
+use super::requests::RequestCounts;
 use crate::state::Shared;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -151,22 +152,16 @@ impl Metrics {
         }
     }
 
-    /// Counts one record. `hists` caches the histograms per (API, route).
-    pub fn observe(&self, r: &Record, hists: &mut HistogramCache) {
-        let series = Series {
-            api: hists.names.get(r.api_name()),
-            version: hists.names.get(r.api_version()),
-            route: hists.names.get(r.route_name()),
-            method: known_method(&r.method),
-            class: r.status_class(),
-            consumer: hists.empty.clone(),
-        };
-        let h = hists.get(self, &series.api, &series.route);
+    /// Counts one record with its interned labels. `hists` caches the histograms per
+    /// (API, route).
+    pub fn observe(&self, r: &Record, l: &Labels, hists: &mut HistogramCache) {
+        let h = hists.get(self, &l.api, &l.route);
         h.duration.observe(r.duration_us as f64 / 1e6);
         if let Some(u) = r.upstream_us {
             h.upstream.observe(u as f64 / 1e6);
         }
-        self.requests.add(series, r.consumer_id());
+        self.requests
+            .add(l, known_method(&r.method), r.status_class());
         if let Some(policy) = r.limited {
             self.limited
                 .with_label_values(&[r.api_name(), r.plan().unwrap_or(""), policy])
@@ -223,13 +218,11 @@ fn known_method(m: &http::Method) -> http::Method {
     }
 }
 
-/// The aggregator's cache of label strings and route histograms (bounded: cleared when large,
-/// as reloads bring new routes).
+/// The aggregator's cache of route histograms (bounded: cleared when large, as reloads bring
+/// new routes).
 #[derive(Default)]
 pub struct HistogramCache {
-    names: super::names::Names,
     routes: HashMap<(Arc<str>, Arc<str>), RouteHistograms>,
-    empty: Arc<str>,
 }
 
 impl HistogramCache {

@@ -1,9 +1,20 @@
 //! Interned label strings for the aggregator's maps: one `Arc<str>` per distinct API, route,
-//! version or consumer name, so keys clone cheaply. Bounded: cleared when it grows past
-//! `MAX_NAMES` (reloads and consumer churn bring new names).
+//! version or consumer name, so keys clone cheaply. A record's labels are interned once
+//! (`labels`) and shared by the metrics, the rollups and the anomaly detector. Bounded: cleared
+//! when it grows past `MAX_NAMES` (reloads and consumer churn bring new names).
 
+use super::record::Record;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// A record's label strings.
+pub struct Labels {
+    pub api: Arc<str>,
+    pub version: Arc<str>,
+    pub route: Arc<str>,
+    /// `""` for anonymous requests.
+    pub consumer: Arc<str>,
+}
 
 pub const MAX_NAMES: usize = 100_000;
 
@@ -21,5 +32,14 @@ impl Names {
         let a: Arc<str> = Arc::from(s);
         self.0.insert(Box::from(s), a.clone());
         a
+    }
+
+    pub fn labels(&mut self, r: &Record) -> Labels {
+        Labels {
+            api: self.get(r.api_name()),
+            version: self.get(r.api_version()),
+            route: self.get(r.route_name()),
+            consumer: self.get(r.consumer_id().unwrap_or("")),
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! Prometheus, as a series should; moving their totals into `other` would show as a false
 //! spike in `rate()`), and its later requests count as `other`.
 
+use super::names::Labels;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use std::collections::HashMap;
@@ -47,22 +48,19 @@ impl ConsumerCap {
     }
 
     /// The label for one request of `id`.
-    pub fn label(&mut self, id: &str, other: &Arc<str>) -> Arc<str> {
-        if let Some((name, n)) = self.labelled.get_key_value(id) {
-            let name = name.clone();
-            let n = *n + 1;
-            self.labelled.insert(name.clone(), n);
-            return name;
+    pub fn label(&mut self, id: &Arc<str>, other: &Arc<str>) -> Arc<str> {
+        if let Some(n) = self.labelled.get_mut(&**id) {
+            *n += 1;
+            return id.clone();
         }
         if self.labelled.len() < self.limit {
-            let name: Arc<str> = Arc::from(id);
-            self.labelled.insert(name.clone(), 1);
-            return name;
+            self.labelled.insert(id.clone(), 1);
+            return id.clone();
         }
-        if let Some(n) = self.waiting.get_mut(id) {
+        if let Some(n) = self.waiting.get_mut(&**id) {
             *n += 1;
         } else if self.waiting.len() < (self.limit * 4).max(64) {
-            self.waiting.insert(Arc::from(id), 1);
+            self.waiting.insert(id.clone(), 1);
         } else {
             // Space-saving: the newcomer takes the place of the least counted waiting consumer
             // and inherits its count, so a busy consumer cannot be kept out by a crowd.
@@ -73,7 +71,7 @@ impl ConsumerCap {
                 .map(|(k, n)| (k.clone(), *n));
             if let Some((k, n)) = least {
                 self.waiting.remove(&k);
-                self.waiting.insert(Arc::from(id), n + 1);
+                self.waiting.insert(id.clone(), n + 1);
             }
         }
         other.clone()
@@ -107,7 +105,6 @@ struct Counts {
     cap: ConsumerCap,
     series: HashMap<Series, u64>,
     other: Arc<str>,
-    anonymous: Arc<str>,
 }
 
 /// The request counter, registered as a Prometheus collector.
@@ -140,7 +137,6 @@ impl RequestCounts {
                 cap: ConsumerCap::new(limit),
                 series: HashMap::new(),
                 other: Arc::from(OTHER),
-                anonymous: Arc::from(""),
             }),
         })
     }
@@ -149,15 +145,22 @@ impl RequestCounts {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts one request; `series.consumer` is replaced by its label.
-    pub fn add(&self, mut series: Series, consumer: Option<&str>) {
+    /// Counts one request; its consumer gets its label (`""` stays for anonymous requests).
+    pub fn add(&self, l: &Labels, method: http::Method, class: u8) {
         let mut c = self.lock();
-        series.consumer = match consumer {
-            None => c.anonymous.clone(),
-            Some(id) => {
-                let other = c.other.clone();
-                c.cap.label(id, &other)
-            }
+        let consumer = if l.consumer.is_empty() {
+            l.consumer.clone()
+        } else {
+            let other = c.other.clone();
+            c.cap.label(&l.consumer, &other)
+        };
+        let series = Series {
+            api: l.api.clone(),
+            version: l.version.clone(),
+            route: l.route.clone(),
+            method,
+            class,
+            consumer,
         };
         *c.series.entry(series).or_insert(0) += 1;
     }
@@ -255,20 +258,31 @@ mod tests {
         }
     }
 
+    /// One request of `consumer` to the series above.
+    fn add(counts: &RequestCounts, consumer: &str) {
+        let l = Labels {
+            api: Arc::from("a"),
+            version: Arc::from(""),
+            route: Arc::from("/a"),
+            consumer: Arc::from(consumer),
+        };
+        counts.add(&l, http::Method::GET, 2);
+    }
+
     #[test]
     fn the_cap_holds_and_busier_consumers_take_quiet_ones_places() {
         let counts = RequestCounts::new(3).expect("desc");
         for i in 0..10_000 {
-            counts.add(series(""), Some(&format!("c{i}")));
+            add(&counts, &format!("c{i}"));
         }
         let (_, labels) = counts.shape();
         assert_eq!(labels, 4, "three consumers and other");
         // c9000 becomes the busiest consumer; c0..c2 stay quiet.
         for _ in 0..50 {
-            counts.add(series(""), Some("c9000"));
+            add(&counts, "c9000");
         }
         counts.rebalance();
-        counts.add(series(""), Some("c9000"));
+        add(&counts, "c9000");
         let c = counts.lock();
         let other: u64 = c
             .series
@@ -287,10 +301,10 @@ mod tests {
         let mut cap = ConsumerCap::new(1);
         let other: Arc<str> = Arc::from(OTHER);
         for _ in 0..5 {
-            assert_eq!(&*cap.label("big", &other), "big");
+            assert_eq!(&*cap.label(&Arc::from("big"), &other), "big");
         }
-        assert_eq!(&*cap.label("small", &other), OTHER);
+        assert_eq!(&*cap.label(&Arc::from("small"), &other), OTHER);
         assert!(cap.rebalance().is_empty());
-        assert_eq!(&*cap.label("big", &other), "big");
+        assert_eq!(&*cap.label(&Arc::from("big"), &other), "big");
     }
 }

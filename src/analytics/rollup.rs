@@ -3,6 +3,7 @@
 //! hour and day rows and prunes expired ones. The number of keys waiting is bounded: past
 //! `MAX_KEYS`, further consumers of a minute are counted under `OVERFLOW`.
 
+use super::names::Labels;
 use super::record::Record;
 use crate::store::usage::{self, UsageKey, UsageTotals};
 use crate::store::Store;
@@ -23,24 +24,33 @@ struct Key {
     class: u8,
 }
 
-#[derive(Default)]
 pub struct Rollups {
     pending: HashMap<Key, UsageTotals>,
-    names: super::names::Names,
+    overflow: Arc<str>,
+}
+
+impl Default for Rollups {
+    fn default() -> Self {
+        Rollups {
+            pending: HashMap::new(),
+            overflow: Arc::from(OVERFLOW),
+        }
+    }
 }
 
 impl Rollups {
-    pub fn add(&mut self, r: &Record) {
+    /// Adds a record with its interned labels.
+    pub fn add(&mut self, r: &Record, l: &Labels) {
         let secs = (r.time_ms / 1000) as i64;
         let mut key = Key {
             minute: secs - secs.rem_euclid(usage::MINUTE),
-            api: self.names.get(r.api_name()),
-            version: self.names.get(r.api_version()),
-            consumer: self.names.get(r.consumer_id().unwrap_or("")),
+            api: l.api.clone(),
+            version: l.version.clone(),
+            consumer: l.consumer.clone(),
             class: r.status_class(),
         };
         if self.pending.len() >= MAX_KEYS && !self.pending.contains_key(&key) {
-            key.consumer = self.names.get(OVERFLOW);
+            key.consumer = self.overflow.clone();
         }
         let t = self.pending.entry(key).or_default();
         t.requests += 1;
@@ -79,13 +89,13 @@ impl Rollups {
         for (minute, k, t) in deltas {
             let mut key = Key {
                 minute,
-                api: self.names.get(&k.api),
-                version: self.names.get(&k.version),
-                consumer: self.names.get(&k.consumer),
+                api: Arc::from(k.api),
+                version: Arc::from(k.version),
+                consumer: Arc::from(k.consumer),
                 class: k.status_class,
             };
             if self.pending.len() >= MAX_KEYS && !self.pending.contains_key(&key) {
-                key.consumer = self.names.get(OVERFLOW);
+                key.consumer = self.overflow.clone();
                 if self.pending.len() >= 2 * MAX_KEYS && !self.pending.contains_key(&key) {
                     dropped += 1;
                     continue;

@@ -14,17 +14,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// An endpoint before it is numbered: (template, catch-all, methods, action, body limit,
-/// required scopes, cache policy).
-type Planned = (
-    Arc<str>,
-    bool,
-    Methods,
-    Action,
-    u64,
-    Vec<String>,
-    Option<Arc<crate::cache::Policy>>,
-);
+/// An endpoint before it is numbered.
+struct Planned {
+    template: Arc<str>,
+    catch_all: bool,
+    methods: Methods,
+    action: Action,
+    max_body: u64,
+    /// Scopes the caller needs.
+    scopes: Vec<String>,
+    cache: Option<Arc<crate::cache::Policy>>,
+}
 
 /// Builds a snapshot; `previous` lends pools whose definition did not change.
 pub fn compile(
@@ -164,16 +164,15 @@ pub fn compile(
                 } else {
                     base.into()
                 };
-                let cache = cache_for(&action, None);
-                planned.push((
+                planned.push(Planned {
                     template,
-                    true,
-                    Methods::ANY,
+                    catch_all: true,
+                    methods: Methods::ANY,
+                    cache: cache_for(&action, None),
                     action,
-                    api_body,
-                    Vec::new(),
-                    cache,
-                ));
+                    max_body: api_body,
+                    scopes: Vec::new(),
+                });
             }
         }
         for (r, route) in api.routes.iter().enumerate() {
@@ -195,18 +194,26 @@ pub fn compile(
                 continue;
             };
             let template: Arc<str> = format!("{base}{}", route.path).into();
-            let cache = cache_for(&action, route.cache.as_ref());
-            planned.push((
+            planned.push(Planned {
                 template,
-                false,
+                catch_all: false,
                 methods,
+                cache: cache_for(&action, route.cache.as_ref()),
                 action,
-                route.max_body.map_or(api_body, |s| s.0),
-                route.scopes.clone(),
-                cache,
-            ));
+                max_body: route.max_body.map_or(api_body, |s| s.0),
+                scopes: route.scopes.clone(),
+            });
         }
-        for (template, catch_all, methods, action, max_body, scopes, cache) in planned {
+        for Planned {
+            template,
+            catch_all,
+            methods,
+            action,
+            max_body,
+            scopes,
+            cache,
+        } in planned
+        {
             let id = endpoints.len();
             router.insert(
                 &api.hosts,

@@ -46,7 +46,7 @@ pub fn record(session: &Session, ctx: &mut RequestCtx) -> Option<Record> {
         _ => u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
     };
     let upstream = match (endpoint.map(|e| &e.action), ctx.peer) {
-        (Some(Action::Proxy(pool)), Some(addr)) => Some((pool.label.clone(), addr)),
+        (Some(Action::Proxy(pool)), Some(addr)) => Some((pool.name.clone(), addr)),
         _ => None,
     };
     Some(Record {

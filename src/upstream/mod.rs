@@ -27,9 +27,8 @@ enum Lb {
 
 /// One upstream pool.
 pub struct Pool {
-    pub name: String,
-    /// The name again, shared cheaply by request records.
-    pub label: Arc<str>,
+    /// Shared cheaply by request records.
+    pub name: Arc<str>,
     /// The definition this pool was built from; an identical one on reload reuses the pool.
     pub def: UpstreamSection,
     lb: Lb,
@@ -100,8 +99,7 @@ impl Pool {
             None => None,
         };
         Ok(Pool {
-            label: Arc::from(name),
-            name: name.to_string(),
+            name: Arc::from(name),
             def: def.clone(),
             lb,
             targets,
