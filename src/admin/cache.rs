@@ -10,7 +10,15 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub async fn purge(shared: &Arc<Shared>, body: &[u8], actor: &str, rid: &str) -> Answer {
-    let target = match Target::parse(body) {
+    let snapshot = shared.snapshot();
+    let mut params: Vec<&str> = snapshot
+        .endpoints
+        .iter()
+        .filter_map(|e| e.auth.as_ref()?.query_param.as_deref())
+        .collect();
+    params.sort_unstable();
+    params.dedup();
+    let target = match Target::parse(body, &params) {
         Ok(t) => t,
         Err(why) => return problem(Code::InvalidRequest, &why, rid),
     };
@@ -19,7 +27,7 @@ pub async fn purge(shared: &Arc<Shared>, body: &[u8], actor: &str, rid: &str) ->
         None => None,
         Some(c) => {
             let (c, t) = (c.clone(), target.clone());
-            let channel = shared.snapshot().file.cache.purge_channel.clone();
+            let channel = snapshot.file.cache.purge_channel.clone();
             Some(
                 tokio::task::spawn_blocking(move || purge::publish(&c, &channel, &t))
                     .await

@@ -36,8 +36,9 @@ pub struct Request<'a> {
     pub credential_param: Option<&'a str>,
 }
 
-/// The normalised URL of a request: the purge label, and the first part of its key.
-pub fn url(https: bool, host: &[u8], target: &[u8], credential_param: Option<&str>) -> String {
+/// The normalised URL of a request: the purge label, and the first part of its key. Query
+/// parameters named in `credential_params` (API keys) are left out.
+pub fn url(https: bool, host: &[u8], target: &[u8], credential_params: &[&str]) -> String {
     let (path, query) = match target.iter().position(|&b| b == b'?') {
         Some(i) => (&target[..i], Some(&target[i + 1..])),
         None => (target, None),
@@ -54,7 +55,7 @@ pub fn url(https: bool, host: &[u8], target: &[u8], credential_param: Option<&st
             .split(|&b| b == b'&')
             .filter(|p| !p.is_empty())
             .map(|p| (name(p), p))
-            .filter(|(n, _)| credential_param.is_none_or(|c| n != c.as_bytes()))
+            .filter(|(n, _)| !credential_params.iter().any(|c| n == c.as_bytes()))
             .collect();
         // Stable: repeated names keep their order (frameworks read the first or the last).
         pieces.sort_by(|a, b| a.0.cmp(&b.0));
@@ -79,7 +80,12 @@ pub fn build(
     policy: &Policy,
     consumer: Option<&str>,
 ) -> CacheKey {
-    let url = url(req.https, req.host, req.target, req.credential_param);
+    let url = url(
+        req.https,
+        req.host,
+        req.target,
+        req.credential_param.as_slice(),
+    );
     let mut primary = Vec::with_capacity(64 + url.len());
     part(&mut primary, b"turnpike-cache-1");
     part(&mut primary, url.as_bytes());
@@ -183,22 +189,19 @@ mod tests {
                 true,
                 b"Api.Example.com:8443",
                 b"/a/b?z=1&&apikey=secret&a=2",
-                Some("apikey")
+                &["apikey"]
             ),
             "https://api.example.com:8443/a/b?a=2&z=1"
         );
-        assert_eq!(url(false, b"h", b"/p?", None), "http://h/p");
+        assert_eq!(url(false, b"h", b"/p?", &[]), "http://h/p");
+        assert_eq!(url(false, b"h", b"/p?apikey=x", &[]), "http://h/p?apikey=x");
         assert_eq!(
-            url(false, b"h", b"/p?apikey=x", None),
-            "http://h/p?apikey=x"
-        );
-        assert_eq!(
-            url(false, b"h", b"/p?%61pikey=tpk_secret&b=1", Some("apikey")),
+            url(false, b"h", b"/p?%61pikey=tpk_secret&b=1", &["apikey"]),
             "http://h/p?b=1",
             "an encoded name is still the credential"
         );
         assert_eq!(
-            url(false, b"h", b"/p?id=2&b=1&id=1", None),
+            url(false, b"h", b"/p?id=2&b=1&id=1", &[]),
             "http://h/p?b=1&id=2&id=1",
             "repeated names keep their order"
         );

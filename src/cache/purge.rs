@@ -38,13 +38,16 @@ struct Body {
 }
 
 impl Target {
-    /// Reads an admin request body; `Err` is the message for the caller.
-    pub fn parse(body: &[u8]) -> Result<Target, String> {
+    /// Reads an admin request body; `Err` is the message for the caller. A URL loses the
+    /// query parameters named in `credential_params` (the APIs' key parameters), as cache keys
+    /// do: so it matches, and an API key pasted into a purge never reaches the audit log, the
+    /// log or Redis.
+    pub fn parse(body: &[u8], credential_params: &[&str]) -> Result<Target, String> {
         let b: Body = serde_json::from_slice(body).map_err(|e| {
             format!("expected a JSON object with one of \"url\", \"api\" or \"tag\": {e}")
         })?;
         let target = match (b.url, b.api, b.tag) {
-            (Some(u), None, None) => Target::Url(normalise_url(&u)?),
+            (Some(u), None, None) => Target::Url(normalise_url(&u, credential_params)?),
             (None, Some(a), None) if !a.is_empty() => Target::Api(a),
             (None, None, Some(t)) if !t.is_empty() && !t.contains(char::is_whitespace) => {
                 Target::Tag(t)
@@ -71,8 +74,9 @@ impl Target {
 }
 
 /// `http(s)://host[:port]/path[?query]` in the form cache keys record it.
-fn normalise_url(u: &str) -> Result<String, String> {
-    let bad = || format!("{u:?} is not an absolute http or https URL");
+fn normalise_url(u: &str, credential_params: &[&str]) -> Result<String, String> {
+    // The URL itself is not repeated: it may carry a credential.
+    let bad = || "url is not an absolute http or https URL".to_string();
     let (https, rest) = if let Some(r) = u.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = u.strip_prefix("http://") {
@@ -94,7 +98,7 @@ fn normalise_url(u: &str) -> Result<String, String> {
         https,
         host.as_bytes(),
         target.as_bytes(),
-        None,
+        credential_params,
     ))
 }
 
@@ -241,21 +245,31 @@ mod tests {
     #[test]
     fn bodies_name_exactly_one_target() {
         assert_eq!(
-            Target::parse(br#"{"url":"https://API.example.com:8443/a?b=1&a=2"}"#),
+            Target::parse(br#"{"url":"https://API.example.com:8443/a?b=1&a=2"}"#, &[]),
             Ok(Target::Url("https://api.example.com:8443/a?a=2&b=1".into()))
         );
         assert_eq!(
-            Target::parse(br#"{"url":"http://h"}"#),
+            Target::parse(br#"{"url":"http://h"}"#, &[]),
             Ok(Target::Url("http://h/".into()))
         );
         assert_eq!(
-            Target::parse(br#"{"api":"catalog"}"#),
+            Target::parse(br#"{"api":"catalog"}"#, &[]),
             Ok(Target::Api("catalog".into()))
         );
         assert_eq!(
-            Target::parse(br#"{"tag":"p-1"}"#),
+            Target::parse(br#"{"tag":"p-1"}"#, &[]),
             Ok(Target::Tag("p-1".into()))
         );
+        assert_eq!(
+            Target::parse(
+                br#"{"url":"http://h/p?apikey=tpk_secret&b=1"}"#,
+                &["key", "apikey"]
+            ),
+            Ok(Target::Url("http://h/p?b=1".into())),
+            "a key pasted into a purge URL is dropped, as in cache keys"
+        );
+        let refused = Target::parse(br#"{"url":"h/p?apikey=tpk_secret"}"#, &["apikey"]);
+        assert!(refused.is_err_and(|m| !m.contains("tpk_secret")));
         for bad in [
             &br#"{"url":"/relative"}"#[..],
             br#"{"url":"ftp://h/x"}"#,
@@ -267,7 +281,7 @@ mod tests {
             b"not json",
         ] {
             assert!(
-                Target::parse(bad).is_err(),
+                Target::parse(bad, &[]).is_err(),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
