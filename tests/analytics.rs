@@ -372,6 +372,18 @@ async fn metrics_rollups_csv_top_and_report_agree_on_known_requests() {
     let (_, top) = admin(&gw, "GET", "/analytics/top?by=api&metric=errors", None).await;
     assert_eq!(top["top"][0]["api"], "orders");
     assert_eq!(top["top"][0]["errors"], 3);
+    let (_, top) = admin(
+        &gw,
+        "GET",
+        "/analytics/top?by=consumer&metric=latency",
+        None,
+    )
+    .await;
+    assert_eq!(
+        top["top"][0]["consumer"], "acme",
+        "the 40 ms upstream waits: {top}"
+    );
+    assert!(top["top"][0]["latency_ms"]["p95"].as_f64().expect("p95") >= 40.0);
 
     // The command line reads the same rollups from the store.
     let config = gw.config.display().to_string();
@@ -659,6 +671,13 @@ upstream = "app"
             &text,
             "turnpike_anomalies_total{api=\"busy\",kind=\"error_surge\"}"
         ) >= 1.0
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("anomaly: API busy")
+            && log.contains("(spike)")
+            && log.contains("(error_surge)"),
+        "alerts are logged:\n{log}"
     );
 
     // The receiver refused the first delivery; the retry got through, and both kinds arrived.
