@@ -30,6 +30,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND_PORT, PROXY_PORT, TURNPIKE_PORT, ADMIN_PORT = 18081, 18082, 18090, 19990
+# The framework's floor (loadtest/pingora_floor.rs: bare Pingora answering from request_filter).
+FLOOR_PORT = 18091
 TICK = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = "1", "0"
 # The key of the api-key-auth scenario's consumer (its digest is in api-key-auth.toml).
@@ -62,9 +64,10 @@ def oha_path():
 
 
 def cpu_ticks(pid):
+    """(utime, stime) of a process in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15)
+    return int(fields[11]), int(fields[12])
 
 
 def wait_port(port, timeout=20):
@@ -158,6 +161,16 @@ class Servers:
             stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
         wait_port(TURNPIKE_PORT)
 
+    def start_floor(self):
+        """The bare Pingora program (built by main() with the release profile), once per run."""
+        if "pingora-floor" in self.procs:
+            return
+        binary = os.path.join(ROOT, "target", "release", "examples", "pingora-floor")
+        self.procs["pingora-floor"] = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU, binary, f"127.0.0.1:{FLOOR_PORT}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+        wait_port(FLOOR_PORT)
+
     def restart_turnpike(self, config_text):
         self.stop("turnpike")
         time.sleep(0.3)
@@ -169,7 +182,8 @@ class Servers:
     def stop(self, name):
         p = self.procs.pop(name, None)
         if p and p.poll() is None:
-            p.send_signal({"turnpike": signal.SIGINT, "redis": signal.SIGTERM}.get(name, signal.SIGQUIT))
+            p.send_signal({"turnpike": signal.SIGINT, "pingora-floor": signal.SIGINT,
+                           "redis": signal.SIGTERM}.get(name, signal.SIGQUIT))
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -221,7 +235,8 @@ def run_oha(url, duration, rate):
 
 
 def measure(servers, target, path, duration, conn_close=False, rate=None, headers=()):
-    port = {"backend": BACKEND_PORT, "nginx-proxy": PROXY_PORT, "turnpike": TURNPIKE_PORT}[target]
+    port = {"backend": BACKEND_PORT, "nginx-proxy": PROXY_PORT, "turnpike": TURNPIKE_PORT,
+            "pingora-floor": FLOOR_PORT}[target]
     url = f"http://127.0.0.1:{port}{path}"
     warm = max(2, duration // 5)
     (run_oha(url, warm, rate) if rate else run_wrk(url, warm, conn_close, headers))
@@ -234,8 +249,11 @@ def measure(servers, target, path, duration, conn_close=False, rate=None, header
     acc1 = accepts() - 1  # the status request itself
     after = {n: cpu_ticks(servers.pid(n)) for n in names}
     n = max(res["requests"], 1)
-    res["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / TICK / n for k in names}
-    res["new_upstream_conns_per_req"] = (acc1 - acc0) / n if target != "backend" else None
+    res["cpu_us"] = {k: (sum(after[k]) - sum(before[k])) * 1e6 / TICK / n for k in names}
+    # The same split into user space and kernel (syscalls, TCP on loopback, scheduler).
+    res["user_sys_us"] = {k: tuple((a - b) * 1e6 / TICK / n for a, b in zip(after[k], before[k]))
+                          for k in names}
+    res["new_upstream_conns_per_req"] = (acc1 - acc0) / n if target in ("nginx-proxy", "turnpike") else None
     return res
 
 
@@ -305,10 +323,11 @@ SCENARIOS = {
                      {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
     "full-chain": (lambda: scenario_config("full-chain"), "/items/42",
                    {"headers": [f"x-api-key: {LOADTEST_KEY}"]}),
-    # Every request after the first answered from the edge cache (nginx still proxies).
-    "cache-hit": (lambda: scenario_config("cache-hit"), "/items/42", {}),
+    # Every request after the first answered from the edge cache (nginx still proxies). "floor":
+    # the bare Pingora program answers the same request in the same run.
+    "cache-hit": (lambda: scenario_config("cache-hit"), "/items/42", {"floor": True}),
     # The gateway answering by itself: the floor under any answer, cache hits included.
-    "static-respond": (lambda: scenario_config("static-respond"), "/items/42", {}),
+    "static-respond": (lambda: scenario_config("static-respond"), "/items/42", {"floor": True}),
     # The same chain with the fleet's store in a local redis-server started here (batched
     # leases, then one Redis script run per request with a strict plan).
     "full-chain-redis": (lambda: with_redis(scenario_config("full-chain"), strict=False), "/items/42",
@@ -376,7 +395,8 @@ def instruction_counts(record):
     under callgrind twice (1,000 and 5,000 requests) so that start-up and shutdown cancel out.
     Repeatable whatever else the machine is doing; kernel work (syscalls, TCP) is not counted."""
     need("valgrind", "valgrind")
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "turnpike", "--example", "pingora-floor"],
+                   cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="turnpike-instructions-")
     backend_path = os.path.join(work, "backend.conf")
     with open(backend_path, "w") as f:
@@ -396,6 +416,9 @@ def instruction_counts(record):
     cache_path = os.path.join(work, "turnpike-cache-hit.toml")
     with open(cache_path, "w") as f:
         f.write(scenario_config("cache-hit"))
+    static_path = os.path.join(work, "turnpike-static-respond.toml")
+    with open(static_path, "w") as f:
+        f.write(scenario_config("static-respond"))
     # The same chain with a quota of 1 a month: every request but the first is a 429.
     refused_path = os.path.join(work, "turnpike-429.toml")
     with open(refused_path, "w") as f:
@@ -403,6 +426,7 @@ def instruction_counts(record):
             'quotas = ["1000000000/hour", "1000000000/month"]', 'quotas = ["1/month"]')
         f.write(refused.replace("/tmp/turnpike-loadtest.db", os.path.join(work, "refused.db")))
     binary = os.path.join(ROOT, "target", "release", "turnpike")
+    floor = os.path.join(ROOT, "target", "release", "examples", "pingora-floor")
     key = (f"x-api-key: {LOADTEST_KEY}",)
     targets = {
         "nginx-proxy": (["nginx", "-c", proxy_path, "-p", work], PROXY_PORT, signal.SIGQUIT, ()),
@@ -411,6 +435,8 @@ def instruction_counts(record):
         "turnpike (full chain)": ([binary, "run", "-c", chain_path], TURNPIKE_PORT, signal.SIGINT, key),
         "turnpike (full chain, 429 answers)": ([binary, "run", "-c", refused_path], TURNPIKE_PORT, signal.SIGINT, key),
         "turnpike (cache hits)": ([binary, "run", "-c", cache_path], TURNPIKE_PORT, signal.SIGINT, ()),
+        "turnpike (static answer)": ([binary, "run", "-c", static_path], TURNPIKE_PORT, signal.SIGINT, ()),
+        "pingora floor (static answer)": ([floor, f"127.0.0.1:{FLOOR_PORT}"], FLOOR_PORT, signal.SIGINT, ()),
     }
     backend = subprocess.Popen(["nginx", "-c", backend_path, "-p", work],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -447,11 +473,14 @@ def instruction_counts(record):
 def fmt_row(target, r, base):
     cpu = r["cpu_us"]
     own = cpu.get(target, cpu["backend"])
+    user, system = r["user_sys_us"].get(target, r["user_sys_us"]["backend"])
     conns = "" if r["new_upstream_conns_per_req"] is None else f"{r['new_upstream_conns_per_req']:.4f}"
     ratio_backend = r["rps"] / base["backend"]["rps"] if base.get("backend") else float("nan")
-    ratio_nginx = (own / base["nginx-proxy"]["cpu_us"]["nginx-proxy"]) if target == "turnpike" and base.get("nginx-proxy") else None
+    ratio_nginx = (own / base["nginx-proxy"]["cpu_us"]["nginx-proxy"]
+                   if target in ("turnpike", "pingora-floor") and base.get("nginx-proxy") else None)
     errors = r["non2xx"] + (1 if r["socket_errors"] else 0)
-    return (f"| {target} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {own:.1f} | {cpu['backend']:.1f} | "
+    return (f"| {target} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {own:.1f} | {user:.1f} / {system:.1f} | "
+            f"{cpu['backend']:.1f} | "
             f"{conns} | {ratio_backend:.2f} | {'' if ratio_nginx is None else f'{ratio_nginx:.2f}'} | "
             f"{r['non2xx']} {r['socket_errors']} |")
 
@@ -487,7 +516,8 @@ def main():
     names = args.scenario or list(SCENARIOS)
     if "fixed-rate-2000" in names:
         oha_path()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "turnpike", "--example", "pingora-floor"],
+                   cwd=ROOT, check=True)
 
     load_before = os.getloadavg()
     lines = []
@@ -505,7 +535,11 @@ def main():
                 servers.restart_turnpike(config)
                 current = config
             results = {}
-            for target in ["backend", "nginx-proxy", "turnpike"]:
+            targets = ["backend", "nginx-proxy", "turnpike"]
+            if opts.get("floor"):
+                servers.start_floor()
+                targets.append("pingora-floor")
+            for target in targets:
                 results[target] = measure(servers, target, path, args.duration, opts.get("conn_close", False),
                                           opts.get("rate"), opts.get("headers", ()))
             lines.append(f"\n### {name}\n")
@@ -513,14 +547,14 @@ def main():
                          f"{', header ' + opts['headers'][0].split(':')[0] if opts.get('headers') else ''}"
                          f"{', ' + str(opts['rate']) + ' req/s fixed rate (oha, latency-corrected)' if opts.get('rate') else ' (wrk, 1 thread)'}"
                          f", {args.duration} s measured after a warm-up.\n")
-            lines.append("| target | req/s | p50 ms | p99 ms | CPU us/req (this process) | CPU us/req (backend) | new upstream conns/req | req/s vs backend | CPU vs nginx | non-2xx / socket errors |")
-            lines.append("|---|---|---|---|---|---|---|---|---|---|")
-            for target in ["backend", "nginx-proxy", "turnpike"]:
+            lines.append("| target | req/s | p50 ms | p99 ms | CPU us/req (this process) | user / sys us/req | CPU us/req (backend) | new upstream conns/req | req/s vs backend | CPU vs nginx | non-2xx / socket errors |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+            for target in targets:
                 lines.append(fmt_row(target, results[target], results))
             if "redis" in results["turnpike"]["cpu_us"]:
                 lines.append(f"\nredis-server CPU while Turnpike was measured: "
                              f"{results['turnpike']['cpu_us']['redis']:.1f} us/req.")
-            print("\n".join(lines[-5:]), flush=True)
+            print("\n".join(lines[-(len(targets) + 2):]), flush=True)
     finally:
         servers.stop_all()
         remove_access_log()

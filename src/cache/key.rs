@@ -113,7 +113,11 @@ pub fn build(
             part(&mut primary, &pingora::cache::key::hash_key(v.as_bytes()));
         }
     }
+    // pingora-cache asks for the primary hash several times per request (lookup, lock,
+    // eviction); the same BLAKE2 hash it would compute, taken once here.
+    let hash = pingora::cache::key::hash_key(&primary);
     let mut key = CacheKey::new(primary, consumer.unwrap_or(""));
+    key.set_primary_bin_override(hash);
     key.extensions.insert(Entry {
         api: Arc::from(api.name.as_str()),
         url: Arc::from(url),
@@ -168,6 +172,10 @@ mod tests {
     }
 
     fn key(target: &str, headers: &HeaderMap, p: &Policy, consumer: Option<&str>) -> String {
+        full_key(target, headers, p, consumer).combined()
+    }
+
+    fn full_key(target: &str, headers: &HeaderMap, p: &Policy, consumer: Option<&str>) -> CacheKey {
         let api = ApiInfo {
             name: "catalog".into(),
             version: Some("v1".into()),
@@ -179,7 +187,20 @@ mod tests {
             headers,
             credential_param: Some("apikey"),
         };
-        build(&req, &api, p, consumer).combined()
+        build(&req, &api, p, consumer)
+    }
+
+    #[test]
+    fn the_hash_taken_once_is_the_one_pingora_computes() {
+        let k = full_key(
+            "/i?a=1",
+            &HeaderMap::new(),
+            &policy(false, &[]),
+            Some("acme"),
+        );
+        let computed = CacheKey::new(k.primary_key().to_vec(), "acme").primary_bin();
+        assert_eq!(k.primary_bin(), computed);
+        assert_eq!(k.to_compact().primary, computed);
     }
 
     #[test]

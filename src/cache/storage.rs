@@ -31,6 +31,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 /// Bytes counted per object on top of its body and serialized meta (map entry, key, labels).
 pub const OBJECT_OVERHEAD: usize = 256;
@@ -52,11 +53,68 @@ pub struct Labels {
 struct Object {
     id: u64,
     internal: Vec<u8>,
+    /// The internal meta as `CacheMeta::new` takes it, when that is all it holds.
+    plain: Option<Plain>,
     header: ResponseHeader,
     body: Bytes,
     weight: usize,
     key: CompactCacheKey,
     labels: Arc<Labels>,
+}
+
+/// The internal meta of an answer that was never revalidated: what `CacheMeta::new` takes plus
+/// the two fields it has setters for. A hit on such an object builds its meta from these
+/// instead of decoding the serialized form (about 4,000 instructions per hit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Plain {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    variance: Option<HashBinary>,
+    epoch_override: Option<SystemTime>,
+}
+
+impl Plain {
+    /// `None` when `meta` holds more than `CacheMeta::new` can give back (a revalidated
+    /// answer's update time, a provenance of its own).
+    fn of(meta: &CacheMeta) -> Option<Plain> {
+        let created = meta.created();
+        (meta.updated() == created && meta.provenance() == created).then(|| Plain {
+            fresh_until: meta.fresh_until(),
+            created,
+            stale_while_revalidate: meta.stale_while_revalidate_sec(),
+            stale_if_error: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            epoch_override: meta.epoch_override(),
+        })
+    }
+
+    fn meta(&self, header: ResponseHeader) -> CacheMeta {
+        let mut meta = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+            header,
+        );
+        if let Some(variance) = self.variance {
+            meta.set_variance(variance);
+        }
+        if let Some(epoch) = self.epoch_override {
+            meta.set_epoch_override(epoch);
+        }
+        meta
+    }
+}
+
+/// A meta as the storage keeps it.
+struct Parts {
+    internal: Vec<u8>,
+    plain: Option<Plain>,
+    header: ResponseHeader,
+    /// Bytes counted against `max_memory` for the meta.
+    counted: usize,
 }
 
 type Shard = RwLock<HashMap<HashBinary, Arc<Object>>>;
@@ -100,6 +158,9 @@ impl MemoryStore {
 
     /// The meta of an object, as pingora-cache wants it for a hit.
     fn meta_of(&self, object: &Object) -> Result<CacheMeta> {
+        if let Some(plain) = &object.plain {
+            return Ok(plain.meta(object.header.clone()));
+        }
         let mut meta = CacheMeta::deserialize(&object.internal, &self.blank_header)?;
         *meta.response_header_mut() = object.header.clone();
         Ok(meta)
@@ -214,8 +275,7 @@ fn blank_header() -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// (internal meta, parsed header, bytes counted for both).
-fn split_meta(meta: &CacheMeta) -> Result<(Vec<u8>, ResponseHeader, usize)> {
+fn split_meta(meta: &CacheMeta) -> Result<Parts> {
     let (internal, _) = meta.serialize()?;
     let header = meta.response_header_copy();
     let header_bytes: usize = header
@@ -224,7 +284,12 @@ fn split_meta(meta: &CacheMeta) -> Result<(Vec<u8>, ResponseHeader, usize)> {
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
     let counted = internal.len() + header_bytes + 32;
-    Ok((internal, header, counted))
+    Ok(Parts {
+        internal,
+        plain: Plain::of(meta),
+        header,
+        counted,
+    })
 }
 
 fn storage_error(why: &'static str) -> Box<Error> {
@@ -260,8 +325,8 @@ impl Storage for MemoryStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let (internal, header, counted) = split_meta(meta)?;
-        let base = counted + OBJECT_OVERHEAD;
+        let parts = split_meta(meta)?;
+        let base = parts.counted + OBJECT_OVERHEAD;
         if !self.reserve(base) {
             return Err(storage_error("cache memory is full"));
         }
@@ -271,7 +336,7 @@ impl Storage for MemoryStore {
             purges: self.purges.load(Ordering::Acquire),
             hash: key.combined_bin(),
             key: key.to_compact(),
-            meta: Some((internal, header)),
+            meta: Some(parts),
             labels: labels(key, meta),
             parts: Vec::new(),
             reserved: base,
@@ -301,7 +366,7 @@ impl Storage for MemoryStore {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let hash = key.combined_bin();
-        let (internal, header, _) = split_meta(meta)?;
+        let parts = split_meta(meta)?;
         let labels = labels(key, meta);
         let mut map = write(self.shard(&hash));
         let Some(old) = map.get(&hash) else {
@@ -309,8 +374,9 @@ impl Storage for MemoryStore {
         };
         let updated = Object {
             id: old.id,
-            internal,
-            header,
+            internal: parts.internal,
+            plain: parts.plain,
+            header: parts.header,
             body: old.body.clone(),
             weight: old.weight,
             key: old.key.clone(),
@@ -397,7 +463,7 @@ struct Writer {
     purges: u64,
     hash: HashBinary,
     key: CompactCacheKey,
-    meta: Option<(Vec<u8>, ResponseHeader)>,
+    meta: Option<Parts>,
     labels: Arc<Labels>,
     parts: Vec<Bytes>,
     reserved: usize,
@@ -433,13 +499,14 @@ impl HandleMiss for Writer {
             _ => Bytes::from(self.parts.concat()),
         };
         let weight = self.reserved;
-        let Some((internal, header)) = self.meta.take() else {
+        let Some(meta) = self.meta.take() else {
             return Err(storage_error("cache object finished twice"));
         };
         let object = Object {
             id: self.id,
-            internal,
-            header,
+            internal: meta.internal,
+            plain: meta.plain,
+            header: meta.header,
             body,
             weight,
             key: self.key.clone(),
@@ -503,6 +570,41 @@ mod tests {
         let mut w = s.get_miss_handler(k, &meta(tags), &span).await?;
         w.write_body(Bytes::copy_from_slice(body), true).await?;
         w.finish().await.map(|_| ())
+    }
+
+    /// Every accessor of a meta, to compare two metas that should be the same.
+    fn facts(m: &CacheMeta) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {} {} {:?} {:?} {:?}",
+            m.fresh_until(),
+            m.created(),
+            m.updated(),
+            m.provenance(),
+            m.epoch(),
+            m.stale_while_revalidate_sec(),
+            m.stale_if_error_sec(),
+            m.variance(),
+            m.epoch_override(),
+            m.headers(),
+        )
+    }
+
+    #[test]
+    fn a_plain_meta_is_rebuilt_exactly_and_a_revalidated_one_is_decoded() {
+        let blank = blank_header();
+        let mut m = meta("t1");
+        m.set_variance([7; 16]);
+        m.set_epoch_override(SystemTime::now() - Duration::from_secs(5));
+        let plain = Plain::of(&m).expect("never revalidated");
+        let (internal, _) = m.serialize().expect("serialize");
+        let mut decoded = CacheMeta::deserialize(&internal, &blank).expect("decode");
+        *decoded.response_header_mut() = m.response_header_copy();
+        assert_eq!(facts(&plain.meta(m.response_header_copy())), facts(&m));
+        assert_eq!(facts(&decoded), facts(&m));
+        // After a revalidation the update time differs from the creation: decoded instead.
+        std::thread::sleep(Duration::from_millis(2));
+        m.update_freshness(SystemTime::now() + Duration::from_secs(60), 1, 2);
+        assert!(Plain::of(&m).is_none());
     }
 
     #[tokio::test]
