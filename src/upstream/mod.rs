@@ -118,6 +118,11 @@ impl Pool {
     /// checks and that this request has not tried yet. When every healthy target is ejected,
     /// ejection is ignored rather than failing all traffic (Envoy's "panic" behaviour).
     pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
+        // A retry after every target was tried (one-target pools): nothing to walk for. The
+        // balancer's walk costs a hash per step, up to `MAX_SELECT_STEPS` steps.
+        if self.targets.iter().all(|t| tried.contains(&t.addr)) {
+            return None;
+        }
         let now = Instant::now();
         let pick = |ignore_ejection: bool| {
             let accept = |b: &Backend, healthy: bool| {
@@ -135,7 +140,14 @@ impl Pool {
             };
             chosen.and_then(|b| b.addr.as_inet().copied())
         };
-        pick(false).or_else(|| pick(true))
+        pick(false).or_else(|| {
+            // Ignoring ejection can only change the answer when an untried target is ejected.
+            self.targets
+                .iter()
+                .any(|t| !tried.contains(&t.addr) && t.is_ejected(now))
+                .then(|| pick(true))
+                .flatten()
+        })
     }
 
     pub fn target(&self, addr: &SocketAddr) -> Option<&Arc<TargetState>> {
@@ -205,5 +217,46 @@ impl Pool {
 
     pub fn health_kind(&self) -> Option<HealthKind> {
         self.def.health.as_ref().map(|h| h.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Pool {
+        let def: UpstreamSection = toml::from_str(
+            r#"targets = [{ addr = "127.0.0.1:1" }, { addr = "127.0.0.1:2" }]
+               passive = { failures = 1, cooldown = "1m" }"#,
+        )
+        .expect("section");
+        Pool::build("p", &def).expect("pool")
+    }
+
+    #[test]
+    fn selection_skips_tried_then_ejected_targets_and_stops_when_none_is_left() {
+        let p = pool();
+        let [a, b] = [p.targets[0].addr, p.targets[1].addr];
+        let first = p.select(b"", &[]).expect("a target");
+        let other = if first == a { b } else { a };
+        assert_eq!(
+            p.select(b"", &[first]),
+            Some(other),
+            "a retry goes elsewhere"
+        );
+        assert_eq!(p.select(b"", &[a, b]), None, "every target tried");
+        // An ejected target is left out while another is there...
+        p.report_failure(&a);
+        for _ in 0..8 {
+            assert_eq!(p.select(b"", &[]), Some(b));
+        }
+        // ...and used when every untried target is ejected (panic mode).
+        assert_eq!(p.select(b"", &[b]), Some(a));
+        p.report_failure(&b);
+        assert!(
+            p.select(b"", &[]).is_some(),
+            "all ejected: traffic still flows"
+        );
+        assert_eq!(p.select(b"", &[a, b]), None);
     }
 }
