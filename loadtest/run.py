@@ -391,7 +391,7 @@ def callgrind_total(work, name, cmd, port, requests, stop_signal, headers=()):
 
 
 def instruction_counts(record):
-    """Instructions per proxied request for nginx-as-proxy and Turnpike (plain-proxy), each run
+    """Instructions per request for nginx-as-proxy, Turnpike's scenarios and the Pingora floor, each run
     under callgrind twice (1,000 and 5,000 requests) so that start-up and shutdown cancel out.
     Repeatable whatever else the machine is doing; kernel work (syscalls, TCP) is not counted."""
     need("valgrind", "valgrind")
@@ -454,7 +454,7 @@ def instruction_counts(record):
         backend.wait(timeout=10)
         remove_access_log()
     nginx = per_request["nginx-proxy"]
-    lines = [f"\n### instructions per request (plain-proxy, callgrind)\n",
+    lines = [f"\n### instructions per request (callgrind)\n",
              f"`GET /items/42` over 4 keep-alive connections; (I(5,000 requests) - I(1,000)) / 4,000; user space only.\n",
              "| target | instructions/request | vs nginx |", "|---|---|---|"]
     for name, value in per_request.items():
@@ -499,7 +499,7 @@ def main():
     ap.add_argument("--record", action="store_true", help="append the tables to loadtest/RESULTS.md")
     ap.add_argument("--write-routes", action="store_true", help="rewrite loadtest/10k-routes.toml and exit")
     ap.add_argument("--instructions", action="store_true",
-                    help="count instructions per request under callgrind (plain proxy) instead of timing")
+                    help="count instructions per request under callgrind (each scenario and the Pingora floor) instead of timing")
     args = ap.parse_args()
     if args.write_routes:
         write_routes_file()
