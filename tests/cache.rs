@@ -239,6 +239,24 @@ async fn hits_misses_expiry_and_upstream_cache_control() {
     let m = get(&gw, "/pub/cond", &[("if-none-match", "\"other\"")]).await;
     assert_eq!((m.status, m.cache()), (200, "HIT"));
     assert_eq!(up.hits(), before, "both answered from the cache");
+    // The same with a date: If-Modified-Since against the stored Last-Modified.
+    let stamp = "Wed, 21 Oct 2015 07:28:00 GMT";
+    let dated = [(
+        "x-test-respond",
+        "Last-Modified=Wed, 21 Oct 2015 07:28:00 GMT|Cache-Control=max-age=60",
+    )];
+    get(&gw, "/pub/dated", &dated).await;
+    let before = up.hits();
+    let same = get(&gw, "/pub/dated", &[("if-modified-since", stamp)]).await;
+    assert_eq!(
+        (same.status, same.cache(), same.body.as_str()),
+        (304, "HIT", "")
+    );
+    let earlier = [("if-modified-since", "Tue, 20 Oct 2015 07:28:00 GMT")];
+    let changed = get(&gw, "/pub/dated", &earlier).await;
+    assert_eq!((changed.status, changed.cache()), (200, "HIT"));
+    assert!(!changed.body.is_empty());
+    assert_eq!(up.hits(), before, "both answered from the cache");
 
     // Vary: the block's `vary` header and the upstream's Vary select copies.
     let v = [(
