@@ -43,8 +43,14 @@ impl Target {
     /// do: so it matches, and an API key pasted into a purge never reaches the audit log, the
     /// log or Redis.
     pub fn parse(body: &[u8], credential_params: &[&str]) -> Result<Target, String> {
+        // Only where the body went wrong: serde's message repeats what it read (a URL with a
+        // key in it, for one).
         let b: Body = serde_json::from_slice(body).map_err(|e| {
-            format!("expected a JSON object with one of \"url\", \"api\" or \"tag\": {e}")
+            format!(
+                "expected a JSON object with one of \"url\", \"api\" or \"tag\" (line {}, column {})",
+                e.line(),
+                e.column()
+            )
         })?;
         let target = match (b.url, b.api, b.tag) {
             (Some(u), None, None) => Target::Url(normalise_url(&u, credential_params)?),
@@ -86,7 +92,9 @@ fn normalise_url(u: &str, credential_params: &[&str]) -> Result<String, String> 
     };
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (host, target) = rest.split_at(split);
-    if host.is_empty() || rest.contains('#') {
+    // Userinfo (`user:password@`) is refused: cache keys never hold it, and it would reach
+    // the audit log, Redis and the answer.
+    if host.is_empty() || host.contains('@') || rest.contains('#') {
         return Err(bad());
     }
     let target = if target.starts_with('/') {
@@ -146,7 +154,11 @@ impl PurgeListener {
         let msg: Message = match serde_json::from_slice(payload) {
             Ok(m) => m,
             Err(e) => {
-                log::warn!("ignored a cache purge message that is not valid: {e}");
+                log::warn!(
+                    "ignored a cache purge message that is not valid (line {}, column {})",
+                    e.line(),
+                    e.column()
+                );
                 return;
             }
         };
@@ -270,6 +282,18 @@ mod tests {
         );
         let refused = Target::parse(br#"{"url":"h/p?apikey=tpk_secret"}"#, &["apikey"]);
         assert!(refused.is_err_and(|m| !m.contains("tpk_secret")));
+        // Neither a body that is not an object nor a URL with userinfo is repeated.
+        for secret in [
+            &br#""https://h/p?apikey=tpk_secret""#[..],
+            br#"{"url":"https://h/p","tpk_secret":1}"#,
+            br#"{"url":"https://user:tpk_secret@h/p"}"#,
+        ] {
+            let refused = Target::parse(secret, &["apikey"]);
+            assert!(
+                refused.as_ref().is_err_and(|m| !m.contains("tpk_secret")),
+                "{refused:?}"
+            );
+        }
         for bad in [
             &br#"{"url":"/relative"}"#[..],
             br#"{"url":"ftp://h/x"}"#,
