@@ -99,7 +99,7 @@ fn body<'a, T: Deserialize<'a> + Default>(bytes: &'a [u8], empty_ok: bool) -> Re
             Err("a JSON object is required".into())
         };
     }
-    serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON body: {e}"))
+    serde_json::from_slice(bytes).map_err(|e| super::json_error(&e))
 }
 
 fn check_labels(what: &str, values: &[String]) -> Result<(), String> {
@@ -260,13 +260,7 @@ async fn create_consumer(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
     let rid = call.rid;
     let input: CreateConsumer = match serde_json::from_slice(call.body) {
         Ok(v) => v,
-        Err(e) => {
-            return problem(
-                Code::InvalidRequest,
-                &format!("invalid JSON body: {e}"),
-                rid,
-            )
-        }
+        Err(e) => return problem(Code::InvalidRequest, &super::json_error(&e), rid),
     };
     if !is_consumer_id(&input.id) {
         return problem(
@@ -366,13 +360,7 @@ async fn patch_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answ
     }
     let input: PatchConsumer = match serde_json::from_slice(call.body) {
         Ok(v) => v,
-        Err(e) => {
-            return problem(
-                Code::InvalidRequest,
-                &format!("invalid JSON body: {e}"),
-                rid,
-            )
-        }
+        Err(e) => return problem(Code::InvalidRequest, &super::json_error(&e), rid),
     };
     if let Err(e) = check_labels("groups", input.groups.as_deref().unwrap_or_default())
         .and(check_labels(

@@ -111,6 +111,16 @@ fn problem_with(
     problem_or_json(code.status(), bytes, "application/problem+json", request_id)
 }
 
+/// The detail for a request body that is not the JSON expected: where it went wrong, not
+/// serde's message, which repeats the value it read (a key, for one).
+pub(crate) fn json_error(e: &serde_json::Error) -> String {
+    format!(
+        "invalid JSON body (line {}, column {})",
+        e.line(),
+        e.column()
+    )
+}
+
 /// The first value of query parameter `name`, percent-decoded.
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     crate::auth::query_values(query?.as_bytes(), name)
@@ -395,5 +405,23 @@ impl ServeHttp for AdminApp {
             (_, "/reload") => problem(Code::MethodNotAllowed, "use POST", &rid),
             _ => problem(Code::RouteNotFound, "no such admin route", &rid),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_body_that_does_not_parse_is_not_repeated() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Keys {
+            keys: Vec<u32>,
+        }
+        let e = serde_json::from_slice::<Keys>(br#"{"keys":["tpk_secret"]}"#)
+            .expect_err("a string is not a number");
+        assert!(e.to_string().contains("tpk_secret"), "serde repeats it");
+        let detail = super::json_error(&e);
+        assert!(!detail.contains("tpk_secret"), "{detail}");
+        assert!(detail.contains("line 1"), "{detail}");
     }
 }
