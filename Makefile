@@ -48,7 +48,7 @@ lint: setup
 	cargo clippy --all-targets -- -D warnings
 
 bench: setup
-	cargo bench --bench routing --bench identity --bench limits
+	cargo bench --bench routing --bench identity --bench limits --bench cache --bench analytics
 
 # Load tests against the direct backend and nginx, on loopback; appends to loadtest/RESULTS.md.
 loadtest: setup

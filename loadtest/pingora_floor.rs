@@ -15,7 +15,7 @@ use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 
 /// The body the load-test backend answers with, so both write the same bytes.
-const BODY: &[u8] = br#"{"id":42,"name":"widget","price":9.5}"#;
+const BODY: &[u8] = br#"{"id":42,"name":"widget","price":9.99,"tags":["a","b"]}"#;
 
 struct Floor;
 

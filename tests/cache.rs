@@ -546,7 +546,7 @@ fn rss_kib(pid: u32) -> u64 {
                 .find(|l| l.starts_with("VmRSS:"))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         })
-        .unwrap_or(0)
+        .expect("VmRSS in /proc/PID/status")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
