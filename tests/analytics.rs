@@ -399,7 +399,14 @@ async fn metrics_rollups_csv_top_and_report_agree_on_known_requests() {
     // logrotate: move the file away, signal, and the next lines go to a new file.
     std::fs::rename(&log_path, gw.dir.path().join("logs/access.log.1")).expect("rotate");
     gw.signal("USR1");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("access log reopened") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGUSR1 did not reopen the access log"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(status_of(c.get(gw.url("/public/x"))).await, 200);
     records(&gw, 18).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -716,7 +723,15 @@ async fn a_graceful_stop_writes_every_record_out() {
         assert_eq!(status_of(c.get(gw.url("/app/x"))).await, 200);
     }
     let slow = tokio::spawn(status_of(c.get(gw.url("/app/slow?delay_ms=500"))));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The slow request has reached the upstream (counted before its delay) when the stop begins.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.hits() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     gw.signal("TERM");
     assert_eq!(slow.await.expect("join"), 200);
     assert!(

@@ -77,10 +77,6 @@ impl Detector {
         }
     }
 
-    pub fn window(&self) -> std::time::Duration {
-        self.cfg.window.0
-    }
-
     fn count(&mut self, api: &Arc<str>, consumer: &Arc<str>, error: bool) {
         let key = (api.clone(), consumer.clone());
         let known = self.current.contains_key(&key) || self.baselines.contains_key(&key);

@@ -60,10 +60,6 @@ impl Rollups {
         t.latency.add(r.duration_us);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
-
     /// Takes the deltas, in the store's terms.
     pub fn take(&mut self) -> Vec<(i64, UsageKey, UsageTotals)> {
         self.pending

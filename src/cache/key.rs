@@ -128,21 +128,16 @@ pub fn build(
 /// The variance of a stored response's `Vary` header for a request: the values of the named
 /// request headers. `None` when the response does not vary.
 pub fn variance(meta: &CacheMeta, headers: &HeaderMap) -> Option<HashBinary> {
-    let mut names: Vec<String> = meta
+    // The builder keeps names sorted and once each, and has no variance when none was added.
+    let mut builder = VarianceBuilder::new();
+    let names = meta
         .headers()
         .get_all(http::header::VARY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect();
-    if names.is_empty() {
-        return None;
-    }
-    names.sort();
-    names.dedup();
-    let mut builder = VarianceBuilder::new();
+        .filter(|n| !n.is_empty());
     for name in names {
         let value: Vec<u8> = headers
             .get_all(name.as_str())

@@ -26,7 +26,8 @@ impl Gateway {
         let usable = (method == http::Method::GET || method == http::Method::HEAD)
             && !ctx.usage
             && !session.is_upgrade_req();
-        ctx.cache = Some(policy.clone());
+        let max_object = policy.max_object;
+        ctx.cache = Some(policy);
         if !usable {
             return;
         }
@@ -38,7 +39,7 @@ impl Gateway {
             Some(c.lock),
             Some(c.overrides()),
         );
-        session.cache.set_max_file_size_bytes(policy.max_object);
+        session.cache.set_max_file_size_bytes(max_object);
     }
 
     /// `cache_key_callback`.

@@ -82,7 +82,7 @@ pub fn traceparent(client: Option<&[u8]>) -> String {
 }
 
 /// Request headers a client may not set for the upstream: the gateway sets them itself.
-pub const GATEWAY_OWNED: [&str; 8] = [
+const GATEWAY_OWNED: [&str; 8] = [
     "x-consumer-id",
     "x-consumer-groups",
     "x-forwarded-for",
@@ -93,6 +93,13 @@ pub const GATEWAY_OWNED: [&str; 8] = [
     "x-real-ip",
 ];
 
+/// Whether a client's copy of the header named `lowercase` is removed before the upstream: a
+/// name the gateway sets itself, or a name with an underscore (some servers read them as
+/// dashes, so a client could smuggle a copy of a trusted header).
+pub fn is_gateway_owned(lowercase: &str) -> bool {
+    lowercase.contains('_') || GATEWAY_OWNED.contains(&lowercase)
+}
+
 /// Removes the client headers the upstream must not receive: the names the gateway sets
 /// itself, and names with underscores (some servers read them as dashes, so a client could
 /// smuggle a copy of a trusted header). One pass over the names; removal only when present.
@@ -100,10 +107,7 @@ pub fn strip_client_headers(req: &mut RequestHeader) {
     let unwanted: Vec<http::HeaderName> = req
         .headers
         .keys()
-        .filter(|n| {
-            let n = n.as_str();
-            n.contains('_') || GATEWAY_OWNED.contains(&n)
-        })
+        .filter(|n| is_gateway_owned(n.as_str()))
         .cloned()
         .collect();
     for name in unwanted {

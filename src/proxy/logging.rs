@@ -6,22 +6,20 @@ use crate::analytics::record::{user_agent, Record};
 use crate::state::{Action, ApiInfo};
 use pingora::proxy::Session;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 /// The `api` of requests to the `[usage]` endpoint.
 pub const USAGE_API: &str = "[usage]";
 
 /// The record of a finished request; `None` for the cache's background refreshes (a client
-/// already got, and was counted for, that answer).
-pub fn record(session: &Session, ctx: &mut RequestCtx) -> Option<Record> {
+/// already got, and was counted for, that answer). The user agent is only copied for the
+/// access log (`with_user_agent`), its only reader.
+pub fn record(session: &Session, ctx: &mut RequestCtx, with_user_agent: bool) -> Option<Record> {
     if ctx.background {
         return None;
     }
     let elapsed = ctx.start.elapsed();
-    let started = std::time::SystemTime::now()
-        .checked_sub(elapsed)
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let started = (crate::clock::now_ns() / 1_000_000).saturating_sub(elapsed_ms);
     let req = session.req_header();
     // The usage endpoint borrows an API's auth; it is not that API's traffic.
     let endpoint = ctx
@@ -69,6 +67,7 @@ pub fn record(session: &Session, ctx: &mut RequestCtx) -> Option<Record> {
         user_agent: req
             .headers
             .get(http::header::USER_AGENT)
+            .filter(|_| with_user_agent)
             .map(|v| user_agent(v.as_bytes())),
     })
 }

@@ -690,8 +690,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let Some(record) = logging::record(session, ctx) {
-            self.shared.analytics.send(record);
+        let analytics = &self.shared.analytics;
+        if let Some(record) = logging::record(session, ctx, analytics.access_log.is_some()) {
+            analytics.send(record);
         }
     }
 
