@@ -90,6 +90,7 @@ fn bench(c: &mut Criterion) {
                 metrics.observe(r, &labels, &mut hists);
                 rollups.add(r, &labels);
                 detector.add(r, &labels);
+                metrics.records.inc();
             })
         },
     );

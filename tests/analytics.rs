@@ -61,14 +61,19 @@ async fn metrics(gw: &Gateway) -> String {
     r.text().await.expect("text")
 }
 
-/// Polls `/metrics` until `turnpike_analytics_records_total` reaches `n`.
+/// Waits until the aggregator has absorbed `n` records and returns a scrape taken after that.
+/// The scrape that shows `n` is not returned: its other metrics may have been collected
+/// before the last records were counted in them.
 async fn records(gw: &Gateway, n: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = metrics(gw).await;
         let seen = value(&text, "turnpike_analytics_records_total") as u64;
         if seen == n {
-            return text;
+            let after = metrics(gw).await;
+            let again = value(&after, "turnpike_analytics_records_total") as u64;
+            assert_eq!(again, n, "records arrived after {n}:\n{after}");
+            return after;
         }
         assert!(seen < n, "more records than requests: {seen} > {n}");
         assert!(Instant::now() < deadline, "{seen} of {n} records:\n{text}");

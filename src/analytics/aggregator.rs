@@ -63,6 +63,9 @@ impl Work<'_> {
         if let Some(d) = &mut self.detector {
             d.add(r, &labels);
         }
+        // Last, so that a scrape showing N records was taken after N records were fully
+        // absorbed (a later scrape then sees all of them in every metric).
+        self.a.metrics.records.inc();
     }
 
     fn flush_log(&mut self) {

@@ -153,7 +153,8 @@ impl Metrics {
     }
 
     /// Counts one record with its interned labels. `hists` caches the histograms per
-    /// (API, route).
+    /// (API, route). `records` is not counted here: the aggregator counts a record once every
+    /// part of it (metrics, log, rollups, detector) is done.
     pub fn observe(&self, r: &Record, l: &Labels, hists: &mut HistogramCache) {
         let h = hists.get(self, &l.api, &l.route);
         h.duration.observe(r.duration_us as f64 / 1e6);
@@ -170,7 +171,6 @@ impl Metrics {
         if let Some(status) = r.cache {
             self.cache.with_label_values(&[r.api_name(), status]).inc();
         }
-        self.records.inc();
     }
 
     /// The text exposition, with the state metrics brought up to date.
