@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::upstream::Upstream;
-use support::{client, free_port, problem, Gateway};
+use support::{client, problem, Gateway};
 
 fn pool(name: &str, targets: &str, extra: &str) -> String {
     format!(
@@ -43,6 +43,26 @@ async fn admin_upstreams(c: &reqwest::Client, gw: &Gateway) -> serde_json::Value
         .json()
         .await
         .expect("json")
+}
+
+/// Polls `GET /upstreams` until the target at `addr` has the active health `want` (what the
+/// balancer acts on: the two are set together).
+async fn wait_health(c: &reqwest::Client, gw: &Gateway, addr: std::net::SocketAddr, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = admin_upstreams(c, gw).await;
+        let found = v["upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|u| u["targets"].as_array().into_iter().flatten())
+            .any(|t| t["address"] == addr.to_string() && t["health"] == want);
+        if found {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} never became {want}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,8 +140,8 @@ async fn failover_when_a_target_fails_its_health_checks() {
     }
     assert!(b.hits() > 0);
     b.stop().await;
-    // interval x unhealthy_after = 400 ms; allow margin for scheduling.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // interval x unhealthy_after = 400 ms, plus scheduling.
+    wait_health(&c, &gw, b.addr, "unhealthy").await;
     let before = a.hits();
     for _ in 0..50 {
         let (status, up) = which(&c, &gw.url("/svc/x")).await;
@@ -148,7 +168,7 @@ async fn failover_when_a_target_fails_its_health_checks() {
 
     // b comes back and is marked healthy after healthy_after checks.
     let b2 = Upstream::start_on("b", b.addr).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_health(&c, &gw, b.addr, "healthy").await;
     for _ in 0..20 {
         which(&c, &gw.url("/svc/x")).await;
     }
@@ -195,7 +215,8 @@ async fn passive_ejection_after_consecutive_5xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failure_is_retried_on_another_target() {
     let a = Upstream::start("a").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead_port = support::dead_port();
+    let dead = format!("127.0.0.1:{}", dead_port.port);
     let targets = format!(r#"{{ addr = "{}" }}, {{ addr = "{dead}" }}"#, a.addr);
     // No active checks and no ejection: only the retry can save these requests.
     let extra = "retries = 1\n[upstreams.svc.passive]\nenabled = false";
@@ -266,7 +287,7 @@ async fn slow_upstream_gets_504_and_dead_pool_gets_503() {
     let extra = "[upstreams.svc.health]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nunhealthy_after = 1\nhealthy_after = 1";
     let gw = Gateway::start(&pool("svc", &targets, extra));
     d.stop().await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_health(&c, &gw, d.addr, "unhealthy").await;
     let r = c.get(gw.url("/svc/x")).send().await.expect("request");
     assert_eq!(r.status(), 503);
     problem(&r.text().await.expect("body"), 503, "no_healthy_upstream");
@@ -275,7 +296,8 @@ async fn slow_upstream_gets_504_and_dead_pool_gets_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_ejection_after_consecutive_connect_failures() {
     let a = Upstream::start("a").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead_port = support::dead_port();
+    let dead = format!("127.0.0.1:{}", dead_port.port);
     let targets = format!(r#"{{ addr = "{}" }}, {{ addr = "{dead}" }}"#, a.addr);
     // No active checks: only live-traffic failures can take the dead target out.
     let extra = "retries = 1\n[upstreams.svc.passive]\nfailures = 2\ncooldown = \"30s\"";

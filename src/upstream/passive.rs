@@ -110,15 +110,18 @@ mod tests {
             "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
             "x".into(),
         );
-        let cool = Duration::from_millis(50);
+        // A long cooldown, checked at computed instants: no sleep, no race with the clock.
+        let cool = Duration::from_secs(60);
         assert!(!t.record_failure(3, cool));
         assert!(!t.record_failure(3, cool));
         t.record_success();
         assert!(!t.record_failure(3, cool));
         assert!(!t.record_failure(3, cool));
         assert!(t.record_failure(3, cool));
-        assert!(t.is_ejected(Instant::now()));
+        let now = Instant::now();
+        assert!(t.is_ejected(now));
+        assert!(t.is_ejected(now + Duration::from_secs(59)));
         assert_eq!(t.ejections(), 1);
-        assert!(!t.is_ejected(Instant::now() + Duration::from_millis(60)));
+        assert!(!t.is_ejected(now + Duration::from_secs(61)));
     }
 }

@@ -22,6 +22,25 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
+/// A loopback port where connections are refused for as long as this lives: bound, never
+/// listening, so that no other test can take it (a released port can be).
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn dead_port() -> DeadPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind a loopback port");
+    let port = socket.local_addr().expect("bound address").port();
+    DeadPort {
+        _socket: socket,
+        port,
+    }
+}
+
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_turnpike"))
 }
