@@ -10,7 +10,7 @@ use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::http::ResponseHeader;
 use std::time::{Duration, SystemTime};
-use turnpike::cache::key::{build, Request};
+use turnpike::cache::key::{build, Request, Who};
 use turnpike::cache::storage::MemoryStore;
 use turnpike::cache::Policy;
 use turnpike::state::ApiInfo;
@@ -35,7 +35,11 @@ fn key_for(target: &str, headers: &HeaderMap, p: &Policy, api: &ApiInfo) -> Cach
         headers,
         credential_param: Some("apikey"),
     };
-    build(&req, api, p, Some("acme\ngold,partners"))
+    let who = Who {
+        id: "acme",
+        groups: b"gold,partners",
+    };
+    build(&req, api, p, Some(who))
 }
 
 fn bench(c: &mut Criterion) {

@@ -186,7 +186,7 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
                 "cache purges from the fleet",
                 crate::cache::purge::PurgeListener {
                     cluster: c.clone(),
-                    store: shared.cache.storage,
+                    shared: shared.clone(),
                     channel: file.cache.purge_channel.clone(),
                 },
             ));

@@ -1,11 +1,13 @@
 //! Admin routes over analytics: `GET /metrics` (Prometheus text), `GET /analytics/usage`
 //! (JSON, or CSV with `Accept: text/csv`), `GET /analytics/top` and `GET /analytics/alerts`.
 
-use super::{json_response, problem, problem_or_json, query_param as param, Answer};
+use super::{blocking, json_response, problem, problem_or_json, query_param as param, Answer};
 use crate::analytics::report::{self, Ask};
 use crate::proxy::reply::Code;
 use crate::state::Shared;
+use crate::store::usage::{Filter, UsageRow};
 use serde_json::json;
+use std::sync::Arc;
 
 fn ask(query: Option<&str>) -> Ask {
     Ask {
@@ -22,25 +24,24 @@ pub fn metrics(shared: &Shared, rid: &str) -> Answer {
     problem_or_json(200, body, "text/plain; version=0.0.4; charset=utf-8", rid)
 }
 
-/// The rows of a question, with the rollups waiting in memory written first.
-fn rows(
-    shared: &Shared,
-    f: &crate::store::usage::Filter,
-    rid: &str,
-) -> Result<Vec<crate::store::usage::UsageRow>, Box<Answer>> {
-    let store = shared.identity.store();
-    let unavailable = |e: crate::store::StoreError| {
+/// The rows of a question, with the rollups waiting in memory written first (both on the
+/// blocking pool).
+async fn rows(shared: &Arc<Shared>, f: &Filter, rid: &str) -> Result<Vec<UsageRow>, Box<Answer>> {
+    let (s, filter) = (shared.clone(), f.clone());
+    let read = blocking(move || {
+        let store = s.identity.store();
+        s.analytics.flush_usage(store)?;
+        store.read(|c| crate::store::usage::query(c, &filter, MAX_ROWS + 1))
+    })
+    .await;
+    let rows = read.map_err(|e| {
         log::warn!("usage query failed: {e}");
         Box::new(problem(
             Code::StoreUnavailable,
             "the usage store cannot be read right now",
             rid,
         ))
-    };
-    shared.analytics.flush_usage(store).map_err(unavailable)?;
-    let rows = store
-        .read(|c| crate::store::usage::query(c, f, MAX_ROWS + 1))
-        .map_err(unavailable)?;
+    })?;
     if rows.len() > MAX_ROWS {
         return Err(Box::new(problem(
             Code::InvalidRequest,
@@ -54,12 +55,12 @@ fn rows(
 /// The most rows one question may read.
 const MAX_ROWS: usize = 100_000;
 
-pub fn usage(shared: &Shared, query: Option<&str>, accept: &str, rid: &str) -> Answer {
+pub async fn usage(shared: &Arc<Shared>, query: Option<&str>, accept: &str, rid: &str) -> Answer {
     let f = match ask(query).filter(crate::clock::now(), 3_600, false) {
         Ok(f) => f,
         Err(why) => return problem(Code::InvalidRequest, &why, rid),
     };
-    let rows = match rows(shared, &f, rid) {
+    let rows = match rows(shared, &f, rid).await {
         Ok(r) => r,
         Err(answer) => return *answer,
     };
@@ -70,7 +71,7 @@ pub fn usage(shared: &Shared, query: Option<&str>, accept: &str, rid: &str) -> A
     json_response(200, report::usage_json(&f, &rows), "application/json", rid)
 }
 
-pub fn top(shared: &Shared, query: Option<&str>, rid: &str) -> Answer {
+pub async fn top(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer {
     let by = param(query, "by").unwrap_or_else(|| "consumer".into());
     if by != "consumer" && by != "api" {
         return problem(Code::InvalidRequest, "by must be consumer or api", rid);
@@ -92,7 +93,7 @@ pub fn top(shared: &Shared, query: Option<&str>, rid: &str) -> Answer {
         Ok(f) => f,
         Err(why) => return problem(Code::InvalidRequest, &why, rid),
     };
-    match rows(shared, &f, rid) {
+    match rows(shared, &f, rid).await {
         Ok(rows) => json_response(
             200,
             report::top_json(&f, &rows, &by, &metric, limit),

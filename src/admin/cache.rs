@@ -11,18 +11,12 @@ use std::sync::Arc;
 
 pub async fn purge(shared: &Arc<Shared>, body: &[u8], actor: &str, rid: &str) -> Answer {
     let snapshot = shared.snapshot();
-    let mut params: Vec<&str> = snapshot
-        .endpoints
-        .iter()
-        .filter_map(|e| e.auth.as_ref()?.query_param.as_deref())
-        .collect();
-    params.sort_unstable();
-    params.dedup();
+    let params = purge::credential_params(&snapshot);
     let target = match Target::parse(body, &params) {
         Ok(t) => t,
         Err(why) => return problem(Code::InvalidRequest, &why, rid),
     };
-    let purged = target.apply(shared.cache.storage);
+    let purged = target.apply(shared.cache.storage, &params);
     let fleet = match &shared.cluster {
         None => None,
         Some(c) => {

@@ -10,7 +10,7 @@
 //! so a revoked key stops working on every worker when the DELETE returns. A key's secret
 //! appears exactly once: in the answer that created it.
 
-use super::{json_response, problem, query_param, Answer};
+use super::{blocking, json_response, problem, query_param, Answer};
 use crate::config::file::ConsumerSection;
 use crate::config::identity::{is_consumer_id, is_label};
 use crate::identity::index::Index;
@@ -134,15 +134,6 @@ fn store_error(e: StoreError, rid: &str) -> Answer {
             )
         }
     }
-}
-
-/// Runs blocking store work off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Io(format!("store task failed: {e}"))))
 }
 
 /// Runs a change of the store and its index as one step, off the async workers (see

@@ -129,6 +129,18 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
+/// Runs blocking store work (SQLite, Redis) off the admin's async worker, so that `/health`
+/// and `/ready` keep answering during a long query.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, crate::store::StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(crate::store::StoreError::Io(format!(
+            "store task failed: {e}"
+        )))
+    })
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -389,9 +401,9 @@ impl ServeHttp for AdminApp {
             ("GET", "/upstreams") => self.upstreams(&rid),
             ("GET", "/metrics") => analytics::metrics(&self.shared, &rid),
             ("GET", "/analytics/usage") => {
-                analytics::usage(&self.shared, query.as_deref(), &accept, &rid)
+                analytics::usage(&self.shared, query.as_deref(), &accept, &rid).await
             }
-            ("GET", "/analytics/top") => analytics::top(&self.shared, query.as_deref(), &rid),
+            ("GET", "/analytics/top") => analytics::top(&self.shared, query.as_deref(), &rid).await,
             ("GET", "/analytics/alerts") => analytics::alerts(&self.shared, query.as_deref(), &rid),
             ("GET", "/status") => self.status(&rid),
             ("POST", "/reload") => self.reload(&rid).await,

@@ -143,7 +143,7 @@ impl BackgroundService for Aggregator {
         let webhook = webhook.map(|url| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let hook = Webhook {
-                url,
+                url: url.expose().to_string(),
                 timeout: a.cfg.alerts.webhook_timeout.0,
                 retries: a.cfg.alerts.webhook_retries,
                 failures: a.metrics.webhook_failures.clone(),

@@ -73,12 +73,21 @@ fn part(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
+/// The consumer as the upstream sees it, for a key: its id and its groups (the upstream may
+/// answer by group).
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    pub id: &'a str,
+    /// The groups header value (`""` without groups).
+    pub groups: &'a [u8],
+}
+
 /// The key of a request to an API with a cache block.
 pub fn build(
     req: &Request<'_>,
     api: &crate::state::ApiInfo,
     policy: &Policy,
-    consumer: Option<&str>,
+    consumer: Option<Who<'_>>,
 ) -> CacheKey {
     let url = url(
         req.https,
@@ -97,9 +106,10 @@ pub fn build(
     // A shared copy and a consumer's copy never meet, nor do two consumers' copies.
     match (policy.shared, consumer) {
         (true, _) => part(&mut primary, b"shared"),
-        (false, Some(id)) => {
+        (false, Some(who)) => {
             part(&mut primary, b"consumer");
-            part(&mut primary, id.as_bytes());
+            part(&mut primary, who.id.as_bytes());
+            part(&mut primary, who.groups);
         }
         (false, None) => part(&mut primary, b"anonymous"),
     }
@@ -116,7 +126,7 @@ pub fn build(
     // pingora-cache asks for the primary hash several times per request (lookup, lock,
     // eviction); the same BLAKE2 hash it would compute, taken once here.
     let hash = pingora::cache::key::hash_key(&primary);
-    let mut key = CacheKey::new(primary, consumer.unwrap_or(""));
+    let mut key = CacheKey::new(primary, consumer.map_or("", |w| w.id));
     key.set_primary_bin_override(hash);
     key.extensions.insert(Entry {
         api: Arc::from(api.name.as_str()),
@@ -167,10 +177,16 @@ mod tests {
     }
 
     fn key(target: &str, headers: &HeaderMap, p: &Policy, consumer: Option<&str>) -> String {
-        full_key(target, headers, p, consumer).combined()
+        let who = consumer.map(|id| Who { id, groups: b"" });
+        full_key(target, headers, p, who).combined()
     }
 
-    fn full_key(target: &str, headers: &HeaderMap, p: &Policy, consumer: Option<&str>) -> CacheKey {
+    fn full_key(
+        target: &str,
+        headers: &HeaderMap,
+        p: &Policy,
+        consumer: Option<Who<'_>>,
+    ) -> CacheKey {
         let api = ApiInfo {
             name: "catalog".into(),
             version: Some("v1".into()),
@@ -191,7 +207,10 @@ mod tests {
             "/i?a=1",
             &HeaderMap::new(),
             &policy(false, &[]),
-            Some("acme"),
+            Some(Who {
+                id: "acme",
+                groups: b"gold",
+            }),
         );
         let computed = CacheKey::new(k.primary_key().to_vec(), "acme").primary_bin();
         assert_eq!(k.primary_bin(), computed);
@@ -245,6 +264,13 @@ mod tests {
             key("/i", &none, &consumer, Some("a")),
             key("/i", &none, &consumer, Some("a\0"))
         );
+        // The groups the upstream is told are part of a consumer's key.
+        let in_groups = |groups: &'static [u8]| {
+            let who = Some(Who { id: "acme", groups });
+            full_key("/i", &none, &consumer, who).combined()
+        };
+        assert_ne!(in_groups(b"gold"), in_groups(b"gold,beta"));
+        assert_eq!(in_groups(b""), key("/i", &none, &consumer, Some("acme")));
         let lang = policy(true, &["accept-language"]);
         let mut de = HeaderMap::new();
         de.insert("accept-language", "de".parse().expect("value"));

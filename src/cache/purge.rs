@@ -7,6 +7,7 @@
 
 use super::storage::{Labels, MemoryStore};
 use crate::cluster::Cluster;
+use crate::state::{Shared, Snapshot};
 use async_trait::async_trait;
 use futures::StreamExt;
 use pingora::server::ShutdownWatch;
@@ -19,7 +20,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
-    /// Every copy of one URL (normalised like cache keys).
+    /// Every copy of one URL (normalised like cache keys, without any API's key parameter).
     Url(String),
     /// Every copy of one API (by name).
     Api(String),
@@ -39,9 +40,8 @@ struct Body {
 
 impl Target {
     /// Reads an admin request body; `Err` is the message for the caller. A URL loses the
-    /// query parameters named in `credential_params` (the APIs' key parameters), as cache keys
-    /// do: so it matches, and an API key pasted into a purge never reaches the audit log, the
-    /// log or Redis.
+    /// query parameters named in `credential_params` (every API's key parameter), so that an
+    /// API key pasted into a purge never reaches the audit log, the log or Redis.
     pub fn parse(body: &[u8], credential_params: &[&str]) -> Result<Target, String> {
         // Only where the body went wrong: serde's message repeats what it read (a URL with a
         // key in it, for one).
@@ -64,19 +64,37 @@ impl Target {
         Ok(target)
     }
 
-    fn matches(&self, l: &Labels) -> bool {
+    /// A URL target matches a copy whose URL is the same once every API's key parameter is
+    /// left out of both: a copy's URL lost only its own API's key parameter (another API's
+    /// parameter name is an ordinary parameter there), the target lost them all.
+    fn matches(&self, l: &Labels, credential_params: &[&str]) -> bool {
         match self {
-            Target::Url(u) => *l.url == **u,
+            Target::Url(u) => {
+                *l.url == **u || normalise_url(&l.url, credential_params).is_ok_and(|n| n == **u)
+            }
             Target::Api(a) => *l.api == **a,
             Target::Tag(t) => l.tags.iter().any(|x| **x == **t),
             Target::All => true,
         }
     }
 
-    /// Removes the matching copies from this node; returns how many.
-    pub fn apply(&self, store: &MemoryStore) -> usize {
-        store.purge_where(|l| self.matches(l))
+    /// Removes the matching copies from this node; returns how many. `credential_params` as
+    /// given to `parse`.
+    pub fn apply(&self, store: &MemoryStore, credential_params: &[&str]) -> usize {
+        store.purge_where(|l| self.matches(l, credential_params))
     }
+}
+
+/// The query parameters that carry API keys in a config: what purge URLs leave out.
+pub fn credential_params(snapshot: &Snapshot) -> Vec<&str> {
+    let mut params: Vec<&str> = snapshot
+        .endpoints
+        .iter()
+        .filter_map(|e| e.auth.as_ref()?.query_param.as_deref())
+        .collect();
+    params.sort_unstable();
+    params.dedup();
+    params
 }
 
 /// `http(s)://host[:port]/path[?query]` in the form cache keys record it.
@@ -144,7 +162,8 @@ pub fn publish(cluster: &Cluster, name: &str, target: &Target) -> Result<u64, St
 /// Applies the fleet's purges on this node.
 pub struct PurgeListener {
     pub cluster: Arc<Cluster>,
-    pub store: &'static MemoryStore,
+    /// The running config (its key parameters) and the cache.
+    pub shared: Arc<Shared>,
     /// `[cache] purge_channel`.
     pub channel: String,
 }
@@ -165,7 +184,10 @@ impl PurgeListener {
         if msg.from == self.cluster.node_id {
             return;
         }
-        let n = msg.target.apply(self.store);
+        let snapshot = self.shared.snapshot();
+        let n = msg
+            .target
+            .apply(self.shared.cache.storage, &credential_params(&snapshot));
         log::info!(
             "cache purge from node {}: {:?}, {n} copies",
             msg.from,
@@ -190,7 +212,7 @@ impl PurgeListener {
         .map_err(|e| e.to_string())?;
         *subscribed = true;
         if !clean {
-            let n = Target::All.apply(self.store);
+            let n = Target::All.apply(self.shared.cache.storage, &[]);
             log::warn!(
                 "cache purge channel subscribed after a break: cleared {n} cached copies (purges sent meanwhile may have been missed)"
             );
@@ -310,5 +332,24 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn a_url_purge_finds_copies_that_kept_another_apis_key_parameter() {
+        // API "pub" takes no key, API "mine" takes `apikey`: a copy of pub keeps `apikey`.
+        let params = ["apikey", "key"];
+        let label = |url: &str| Labels {
+            api: Arc::from("pub"),
+            url: Arc::from(url),
+            tags: Vec::new(),
+        };
+        let target = Target::parse(br#"{"url":"http://h/pub/p?id=2&apikey=v"}"#, &params);
+        assert_eq!(target, Ok(Target::Url("http://h/pub/p?id=2".into())));
+        let target = target.unwrap_or(Target::All);
+        assert!(target.matches(&label("http://h/pub/p?apikey=v&id=2"), &params));
+        assert!(target.matches(&label("http://h/pub/p?id=2"), &params));
+        assert!(!target.matches(&label("http://h/pub/p?id=3"), &params));
+        assert!(!target.matches(&label("http://h/pub/p?apikey=v&id=2&x=1"), &params));
+        assert!(!target.matches(&label("http://h/pub/q?id=2"), &params));
     }
 }

@@ -47,19 +47,24 @@ pub struct Labels {
     pub tags: Vec<Box<str>>,
 }
 
-/// A stored answer. The meta's internal part stays serialized (small); its response header is
-/// kept parsed, so that a hit does not decompress a header (pingora-cache compresses serialized
-/// headers with zstd, which costs more than the rest of a lookup).
+/// A stored answer. The meta's response header is kept parsed, so that a hit does not
+/// decompress a header (pingora-cache compresses serialized headers with zstd, which costs
+/// more than the rest of a lookup).
 struct Object {
     id: u64,
-    internal: Vec<u8>,
-    /// The internal meta as `CacheMeta::new` takes it, when that is all it holds.
-    plain: Option<Plain>,
+    internal: Internal,
     header: ResponseHeader,
     body: Bytes,
     weight: usize,
     key: CompactCacheKey,
     labels: Arc<Labels>,
+}
+
+/// A meta's internal part (times, variance): as `CacheMeta::new` takes it when that is all
+/// it holds, else serialized (small).
+enum Internal {
+    Plain(Plain),
+    Serialized(Vec<u8>),
 }
 
 /// The internal meta of an answer that was never revalidated: what `CacheMeta::new` takes plus
@@ -110,8 +115,7 @@ impl Plain {
 
 /// A meta as the storage keeps it.
 struct Parts {
-    internal: Vec<u8>,
-    plain: Option<Plain>,
+    internal: Internal,
     header: ResponseHeader,
     /// Bytes counted against `max_memory` for the meta.
     counted: usize,
@@ -158,10 +162,11 @@ impl MemoryStore {
 
     /// The meta of an object, as pingora-cache wants it for a hit.
     fn meta_of(&self, object: &Object) -> Result<CacheMeta> {
-        if let Some(plain) = &object.plain {
-            return Ok(plain.meta(object.header.clone()));
-        }
-        let mut meta = CacheMeta::deserialize(&object.internal, &self.blank_header)?;
+        let internal = match &object.internal {
+            Internal::Plain(plain) => return Ok(plain.meta(object.header.clone())),
+            Internal::Serialized(bytes) => bytes,
+        };
+        let mut meta = CacheMeta::deserialize(internal, &self.blank_header)?;
         *meta.response_header_mut() = object.header.clone();
         Ok(meta)
     }
@@ -276,17 +281,25 @@ fn blank_header() -> Vec<u8> {
 }
 
 fn split_meta(meta: &CacheMeta) -> Result<Parts> {
-    let (internal, _) = meta.serialize()?;
+    // `serialize` also compresses the header, which is kept parsed: only a revalidated meta
+    // pays for it.
+    let (internal, internal_len) = match Plain::of(meta) {
+        Some(plain) => (Internal::Plain(plain), std::mem::size_of::<Plain>()),
+        None => {
+            let (bytes, _) = meta.serialize()?;
+            let len = bytes.len();
+            (Internal::Serialized(bytes), len)
+        }
+    };
     let header = meta.response_header_copy();
     let header_bytes: usize = header
         .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    let counted = internal.len() + header_bytes + 32;
+    let counted = internal_len + header_bytes + 32;
     Ok(Parts {
         internal,
-        plain: Plain::of(meta),
         header,
         counted,
     })
@@ -375,7 +388,6 @@ impl Storage for MemoryStore {
         let updated = Object {
             id: old.id,
             internal: parts.internal,
-            plain: parts.plain,
             header: parts.header,
             body: old.body.clone(),
             weight: old.weight,
@@ -505,7 +517,6 @@ impl HandleMiss for Writer {
         let object = Object {
             id: self.id,
             internal: meta.internal,
-            plain: meta.plain,
             header: meta.header,
             body,
             weight,
@@ -605,6 +616,24 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         m.update_freshness(SystemTime::now() + Duration::from_secs(60), 1, 2);
         assert!(Plain::of(&m).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_revalidated_meta_is_kept_serialized_and_comes_back_whole() {
+        let s = store(1 << 20);
+        let span = Span::inactive().handle();
+        let k = key("http://h/r", "catalog");
+        put(s, &k, "t1", b"body").await.expect("put");
+        let mut m = meta("t1");
+        std::thread::sleep(Duration::from_millis(2));
+        m.update_freshness(SystemTime::now() + Duration::from_secs(90), 3, 4);
+        assert!(s.update_meta(&k, &m, &span).await.expect("update"));
+        let (back, mut hit) = s.lookup(&k, &span).await.expect("lookup").expect("hit");
+        assert_eq!(facts(&back), facts(&m));
+        assert_eq!(
+            hit.read_body().await.expect("body").as_deref(),
+            Some(&b"body"[..])
+        );
     }
 
     #[tokio::test]

@@ -113,8 +113,8 @@ impl Cluster {
         let Some(url) = &store.redis_url else {
             return Ok(None);
         };
-        let address = check_url(url)?;
-        let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+        let address = check_url(url.expose())?;
+        let client = redis::Client::open(url.expose()).map_err(|e| e.to_string())?;
         Ok(Some(Cluster {
             client,
             address,

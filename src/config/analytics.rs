@@ -78,7 +78,7 @@ pub struct AlertsSection {
     #[serde(default = "default_smoothing")]
     pub smoothing: f64,
     /// Alerts are also POSTed as JSON to this URL (retried, never on the request path).
-    pub webhook: Option<String>,
+    pub webhook: Option<super::hidden::Hidden>,
     #[serde(default = "default_webhook_timeout")]
     pub webhook_timeout: Dur,
     #[serde(default = "default_webhook_retries")]
@@ -190,7 +190,7 @@ pub fn validate(a: &AnalyticsSection) -> Vec<Problem> {
         add("alerts.warmup_windows", "between 1 and 10000");
     }
     if let Some(url) = &al.webhook {
-        let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+        let ok = url.expose().parse::<http::Uri>().ok().is_some_and(|u| {
             matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
         });
         if !ok {

@@ -201,7 +201,7 @@ pub struct StoreSection {
     pub path: PathBuf,
     /// A Redis server shared by the fleet (consumers, keys, audit log, plan counters):
     /// `redis://[:password@]host:port[/db]`. Unset: everything stays in `path`.
-    pub redis_url: Option<String>,
+    pub redis_url: Option<super::hidden::Hidden>,
     /// Prefix of every Redis key Turnpike writes (several fleets can share one server).
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,

@@ -95,7 +95,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
 /// `[store]`'s Redis keys. The URL itself is never echoed (it may hold a password).
 fn redis(problems: &mut Vec<Problem>, s: &crate::config::file::StoreSection) {
     if let Some(url) = &s.redis_url {
-        if let Err(why) = crate::cluster::check_url(url) {
+        if let Err(why) = crate::cluster::check_url(url.expose()) {
             problems.push(Problem::at("store.redis_url", why));
         }
     }

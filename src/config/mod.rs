@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod compile;
 pub mod error;
 pub mod file;
+pub mod hidden;
 pub mod identity;
 pub mod units;
 pub mod validate;

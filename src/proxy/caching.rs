@@ -61,15 +61,11 @@ impl Gateway {
             headers: &req.headers,
             credential_param: ep.auth.as_ref().and_then(|a| a.query_param.as_deref()),
         };
-        // The consumer as the upstream sees it: its id and its groups.
-        let consumer = ctx.consumer.as_ref().map(|c| {
-            let groups = c.groups_header.as_ref().map_or(&b""[..], |g| g.as_bytes());
-            let mut who = c.id.clone();
-            who.push('\n');
-            who.push_str(&String::from_utf8_lossy(groups));
-            who
+        let consumer = ctx.consumer.as_ref().map(|c| key::Who {
+            id: &c.id,
+            groups: c.groups_header.as_ref().map_or(&b""[..], |g| g.as_bytes()),
         });
-        Ok(key::build(&parts, &ep.api, policy, consumer.as_deref()))
+        Ok(key::build(&parts, &ep.api, policy, consumer))
     }
 
     /// `response_cache_filter`.

@@ -110,6 +110,25 @@ impl Gateway {
         Ok(close)
     }
 
+    /// Answers with the gateway's refusal and records it: its code and the limit that refused
+    /// (for analytics), and `X-Cache-Status: BYPASS` on an API with a cache.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut reply: Reply,
+        close: bool,
+    ) -> Result<bool> {
+        if self.endpoint(ctx).is_some_and(|e| e.cache.is_some()) {
+            ctx.cache_status = Some("BYPASS");
+            reply = reply.header(caching::STATUS_HEADER, "BYPASS");
+        }
+        ctx.code = Some(reply.code);
+        ctx.limited = reply.limited;
+        reply::write_problem(session, &reply, &ctx.request_id, close).await?;
+        Ok(true)
+    }
+
     /// The caller checks of a routed request, in order: the address's flood guard, identity,
     /// the plan. `Err` is the answer to give instead.
     async fn check_caller(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Reply> {
@@ -202,7 +221,7 @@ impl Gateway {
         };
         use crate::limits::limiter::Denial;
         use crate::limits::spec::Period;
-        ctx.limited = Some(match &denial {
+        let policy = match &denial {
             Denial::Rate { .. } => "rate",
             Denial::Quota { period, .. } => match period {
                 Period::Minute => "quota_minute",
@@ -210,7 +229,7 @@ impl Gateway {
                 Period::Day => "quota_day",
                 Period::Month => "quota_month",
             },
-        });
+        };
         let (code, detail, retry) = match denial {
             Denial::Rate { retry_after_secs } => (
                 Code::RateLimited,
@@ -230,7 +249,7 @@ impl Gateway {
                 retry_after_secs,
             ),
         };
-        Err(limited(code, detail, retry, headers))
+        Err(limited(code, policy, detail, retry, headers))
     }
 
     /// The plan's verdict for one request: in this process, or with the fleet's Redis when the
@@ -280,9 +299,9 @@ impl Gateway {
         let guard = snapshot.auth_guard.as_ref().zip(client_ip(session));
         if let Some((g, ip)) = guard {
             if g.exhausted(&ip) {
-                ctx.limited = Some("auth_failures");
                 return Err(limited(
                     Code::RateLimited,
+                    "auth_failures",
                     "too many failed authentication attempts from this address; try again later",
                     g.spec.per_secs,
                     g.headers("auth-failures", g.spec.count),
@@ -331,30 +350,32 @@ impl Gateway {
                 ctx.ratelimit = Some(limit.headers("ip", used));
                 Ok(())
             }
-            Err(used) => {
-                ctx.limited = Some("per_ip");
-                Err(limited(
-                    Code::RateLimited,
-                    format!(
-                        "this address is over {} requests per {} s on this API",
-                        limit.spec.count, limit.spec.per_secs
-                    ),
-                    limit.spec.per_secs,
-                    limit.headers("ip", used),
-                ))
-            }
+            Err(used) => Err(limited(
+                Code::RateLimited,
+                "per_ip",
+                format!(
+                    "this address is over {} requests per {} s on this API",
+                    limit.spec.count, limit.spec.per_secs
+                ),
+                limit.spec.per_secs,
+                limit.headers("ip", used),
+            )),
         }
     }
 }
 
-/// A 429 answer: `Retry-After` and the RateLimit fields (policy, state) of the limit.
+/// A 429 answer of the limit named `name`: `Retry-After` and the RateLimit fields (policy,
+/// state) of the limit.
 fn limited(
     code: Code,
+    name: &'static str,
     detail: impl Into<String>,
     retry_after_secs: u64,
     (policy, state): (String, String),
 ) -> Reply {
-    Reply::new(code, detail)
+    let mut reply = Reply::new(code, detail);
+    reply.limited = Some(name);
+    reply
         .header("Retry-After", retry_after_secs.to_string())
         .header("RateLimit-Policy", policy)
         .header("RateLimit", state)
@@ -401,24 +422,11 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
         }
         match self.admit(session, ctx) {
-            Err((reply, close)) => {
-                ctx.code = Some(reply.code);
-                reply::write_problem(session, &reply, &ctx.request_id, close).await?;
-                Ok(true)
-            }
+            Err((reply, close)) => self.refuse(session, ctx, reply, close).await,
             Ok(close) => {
                 ctx.had_body = close;
                 if let Err(reply) = self.check_caller(session, ctx).await {
-                    let reply = match self.endpoint(ctx).is_some_and(|e| e.cache.is_some()) {
-                        true => {
-                            ctx.cache_status = Some("BYPASS");
-                            reply.header(caching::STATUS_HEADER, "BYPASS")
-                        }
-                        false => reply,
-                    };
-                    ctx.code = Some(reply.code);
-                    reply::write_problem(session, &reply, &ctx.request_id, close).await?;
-                    return Ok(true);
+                    return self.refuse(session, ctx, reply, close).await;
                 }
                 if ctx.usage {
                     self.answer_usage(session, ctx, close).await?;

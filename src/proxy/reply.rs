@@ -128,6 +128,9 @@ pub struct Reply {
     pub headers: Vec<(&'static str, String)>,
     /// A wrong credential (counted by the failed-authentication guard).
     pub bad_credential: bool,
+    /// The limit that refused the request (`rate`, `quota_hour`, `per_ip`, ...), recorded in
+    /// analytics and `turnpike_limited_total`.
+    pub limited: Option<&'static str>,
 }
 
 impl Reply {
@@ -137,6 +140,7 @@ impl Reply {
             detail: detail.into(),
             headers: Vec::new(),
             bad_credential: false,
+            limited: None,
         }
     }
 

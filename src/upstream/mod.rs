@@ -118,9 +118,15 @@ impl Pool {
     /// checks and that this request has not tried yet. When every healthy target is ejected,
     /// ejection is ignored rather than failing all traffic (Envoy's "panic" behaviour).
     pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
-        // A retry after every target was tried (one-target pools): nothing to walk for. The
-        // balancer's walk costs a hash per step, up to `MAX_SELECT_STEPS` steps.
-        if self.targets.iter().all(|t| tried.contains(&t.addr)) {
+        // Nothing to walk for when every target was tried (a retry in a one-target pool) or
+        // fails its active checks: the balancer's walk costs a hash per step, up to
+        // `MAX_SELECT_STEPS` steps. (The states mirror Pingora's health flips, set right
+        // after them.)
+        if self
+            .targets
+            .iter()
+            .all(|t| tried.contains(&t.addr) || !t.active_healthy())
+        {
             return None;
         }
         let now = Instant::now();
@@ -258,5 +264,10 @@ mod tests {
             "all ejected: traffic still flows"
         );
         assert_eq!(p.select(b"", &[a, b]), None);
+        // Active checks failing: an untried target that fails them is not walked for.
+        p.targets[1].set_active_health(false);
+        assert_eq!(p.select(b"", &[a]), None);
+        p.targets[1].set_active_health(true);
+        assert_eq!(p.select(b"", &[a]), Some(b));
     }
 }
