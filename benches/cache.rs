@@ -1,5 +1,6 @@
 //! The edge cache's hot path outside the proxy: building a cache key (consumer-scoped, with a
-//! query to normalise and a `vary` header) and a lookup that hits in a store of 10,000 objects.
+//! query to normalise and a `vary` header), storing an answer, and a lookup that hits in a
+//! store of 10,000 objects.
 //! Run with `cargo bench --bench cache`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -90,6 +91,42 @@ fn bench(c: &mut Criterion) {
             w.finish().await.expect("finish");
         }
     });
+    // Storing an answer (the miss path's storage part), over 1,000 keys, with the header an
+    // API server typically sends.
+    let keys: Vec<CacheKey> = (0..1000)
+        .map(|i| key_for(&format!("/catalog/v1/stored/{i}"), &headers, &p, &api))
+        .collect();
+    let mut header = ResponseHeader::build(200, None).expect("header");
+    for (name, value) in [
+        ("content-type", "application/json; charset=utf-8"),
+        ("cache-control", "public, max-age=600"),
+        ("etag", "\"5d8c72a5edda8d6a\""),
+        ("last-modified", "Tue, 17 Nov 2026 09:12:44 GMT"),
+        ("date", "Sat, 21 Nov 2026 23:40:02 GMT"),
+        ("server", "orders-api"),
+        ("content-length", "512"),
+    ] {
+        header.insert_header(name, value).expect("header");
+    }
+    let body = bytes::Bytes::from(vec![b'x'; 512]);
+    let mut n = 0usize;
+    c.bench_function("cache_store_answer", |b| {
+        b.iter(|| {
+            n = (n + 1) % keys.len();
+            rt.block_on(async {
+                let now = SystemTime::now();
+                let meta =
+                    CacheMeta::new(now + Duration::from_secs(600), now, 0, 0, header.clone());
+                let mut w = store
+                    .get_miss_handler(&keys[n], &meta, &span)
+                    .await
+                    .expect("writer");
+                w.write_body(body.clone(), true).await.expect("write");
+                black_box(w.finish().await.expect("finish"))
+            })
+        })
+    });
+
     let key = key_for("/catalog/v1/items/4242", &headers, &p, &api);
     c.bench_function("cache_lookup_hit_10k_objects", |b| {
         b.iter(|| {

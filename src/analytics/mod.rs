@@ -35,6 +35,9 @@ pub struct Analytics {
     pub access_log: Option<access_log::Target>,
     pub metrics: metrics::Metrics,
     pub rollups: Mutex<rollup::Rollups>,
+    /// Held from taking the rollups' deltas until they are in the store, so that a usage query
+    /// never reads between another flush's take and its write (and misses those counts).
+    flushing: Mutex<()>,
     alerts: Mutex<VecDeque<Alert>>,
 }
 
@@ -57,6 +60,7 @@ impl Analytics {
             cfg: cfg.clone(),
             metrics,
             rollups: Mutex::new(rollup::Rollups::default()),
+            flushing: Mutex::new(()),
             alerts: Mutex::new(VecDeque::new()),
         }
     }
@@ -73,8 +77,10 @@ impl Analytics {
         self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Adds the rollups waiting in memory into the store (before a usage query).
+    /// Adds the rollups waiting in memory into the store (before a usage query). Blocking:
+    /// called on the blocking pool.
     pub fn flush_usage(&self, store: &crate::store::Store) -> crate::store::Result<usize> {
+        let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
         rollup::flush(
             &self.rollups,
             store,

@@ -70,7 +70,20 @@ impl Target {
     fn matches(&self, l: &Labels, credential_params: &[&str]) -> bool {
         match self {
             Target::Url(u) => {
-                *l.url == **u || normalise_url(&l.url, credential_params).is_ok_and(|n| n == **u)
+                if *l.url == **u {
+                    return true;
+                }
+                // Runs under the storage's shard locks: only a copy of the same scheme, host
+                // and path with a query, in a config with key parameters, is normalised again.
+                let Some((base, _)) = l.url.split_once('?') else {
+                    return false;
+                };
+                let n = base.len();
+                let same_base =
+                    u.get(..n) == Some(base) && matches!(u.as_bytes().get(n), None | Some(b'?'));
+                same_base
+                    && !credential_params.is_empty()
+                    && normalise_url(&l.url, credential_params).is_ok_and(|x| x == **u)
             }
             Target::Api(a) => *l.api == **a,
             Target::Tag(t) => l.tags.iter().any(|x| **x == **t),
@@ -79,9 +92,21 @@ impl Target {
     }
 
     /// Removes the matching copies from this node; returns how many. `credential_params` as
-    /// given to `parse`.
+    /// given to `parse`, from this node's config: a URL from another node (whose config may
+    /// name other key parameters) is normalised with them too.
     pub fn apply(&self, store: &MemoryStore, credential_params: &[&str]) -> usize {
-        store.purge_where(|l| self.matches(l, credential_params))
+        let local;
+        let target = match self {
+            Target::Url(u) => match normalise_url(u, credential_params) {
+                Ok(n) if n != *u => {
+                    local = Target::Url(n);
+                    &local
+                }
+                _ => self,
+            },
+            _ => self,
+        };
+        store.purge_where(|l| target.matches(l, credential_params))
     }
 }
 
@@ -351,5 +376,7 @@ mod tests {
         assert!(!target.matches(&label("http://h/pub/p?id=3"), &params));
         assert!(!target.matches(&label("http://h/pub/p?apikey=v&id=2&x=1"), &params));
         assert!(!target.matches(&label("http://h/pub/q?id=2"), &params));
+        assert!(!target.matches(&label("http://h/pub/p?apikey=v&id=2"), &[]));
+        assert!(!target.matches(&label("http://h/pub/px?apikey=v&id=2"), &params));
     }
 }

@@ -3,9 +3,9 @@
 //! revalidation, purges of what its LRU eviction manager evicts); the admin purge removes
 //! entries by URL, API or tag through `purge_where`.
 //!
-//! Accounting: every byte of a stored object (body, serialized header and meta, and a fixed
-//! overhead) and every byte of a response still being written counts against `max_memory`. The
-//! eviction manager is given a limit below it (see `EVICTION_SHARE`) so that writes in flight
+//! Accounting: every byte of a stored object (body, header, meta, and a fixed overhead) and
+//! every byte of a response still being written counts against `max_memory`. The eviction
+//! manager is given a limit below it (see `EVICTION_SHARE`) so that writes in flight
 //! have room; a write that would still go over the bound fails, and that response is passed
 //! through without being stored. A reader never sees a partial object: objects become visible
 //! when their write finishes (readers of the same key wait on the cache lock meanwhile).
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-/// Bytes counted per object on top of its body and serialized meta (map entry, key, labels).
+/// Bytes counted per object on top of its body, header and meta (map entry, key, labels).
 pub const OBJECT_OVERHEAD: usize = 256;
 /// The share of `max_memory` (in eighths) the eviction manager keeps objects under.
 pub const EVICTION_SHARE: usize = 7;

@@ -748,7 +748,15 @@ impl ProxyHttp for Gateway {
             };
             let mut reply = Reply::new(code, detail);
             if ctx.cache.is_some() {
-                let label = crate::cache::failure_label(&session.cache.phase(), ctx.stale_found);
+                // A request the gateway refused (its body or its pace) did not use the cache.
+                let refused = matches!(
+                    code,
+                    Code::PayloadTooLarge | Code::RequestTimeout | Code::BadRequest
+                );
+                let label = match refused {
+                    true => "BYPASS",
+                    false => crate::cache::failure_label(&session.cache.phase(), ctx.stale_found),
+                };
                 ctx.cache_status = Some(label);
                 reply = reply.header(caching::STATUS_HEADER, label);
             }

@@ -60,9 +60,7 @@ impl Gateway {
     /// Starts the binary with `[server]` and `[admin]` generated (plus `server_extra` lines
     /// inside `[server]`) and `body` after them.
     pub fn start_with(server_extra: &str, body: &str) -> Gateway {
-        let mut gw = Gateway::spawn_on(free_port(), server_extra, body);
-        gw.wait_ready();
-        gw
+        Gateway::start_full(server_extra, "", body)
     }
 
     /// Starts the binary with the proxy on `port` and does not wait for it to be ready.
@@ -73,9 +71,21 @@ impl Gateway {
     /// Starts the binary with `store_extra` lines inside `[store]` (Redis settings) and waits
     /// for it to be ready.
     pub fn start_with_store(store_extra: &str, body: &str) -> Gateway {
-        let mut gw = Gateway::spawn_full(free_port(), "", store_extra, body);
-        gw.wait_ready();
-        gw
+        Gateway::start_full("", store_extra, body)
+    }
+
+    /// Starts the binary on free ports and waits for it to be ready. A port found free can be
+    /// taken by another test before the gateway binds it (Pingora then logs that it is in
+    /// use and keeps trying): such a start is stopped and made again on other ports.
+    fn start_full(server_extra: &str, store_extra: &str, body: &str) -> Gateway {
+        for _ in 0..3 {
+            let mut gw = Gateway::spawn_full(free_port(), server_extra, store_extra, body);
+            match gw.until_ready(true) {
+                Ok(()) => return gw,
+                Err(log) => eprintln!("a port was taken meanwhile, starting again:\n{log}"),
+            }
+        }
+        panic!("three starts found their ports taken");
     }
 
     /// Starts the binary; `server_extra` and `store_extra` go inside `[server]` and `[store]`.
@@ -169,20 +179,36 @@ impl Gateway {
         Gateway::start_with("", body)
     }
 
+    /// Waits until ready (a listen port in use is waited for: Pingora keeps trying it).
     pub fn wait_ready(&mut self) {
+        let _ = self.until_ready(false);
+    }
+
+    /// Waits until ready; with `port_taken_fails`, `Err` (the log) once a listen port is found
+    /// in use.
+    fn until_ready(&mut self, port_taken_fails: bool) -> Result<(), String> {
+        let taken = |log: &str| port_taken_fails && log.contains("is in use, will try again");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            let log = self.log();
+            if taken(&log) {
+                return Err(log);
+            }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("turnpike exited early ({status}); log:\n{}", self.log());
+                panic!("turnpike exited early ({status}); log:\n{log}");
             }
             let proxy_up = TcpStream::connect(self.addr).is_ok();
-            let ready = raw_exchange(
+            let answer = raw_exchange(
                 self.admin,
                 b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            )
-            .starts_with("HTTP/1.1 200");
+            );
+            // The gateway's own answer, not another server's on a taken port.
+            let ready =
+                answer.starts_with("HTTP/1.1 200") && answer.contains("\"status\": \"ready\"");
             if proxy_up && ready {
-                return;
+                // Ready through another process's listener on a taken port is not ready.
+                let log = self.log();
+                return if taken(&log) { Err(log) } else { Ok(()) };
             }
             if Instant::now() > deadline {
                 panic!(
