@@ -85,6 +85,12 @@ pub struct Limits {
     pub header_block: usize,
     pub header_count: usize,
     pub keepalive_idle: Duration,
+    /// Bytes per second a request body must average after `body_rate_after` (0: no rule).
+    pub body_min_rate: u64,
+    pub body_rate_after: Duration,
+    /// Bytes per second a client must read answers at (0: no rule).
+    pub send_min_rate: usize,
+    pub upstream_header_block: usize,
 }
 
 /// One compiled config generation.

@@ -358,3 +358,161 @@ async fn http10_without_keep_alive_is_closed_after_the_answer() {
     );
     assert_eq!(up.hits(), 1);
 }
+
+/// Sends a request head and the first bytes of its body, then `more` bytes every `every`
+/// until the gateway answers or closes; returns the answer and how long it took.
+fn trickle(
+    addr: std::net::SocketAddr,
+    head: &str,
+    more: usize,
+    every: Duration,
+) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(every)).ok();
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(&[b'b'; 10]).expect("first body bytes");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(30) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) if answer.is_empty() => {
+                if more > 0 && s.write_all(&vec![b'b'; more]).is_err() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_bodies_get_408_and_do_not_count_against_the_upstream() {
+    let up = Upstream::start("app").await;
+    let limits = "[server.limits]\nbody_rate_after = \"2s\"\n";
+    let gw = Gateway::start_with("", &format!("{limits}{}", config(&up)));
+    let head = "POST /app/big HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
+    // 10 bytes every 300 ms (about 33 B/s): judged once 2 s have passed.
+    let addr = gw.addr;
+    let (answer, took) =
+        tokio::task::spawn_blocking(move || trickle(addr, head, 10, Duration::from_millis(300)))
+            .await
+            .expect("trickle");
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    problem(body_of(&answer), 408, "request_timeout");
+    assert!(
+        took >= Duration::from_secs(2),
+        "judged before body_rate_after: {took:?}"
+    );
+    // Nothing more after 10 bytes: one read waits body_rate_after, then 408.
+    let (answer, _) =
+        tokio::task::spawn_blocking(move || trickle(addr, head, 0, Duration::from_millis(300)))
+            .await
+            .expect("stall");
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    problem(body_of(&answer), 408, "request_timeout");
+
+    // An upstream that times out waiting for a stalled body: the client's failure, and the
+    // target is not ejected (one failure would eject it here).
+    let up2 = Upstream::start("app").await;
+    let strict = format!(
+        "[upstreams.app]\ntargets = [ {{ addr = \"{}\" }} ]\nread_timeout = \"1s\"\nretries = 0\n[upstreams.app.passive]\nfailures = 1\n\n[[apis]]\nname = \"app\"\nbase_path = \"/app\"\nupstream = \"app\"\n",
+        up2.addr
+    );
+    let gw2 = Gateway::start(&strict);
+    let addr2 = gw2.addr;
+    let (answer, _) =
+        tokio::task::spawn_blocking(move || trickle(addr2, head, 0, Duration::from_millis(300)))
+            .await
+            .expect("stall");
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(gw2.admin_url("/upstreams"))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["upstreams"][0]["targets"][0]["ejections"], 0, "{v}");
+    // A client sending at a normal pace is not touched.
+    let ok = raw_exchange(
+        gw.addr,
+        format!("{}{}", head.replace("5000", "1000"), "b".repeat(1000)).as_bytes(),
+    );
+    assert_eq!(status_of(&ok), 200, "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_answer_is_cut_off() {
+    use std::io::{Read, Write};
+    let up = Upstream::start("app").await;
+    // 1 MB/s at least: a 20 MB answer left unread stalls the gateway's writes for seconds.
+    let limits = "[server.limits]\nsend_min_rate = \"1MB\"\n";
+    let gw = Gateway::start_with("", &format!("{limits}{}", config(&up)));
+    let size = 20_000_000usize;
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    s.write_all(format!("GET /app/echo?size={size} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("request");
+    // Read nothing for 6 s, then everything there is.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert!(
+        got < size,
+        "the whole {size}-byte answer was kept for a client that did not read ({got} bytes)"
+    );
+    // The gateway serves others meanwhile.
+    let ok = raw_exchange(
+        gw.addr,
+        b"GET /app/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&ok), 200, "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_response_head_over_the_limit_is_a_502() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&config(&up));
+    let small = raw_exchange(
+        gw.addr,
+        b"GET /app/echo?filler_kib=8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&small), 200, "8 KiB of headers pass");
+    let connections = up.connections();
+    let big = raw_exchange(
+        gw.addr,
+        b"GET /app/echo?filler_kib=70 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&big), 502, "{}", &big[..big.len().min(300)]);
+    problem(body_of(&big), 502, "upstream_unavailable");
+    assert!(
+        !big.contains("x-filler"),
+        "nothing of that head reached the client"
+    );
+    // That upstream connection is not used again.
+    let after = raw_exchange(
+        gw.addr,
+        b"GET /app/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&after), 200);
+    assert!(
+        up.connections() > connections,
+        "a new upstream connection after the oversized head"
+    );
+}

@@ -389,6 +389,22 @@ pub struct LimitsSection {
     pub head_timeout: Dur,
     #[serde(default = "d_body")]
     pub body: Size,
+    /// A request body slower than this many bytes per second on average is answered 408 and
+    /// its connection closed, once `body_rate_after` has passed ("0" turns the rate off).
+    #[serde(default = "d_body_min_rate")]
+    pub body_min_rate: Size,
+    /// When the body rate starts to be judged; also the longest wait for one read of a body.
+    #[serde(default = "d_body_rate_after")]
+    pub body_rate_after: Dur,
+    /// A client that reads an answer slower than this many bytes per second has its
+    /// connection closed (Pingora turns it into a timeout per write of at least 1 s; "0"
+    /// turns it off).
+    #[serde(default = "d_send_min_rate")]
+    pub send_min_rate: Size,
+    /// The largest response head an upstream may send (names and values); over it the client
+    /// gets 502 and the upstream connection is not reused.
+    #[serde(default = "d_upstream_header_block")]
+    pub upstream_header_block: Size,
     #[serde(default = "d_keepalive_idle")]
     pub keepalive_idle: Dur,
     /// Requests served on one keep-alive connection before it is closed (0 = no limit).
@@ -675,6 +691,18 @@ fn d_head_timeout() -> Dur {
 }
 fn d_body() -> Size {
     Size(10 << 20)
+}
+fn d_body_min_rate() -> Size {
+    Size(1000)
+}
+fn d_body_rate_after() -> Dur {
+    Dur(Duration::from_secs(20))
+}
+fn d_send_min_rate() -> Size {
+    Size(1000)
+}
+fn d_upstream_header_block() -> Size {
+    Size(64 << 10)
 }
 fn d_keepalive_idle() -> Dur {
     Dur(Duration::from_secs(60))

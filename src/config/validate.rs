@@ -93,6 +93,7 @@ fn server(v: &mut Problems, cfg: &FileConfig) {
         ("header_line", l.header_line.0),
         ("header_block", l.header_block.0),
         ("h2_max_header_list", l.h2_max_header_list.0),
+        ("upstream_header_block", l.upstream_header_block.0),
     ] {
         if !(256..=1 << 20).contains(&val) {
             v.add(
@@ -127,6 +128,7 @@ fn server(v: &mut Problems, cfg: &FileConfig) {
     for (key, d) in [
         ("head_timeout", l.head_timeout),
         ("keepalive_idle", l.keepalive_idle),
+        ("body_rate_after", l.body_rate_after),
     ] {
         if d.0.as_millis() == 0 {
             v.add(format!("server.limits.{key}"), "must be longer than 0");

@@ -145,6 +145,10 @@ mod tests {
             header_block: 200,
             header_count: 4,
             keepalive_idle: std::time::Duration::from_secs(60),
+            body_min_rate: 1000,
+            body_rate_after: std::time::Duration::from_secs(20),
+            send_min_rate: 1000,
+            upstream_header_block: 64 << 10,
         }
     }
 

@@ -364,6 +364,19 @@ impl Gateway {
     }
 }
 
+/// Whether the request body is arriving slower than `[server.limits] body_min_rate` on
+/// average since the request began; with `after_grace`, only once `body_rate_after` has
+/// passed (an upstream that timed out waiting for the body has already waited its own time).
+fn slow_body(ctx: &RequestCtx, after_grace: bool) -> bool {
+    let limits = &ctx.snapshot.limits;
+    if limits.body_min_rate == 0 {
+        return false;
+    }
+    let elapsed = ctx.start.elapsed();
+    (!after_grace || elapsed >= limits.body_rate_after)
+        && (ctx.body_seen as f64) < limits.body_min_rate as f64 * elapsed.as_secs_f64()
+}
+
 /// A 429 answer of the limit named `name`: `Retry-After` and the RateLimit fields (policy,
 /// state) of the limit.
 fn limited(
@@ -420,6 +433,15 @@ impl ProxyHttp for Gateway {
         // (Connection: close, HTTP/1.0, Content-Length with Transfer-Encoding) and that stays so.
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
+        }
+        // Slow clients: one read of a body may wait `body_rate_after` (Pingora's default is
+        // 60 s; an upgraded connection's idle bytes are not a body), and an answer must be
+        // read at `send_min_rate` (Pingora times each write by it, at least 1 s).
+        if !session.is_upgrade_req() {
+            session.set_read_timeout(Some(limits.body_rate_after));
+        }
+        if limits.send_min_rate > 0 {
+            session.set_min_send_rate(Some(limits.send_min_rate));
         }
         match self.admit(session, ctx) {
             Err((reply, close)) => self.refuse(session, ctx, reply, close).await,
@@ -507,7 +529,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Bytes of an upgraded connection (WebSocket) are not a request body.
@@ -520,6 +542,13 @@ impl ProxyHttp for Gateway {
                 ctx.fail = Some(Code::PayloadTooLarge);
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
             }
+        }
+        if !end_of_stream && slow_body(ctx, true) {
+            ctx.fail = Some(Code::RequestTimeout);
+            return Error::e_explain(
+                ErrorType::HTTPStatus(408),
+                "request body slower than the minimum rate",
+            );
         }
         Ok(())
     }
@@ -644,6 +673,19 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let head: usize = resp
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if head > ctx.snapshot.limits.upstream_header_block {
+            // A misbehaving upstream: 502, its connection dropped, the failure counted.
+            ctx.fail = Some(Code::UpstreamUnavailable);
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                format!("the upstream sent a response head of {head} bytes"),
+            );
+        }
         if let Some((addr, pool)) = self.attempt(ctx) {
             let final_or_upgrade = !resp.status.is_informational() || resp.status == 101;
             if final_or_upgrade && ctx.upstream_us.is_none() {
@@ -715,7 +757,14 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = ctx.fail.or_else(|| classify(e));
+        let code = match ctx.fail.or_else(|| classify(e)) {
+            // The upstream waited for a body the client was too slow to send: the client's
+            // failure (408), and no mark against the target.
+            Some(Code::UpstreamTimeout) if !session.is_body_done() && slow_body(ctx, false) => {
+                Some(Code::RequestTimeout)
+            }
+            code => code,
+        };
         ctx.code = code;
         if let (Some((addr, pool)), Some(c)) = (self.attempt(ctx), code) {
             // Once the upstream answered, a later failure (an idle WebSocket timing out, a client
@@ -744,6 +793,7 @@ impl ProxyHttp for Gateway {
                 Code::NoHealthyUpstream => "no healthy target is available for this API",
                 Code::PayloadTooLarge => "the request body is over the limit of this route",
                 Code::BadRequest => "the request could not be read",
+                Code::RequestTimeout => "the request body arrived too slowly",
                 _ => "the request failed",
             };
             let mut reply = Reply::new(code, detail);

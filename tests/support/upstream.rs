@@ -2,7 +2,7 @@
 //! requests and accepted connections, records the last request, and can be made slow,
 //! failing, unhealthy or stopped. Query parameters steer single requests:
 //! `delay_ms=N` (or the header `x-test-delay-ms: N`) waits before answering, `status=N` answers
-//! with that status. The request
+//! with that status, `filler_kib=N` adds N response headers of 1 KiB each. The request
 //! header `x-test-respond: Name=value|Name2=value2` adds response headers (for cache tests);
 //! with an `ETag` among them, a matching `If-None-Match` gets 304. JSON bodies carry `n`, the
 //! upstream's request count when it answered.
@@ -258,6 +258,10 @@ async fn handle(
         .header("x-upstream", name);
     for (k, v) in &extra {
         resp = resp.header(k.as_str(), v.as_str());
+    }
+    let filler = query_param(&uri, "filler_kib").and_then(|v| v.parse::<usize>().ok());
+    for i in 0..filler.unwrap_or(0) {
+        resp = resp.header(format!("x-filler-{i}"), "f".repeat(1000));
     }
     Ok(resp.body(Full::new(body)).unwrap_or_default())
 }
