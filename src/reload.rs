@@ -97,7 +97,7 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (ol, nl) = (&o.limits, &n.limits);
     let (os, ns) = (&old.store, &new.store);
     let (oc, nc) = (&old.cache, &new.cache);
-    let checks: [(&str, bool); 28] = [
+    let checks: [(&str, bool); 29] = [
         ("analytics", old.analytics != new.analytics),
         ("cache.max_memory", oc.max_memory != nc.max_memory),
         ("cache.lock_timeout", oc.lock_timeout != nc.lock_timeout),
@@ -108,6 +108,10 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
         ("store.nodes", os.nodes != ns.nodes),
         ("store.sync_interval", os.sync_interval != ns.sync_interval),
         ("store.redis_timeout", os.redis_timeout != ns.redis_timeout),
+        (
+            "store.max_key_staleness",
+            os.max_key_staleness != ns.max_key_staleness,
+        ),
         ("server.listen", o.listen != n.listen),
         ("server.tls", o.tls != n.tls),
         ("server.threads", o.threads != n.threads),

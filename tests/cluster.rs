@@ -544,3 +544,67 @@ async fn until_miss(gw: &Gateway, path: &str, since: Instant) {
         since.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_keys_fail_closed_when_redis_is_out_of_reach_too_long() {
+    let redis = RedisServer::start();
+    let up = Upstream::start("app").await;
+    let body = format!(
+        "[upstreams.app]\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[apis]]\nname = \"app\"\nbase_path = \"/app\"\nupstream = \"app\"\n[apis.auth]\nmethods = [\"api_key\"]\n\n[[consumers]]\nid = \"c0\"\nkeys = [{{ sha256 = \"{}\" }}]\n",
+        up.addr,
+        key_digest(KEYS[0])
+    );
+    let a = Gateway::start_with_store(&store(&redis, "max_key_staleness = \"3s\""), &body);
+    let (s, v) = admin(&a, "POST", "/consumers", Some(json!({"id": "beta"}))).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = admin(&a, "POST", "/consumers/beta/keys", Some(json!({}))).await;
+    assert_eq!(s, 201, "{v}");
+    let key: &'static str = Box::leak(
+        v["key"]
+            .as_str()
+            .expect("key shown once")
+            .to_string()
+            .into_boxed_str(),
+    );
+    assert_eq!(get_with(&a.url("/app/x"), key).await.0, 200);
+
+    // Redis hangs: the last copy of the keys serves for max_key_staleness, then keys of the
+    // store get 503 (a revocation made meanwhile elsewhere must not keep working).
+    redis.pause();
+    let paused = Instant::now();
+    let text = loop {
+        let (s, text) = get_with(&a.url("/app/x"), key).await;
+        if s == 503 {
+            break text;
+        }
+        assert_eq!(s, 200, "{text}");
+        assert!(
+            paused.elapsed() < Duration::from_secs(15),
+            "store keys still accepted {:?} after redis stopped answering",
+            paused.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("store keys refused {:?} after redis hung", paused.elapsed());
+    // Counted from the last good sync (every 250 ms), so up to one interval (and a loaded
+    // machine's delay) before 3 s after the pause.
+    assert!(
+        paused.elapsed() >= Duration::from_millis(1500),
+        "refused {:?} after the pause, well before max_key_staleness (3 s)",
+        paused.elapsed()
+    );
+    problem(&text, 503, "store_unavailable");
+    // Keys from the config file do not depend on Redis.
+    assert_eq!(get_with(&a.url("/app/x"), KEYS[0]).await.0, 200);
+
+    // Redis answers again: the store's keys work again.
+    redis.resume();
+    let resumed = Instant::now();
+    while get_with(&a.url("/app/x"), key).await.0 != 200 {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(15),
+            "store keys not accepted after redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

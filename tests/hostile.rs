@@ -142,6 +142,30 @@ async fn refused_requests_never_reach_the_upstream() {
             "",
         ),
         (
+            "transfer coding before chunked".into(),
+            "POST /app/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".into(),
+            400,
+            "",
+        ),
+        (
+            "chunked not last".into(),
+            "POST /app/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n".into(),
+            400,
+            "",
+        ),
+        (
+            "two transfer-encoding lines".into(),
+            "POST /app/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+            400,
+            "",
+        ),
+        (
+            "transfer-encoding on HTTP/1.0".into(),
+            "POST /app/echo HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+            400,
+            "",
+        ),
+        (
             "body over limit".into(),
             "POST /app/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".into(),
             413,
@@ -515,4 +539,37 @@ async fn an_upstream_response_head_over_the_limit_is_a_502() {
         up.connections() > connections,
         "a new upstream connection after the oversized head"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_chunked_bodies_never_become_requests() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&config(&up));
+    let smuggled = "GET /app/echo?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (name, chunks) in [
+        ("size not hex", format!("zz\r\n{smuggled}")),
+        (
+            "size overflows",
+            format!("ffffffffffffffffff1\r\nab\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "size shorter than the data",
+            format!("2\r\nabcdef\r\n0\r\n\r\n{smuggled}"),
+        ),
+    ] {
+        let req = format!(
+            "POST /app/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
+        );
+        let resp = raw_exchange(gw.addr, req.as_bytes());
+        assert!(resp.starts_with("HTTP/1.1 4"), "{name}: refused: {resp}");
+        assert_eq!(
+            resp.matches("HTTP/1.1 ").count(),
+            1,
+            "{name}: one answer: {resp}"
+        );
+        assert!(
+            up.last().is_none_or(|s| !s.uri.contains("smuggled")),
+            "{name}: the bytes after a broken chunk became a request"
+        );
+    }
 }

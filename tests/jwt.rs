@@ -355,6 +355,29 @@ scopes = ["orders:write"]
     );
     refused(&gw, "/internal/x", &wrong, "signature").await;
 
+    // Claims never inject headers: a subject with CR/LF is not a consumer id, and a group with
+    // CR/LF is dropped before X-Consumer-Groups is written.
+    let injected = token(
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        &claims(json!({"aud": "internal", "sub": "a\r\nX-Evil: 1"})),
+    );
+    refused(&gw, "/internal/x", &injected, "consumer id").await;
+    let groups = token(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &rsa,
+        &claims(json!({"groups": ["partners", "x\r\nX-Evil: 1"]})),
+    );
+    assert_eq!(get(&gw, "/orders/v1/items", Some(&groups)).await.0, 200);
+    let seen = up.last().expect("upstream");
+    assert!(
+        seen.header("x-evil").is_none(),
+        "an injected header arrived"
+    );
+    assert_eq!(seen.header("x-consumer-groups"), Some("partners"));
+
     // Key rotation: the identity provider starts signing with a new EC key (kid ec-1). A token
     // with that kid makes the gateway fetch the JWKS again, at most once every 10 s.
     let ec = rcgen::KeyPair::generate().expect("ec key");

@@ -244,6 +244,11 @@ fn key_consumer(
         KeyLookup::Unknown => Err(policy
             .unauthorized(Code::InvalidCredentials, "the API key is not valid")
             .bad_credential()),
+        KeyLookup::Unavailable => Err(Reply::new(
+            Code::StoreUnavailable,
+            "API keys cannot be checked right now; try again shortly",
+        )
+        .header("Retry-After", "1")),
     }
 }
 

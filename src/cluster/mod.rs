@@ -53,6 +53,8 @@ pub struct Cluster {
     pub nodes: u64,
     pub timeout: Duration,
     pub interval: Duration,
+    /// `[store] max_key_staleness`.
+    pub key_staleness: Duration,
     sync_conn: Mutex<Option<redis::Connection>>,
     async_conn: ArcSwapOption<MultiplexedConnection>,
     health: Health,
@@ -123,6 +125,7 @@ impl Cluster {
             nodes: u64::from(store.nodes.max(1)),
             timeout: store.redis_timeout.0,
             interval: store.sync_interval.0,
+            key_staleness: store.max_key_staleness.0,
             sync_conn: Mutex::new(None),
             async_conn: ArcSwapOption::empty(),
             health: Health::default(),

@@ -215,6 +215,12 @@ pub struct StoreSection {
     /// How long one Redis call may take before Redis counts as unreachable.
     #[serde(default = "default_redis_timeout")]
     pub redis_timeout: Dur,
+    /// With Redis: how long API keys of the store are still accepted from this node's last
+    /// copy when Redis cannot be read (a key revoked meanwhile elsewhere would still work).
+    /// After it, such keys get 503 store_unavailable (fail closed); keys in the config file
+    /// are not affected.
+    #[serde(default = "default_max_key_staleness")]
+    pub max_key_staleness: Dur,
 }
 
 /// `[keys]`: API key policy.
@@ -643,6 +649,9 @@ fn default_redis_prefix() -> String {
 }
 fn one() -> u32 {
     1
+}
+fn default_max_key_staleness() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 fn default_sync_interval() -> Dur {
     Dur(Duration::from_millis(250))

@@ -121,6 +121,14 @@ fn redis(problems: &mut Vec<Problem>, s: &crate::config::file::StoreSection) {
     if !(10..=10_000).contains(&ms(&s.redis_timeout)) {
         problems.push(Problem::at("store.redis_timeout", "between 10ms and 10s"));
     }
+    if !(1_000..=3_600_000).contains(&ms(&s.max_key_staleness))
+        || ms(&s.max_key_staleness) < 4 * ms(&s.sync_interval)
+    {
+        problems.push(Problem::at(
+            "store.max_key_staleness",
+            "between 1s and 1h, and at least 4 sync_intervals",
+        ));
+    }
 }
 
 fn consumer(

@@ -23,6 +23,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,6 +115,9 @@ pub enum KeyLookup {
     Valid(Arc<Consumer>),
     Expired,
     Unknown,
+    /// Only the fleet's Redis can say, and this node has not read it for longer than
+    /// `[store] max_key_staleness` (fail closed).
+    Unavailable,
 }
 
 /// The store and the index that mirrors it.
@@ -132,6 +136,8 @@ pub struct Identity {
     seen_version: Mutex<Option<(u64, i64)>>,
     built_from: Mutex<Option<i64>>,
     changes: Mutex<()>,
+    /// With Redis: when the index last matched it (monotonic ms, 0 = never).
+    in_step_at: AtomicU64,
 }
 
 impl Identity {
@@ -152,6 +158,7 @@ impl Identity {
             seen_version: Mutex::new(None),
             built_from: Mutex::new(None),
             changes: Mutex::new(()),
+            in_step_at: AtomicU64::new(0),
         };
         match identity.sync() {
             Err(e) if in_redis => log::error!("identity index not loaded from redis yet: {e}"),
@@ -177,11 +184,13 @@ impl Identity {
         if let Some(redis) = &self.redis {
             let mut built = self.built_from.lock().unwrap_or_else(|e| e.into_inner());
             if *built == Some(redis.version()?) {
+                self.in_step_at.store(mono_ms(), Ordering::Relaxed);
                 return Ok(false);
             }
             let (version, consumers, keys) = redis.load_all()?;
             self.index.rebuild(&consumers, &keys);
             *built = Some(version);
+            self.in_step_at.store(mono_ms(), Ordering::Relaxed);
             log::info!(
                 "identity index built from redis: {} consumers, {} keys",
                 consumers.len(),
@@ -303,13 +312,13 @@ impl Identity {
 
     /// Looks up a presented key by its digest.
     pub fn lookup_key(&self, config: &ConfigIdentities, digest: &Digest, now: i64) -> KeyLookup {
-        let Some(entry) = config
-            .keys
-            .get(digest)
-            .cloned()
-            .or_else(|| self.index.key(digest))
-        else {
-            return KeyLookup::Unknown;
+        let entry = match config.keys.get(digest) {
+            Some(e) => e.clone(),
+            None if self.stale() => return KeyLookup::Unavailable,
+            None => match self.index.key(digest) {
+                Some(e) => e,
+                None => return KeyLookup::Unknown,
+            },
         };
         if entry.expires_at.is_some_and(|t| t <= now) {
             return KeyLookup::Expired;
@@ -319,6 +328,28 @@ impl Identity {
             None => KeyLookup::Unknown,
         }
     }
+}
+
+impl Identity {
+    /// Whether the store's keys are out of reach: with Redis, when the index has not been
+    /// found in step with it for longer than `max_key_staleness` (or never was).
+    fn stale(&self) -> bool {
+        let Some(redis) = &self.redis else {
+            return false;
+        };
+        let at = self.in_step_at.load(Ordering::Relaxed);
+        let limit = u64::try_from(redis.cluster.key_staleness.as_millis()).unwrap_or(u64::MAX);
+        at == 0 || mono_ms().saturating_sub(at) > limit
+    }
+}
+
+/// Milliseconds on a monotonic clock (since the first call in this process), never 0.
+fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 /// Keeps the index in step with changes other processes make to the store.

@@ -87,6 +87,20 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server this test started (SIGSTOP, by PID): connections stay open and
+    /// nothing answers, as with a hung server or a network partition. `resume` undoes it.
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            super::send_signal(c.id(), "STOP");
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            super::send_signal(c.id(), "CONT");
+        }
+    }
+
     /// Kills the server this test started (by PID) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
