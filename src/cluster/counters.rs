@@ -167,12 +167,10 @@ fn run_sync(
 
 /// Forgets every counter and strict rate of `consumer` in Redis (all scopes); returns how
 /// many keys were deleted. Scans this fleet's counters and matches the limit key exactly, so
-/// that `acme` never matches `acme:eu`.
-pub fn reset(
-    c: &Cluster,
-    conn: &mut redis::Connection,
-    consumer: &str,
-) -> redis::RedisResult<usize> {
+/// that `acme` never matches `acme:eu`. Each page of the scan is its own call on the shared
+/// connection, so that the counter and identity syncs waiting for it are not held up for a
+/// whole scan of a large database.
+pub fn reset(c: &Cluster, consumer: &str) -> Result<usize, super::CallError> {
     let ours = |limit_key: &str| {
         limit_key == consumer
             || limit_key
@@ -184,27 +182,36 @@ pub fn reset(
     let mut doomed = Vec::new();
     for (prefix, skip) in [(&counters, 2), (&rates, 0)] {
         let pattern = format!("{}*", glob_escape(prefix));
-        let keys: Vec<String> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .clone()
-            .iter(conn)?
-            .collect::<redis::RedisResult<_>>()?;
-        for k in keys {
-            // Past the prefix: `{period}:{window}:{key}` for counters, `{key}` for rates.
-            let rest = &k[prefix.len()..];
-            let limit_key = rest.splitn(skip + 1, ':').nth(skip).unwrap_or("");
-            if ours(limit_key) {
-                doomed.push(k);
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = c.with_conn("usage reset", |conn| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(conn)
+            })?;
+            for k in keys {
+                // Past the prefix: `{period}:{window}:{key}` for counters, `{key}` for rates.
+                let rest = k.get(prefix.len()..).unwrap_or("");
+                let limit_key = rest.splitn(skip + 1, ':').nth(skip).unwrap_or("");
+                if ours(limit_key) {
+                    doomed.push(k);
+                }
             }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
     }
     let mut deleted = 0;
     for chunk in doomed.chunks(500) {
-        deleted += redis::cmd("DEL").arg(chunk).query::<usize>(conn)?;
+        deleted += c.with_conn("usage reset", |conn| {
+            redis::cmd("DEL").arg(chunk).query::<usize>(conn)
+        })?;
     }
     Ok(deleted)
 }

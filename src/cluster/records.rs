@@ -371,9 +371,8 @@ impl RedisRecords {
     /// Forgets a consumer's plan counters in Redis, with an audit entry.
     pub fn reset_counts(&self, actor: &str, consumer: &str) -> Result<usize> {
         let c = self.cluster.clone();
-        let deleted = self.conn("usage reset", |conn| {
-            super::counters::reset(&c, conn, consumer).map_err(redis_error)
-        })?;
+        let deleted =
+            super::counters::reset(&c, consumer).map_err(|e| StoreError::Redis(e.to_string()))?;
         self.change(actor, |_| {
             Ok((
                 deleted,

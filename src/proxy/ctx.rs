@@ -23,6 +23,9 @@ pub struct RequestCtx {
     pub fail: Option<Code>,
     /// Request body bytes seen so far, and the limit that applies.
     pub body_seen: u64,
+    /// Whether the minimum body rate applies: a body of declared length, not gRPC (whose
+    /// streams may be quiet for long) and not waiting on `Expect: 100-continue`.
+    pub body_rate: bool,
     pub max_body: u64,
     /// Whether the current peer's outcome was already reported to passive health.
     pub reported: bool,
@@ -65,6 +68,7 @@ impl RequestCtx {
             peer: None,
             fail: None,
             body_seen: 0,
+            body_rate: false,
             max_body: u64::MAX,
             reported: false,
             consumer: None,

@@ -369,10 +369,11 @@ impl Gateway {
 /// passed (an upstream that timed out waiting for the body has already waited its own time).
 fn slow_body(ctx: &RequestCtx, after_grace: bool) -> bool {
     let limits = &ctx.snapshot.limits;
-    if limits.body_min_rate == 0 {
+    if limits.body_min_rate == 0 || !ctx.body_rate {
         return false;
     }
-    let elapsed = ctx.start.elapsed();
+    // From when the upstream was first asked: the body is read while it is sent there.
+    let elapsed = ctx.upstream_start.unwrap_or(ctx.start).elapsed();
     (!after_grace || elapsed >= limits.body_rate_after)
         && (ctx.body_seen as f64) < limits.body_min_rate as f64 * elapsed.as_secs_f64()
 }
@@ -440,6 +441,12 @@ impl ProxyHttp for Gateway {
         if !session.is_upgrade_req() {
             session.set_read_timeout(Some(limits.body_rate_after));
         }
+        let headers = &session.req_header().headers;
+        ctx.body_rate = headers.contains_key(http::header::CONTENT_LENGTH)
+            && !headers.contains_key(http::header::EXPECT)
+            && !headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if limits.send_min_rate > 0 {
             session.set_min_send_rate(Some(limits.send_min_rate));
         }
@@ -679,7 +686,12 @@ impl ProxyHttp for Gateway {
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum();
         if head > ctx.snapshot.limits.upstream_header_block {
-            // A misbehaving upstream: 502, its connection dropped, the failure counted.
+            // A misbehaving upstream: 502, its connection dropped, the failure counted here
+            // (a stale copy may be served instead of the 502, and then nothing else counts it).
+            if let (Some((addr, pool)), false) = (self.attempt(ctx), ctx.reported) {
+                ctx.reported = true;
+                pool.report_failure(&addr);
+            }
             ctx.fail = Some(Code::UpstreamUnavailable);
             return Error::e_explain(
                 ErrorType::HTTPStatus(502),
@@ -760,7 +772,13 @@ impl ProxyHttp for Gateway {
         let code = match ctx.fail.or_else(|| classify(e)) {
             // The upstream waited for a body the client was too slow to send: the client's
             // failure (408), and no mark against the target.
-            Some(Code::UpstreamTimeout) if !session.is_body_done() && slow_body(ctx, false) => {
+            // (Not when the upstream stopped taking the body: then the client only looks slow.)
+            Some(Code::UpstreamTimeout)
+                if !session.is_body_done()
+                    && session.upstream_write_pending_time()
+                        < std::time::Duration::from_secs(1)
+                    && slow_body(ctx, false) =>
+            {
                 Some(Code::RequestTimeout)
             }
             code => code,
@@ -871,7 +889,10 @@ fn classify(e: &Error) -> Option<Code> {
         (_, HTTPStatus(503)) => Some(Code::NoHealthyUpstream),
         (_, HTTPStatus(504)) => Some(Code::UpstreamTimeout),
         (_, HTTPStatus(_)) => Some(Code::UpstreamUnavailable),
-        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+        // A client gone, or not reading its answer (`send_min_rate`): nothing to answer.
+        (ErrorSource::Downstream, ReadError | WriteError | WriteTimedout | ConnectionClosed) => {
+            None
+        }
         (ErrorSource::Downstream, ReadTimedout) => Some(Code::RequestTimeout),
         (ErrorSource::Downstream, _) => Some(Code::BadRequest),
         (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => Some(Code::UpstreamTimeout),
