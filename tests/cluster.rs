@@ -172,7 +172,11 @@ async fn quotas_across_two_nodes_batched_and_strict() {
     // Redis): node B accepts the consumer again at once (strict counts in Redis).
     let (s, v) = admin(&a, "POST", "/consumers/c1/usage/reset", None).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(redis_count(&redis, "c1"), 0, "the counter is gone from redis");
+    assert_eq!(
+        redis_count(&redis, "c1"),
+        0,
+        "the counter is gone from redis"
+    );
     assert_eq!(get_with(&b.url("/app/x"), KEYS[1]).await.0, 200);
 
     // Batching: steady traffic from one client costs far fewer Redis script runs than requests.
