@@ -52,6 +52,25 @@ fn store(redis: &RedisServer, extra: &str) -> String {
     )
 }
 
+/// Creates a consumer in the fleet's store through `gw`'s admin API and a key for it; returns
+/// the key (shown once) and its id.
+async fn store_key(gw: &Gateway, consumer: Value) -> (&'static str, String) {
+    let id = consumer["id"].as_str().expect("consumer id").to_string();
+    let (s, v) = admin(gw, "POST", "/consumers", Some(consumer)).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = admin(
+        gw,
+        "POST",
+        &format!("/consumers/{id}/keys"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let key = v["key"].as_str().expect("key shown once").to_string();
+    let key_id = v["id"].as_str().expect("key id").to_string();
+    (Box::leak(key.into_boxed_str()), key_id)
+}
+
 async fn get_with(url: &str, key: &str) -> (u16, String) {
     let r = client()
         .get(url)
@@ -206,24 +225,7 @@ async fn keys_and_revocations_reach_every_node_within_a_second() {
     let a = Gateway::start_with_store(&store(&redis, ""), &body);
     let b = Gateway::start_with_store(&store(&redis, ""), &body);
 
-    let (s, v) = admin(
-        &a,
-        "POST",
-        "/consumers",
-        Some(json!({"id": "beta", "plan": "big"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = admin(&a, "POST", "/consumers/beta/keys", Some(json!({}))).await;
-    assert_eq!(s, 201, "{v}");
-    let key: &'static str = Box::leak(
-        v["key"]
-            .as_str()
-            .expect("key shown once")
-            .to_string()
-            .into_boxed_str(),
-    );
-    let key_id = v["id"].as_str().expect("key id").to_string();
+    let (key, key_id) = store_key(&a, json!({"id": "beta", "plan": "big"})).await;
     let created = Instant::now();
     // Works on node A at once (its index is updated in the same call) ...
     assert_eq!(get_with(&a.url("/app/x"), key).await.0, 200);
@@ -565,17 +567,7 @@ async fn store_keys_fail_closed_when_redis_is_out_of_reach_too_long() {
         key_digest(KEYS[0])
     );
     let a = Gateway::start_with_store(&store(&redis, "max_key_staleness = \"3s\""), &body);
-    let (s, v) = admin(&a, "POST", "/consumers", Some(json!({"id": "beta"}))).await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = admin(&a, "POST", "/consumers/beta/keys", Some(json!({}))).await;
-    assert_eq!(s, 201, "{v}");
-    let key: &'static str = Box::leak(
-        v["key"]
-            .as_str()
-            .expect("key shown once")
-            .to_string()
-            .into_boxed_str(),
-    );
+    let (key, _) = store_key(&a, json!({"id": "beta"})).await;
     assert_eq!(get_with(&a.url("/app/x"), key).await.0, 200);
 
     // Redis hangs: the last copy of the keys serves for max_key_staleness, then keys of the

@@ -457,15 +457,7 @@ async fn slow_request_bodies_get_408_and_do_not_count_against_the_upstream() {
             .await
             .expect("stall");
     assert_eq!(status_of(&answer), 408, "{answer}");
-    let v: serde_json::Value = reqwest::Client::new()
-        .get(gw2.admin_url("/upstreams"))
-        .bearer_auth(support::ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin")
-        .json()
-        .await
-        .expect("json");
+    let (_, v) = support::admin(&gw2, "GET", "/upstreams", None).await;
     assert_eq!(v["upstreams"][0]["targets"][0]["ejections"], 0, "{v}");
     // A client sending at a normal pace is not touched.
     let ok = raw_exchange(

@@ -364,6 +364,16 @@ impl Gateway {
     }
 }
 
+/// Whether the minimum body rate applies to a request that may have a body: a declared
+/// length, not gRPC (whose streams may be quiet for long), not waiting on 100-continue.
+fn body_rate_applies(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::CONTENT_LENGTH)
+        && !headers.contains_key(http::header::EXPECT)
+        && !headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Whether the request body is arriving slower than `[server.limits] body_min_rate` on
 /// average since the request began; with `after_grace`, only once `body_rate_after` has
 /// passed (an upstream that timed out waiting for the body has already waited its own time).
@@ -441,12 +451,6 @@ impl ProxyHttp for Gateway {
         if !session.is_upgrade_req() {
             session.set_read_timeout(Some(limits.body_rate_after));
         }
-        let headers = &session.req_header().headers;
-        ctx.body_rate = headers.contains_key(http::header::CONTENT_LENGTH)
-            && !headers.contains_key(http::header::EXPECT)
-            && !headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if limits.send_min_rate > 0 {
             session.set_min_send_rate(Some(limits.send_min_rate));
         }
@@ -454,6 +458,9 @@ impl ProxyHttp for Gateway {
             Err((reply, close)) => self.refuse(session, ctx, reply, close).await,
             Ok(close) => {
                 ctx.had_body = close;
+                if close {
+                    ctx.body_rate = body_rate_applies(&session.req_header().headers);
+                }
                 if let Err(reply) = self.check_caller(session, ctx).await {
                     return self.refuse(session, ctx, reply, close).await;
                 }
