@@ -4,7 +4,8 @@
 use crate::admin::AdminApp;
 use crate::config::{self, error::ConfigError};
 use crate::identity::{Identity, IdentitySync};
-use crate::proxy::deadline::{EdgeApp, RequestEnd};
+use crate::proxy::conn::{EdgeApp, RequestEnd};
+use crate::proxy::deadline::Timeouts;
 use crate::proxy::Gateway;
 use crate::reload::ReloadSignals;
 use crate::state::Shared;
@@ -132,11 +133,14 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     proxy_app.server_options = Some(opts);
     proxy_app.h2_options = Some(h2_options(l));
     let edge = EdgeApp {
-        inner: Arc::new(RequestEnd {
-            app: Arc::new(proxy_app),
-            drain: s.keepalive_drain.0,
-        }),
-        head_timeout: l.head_timeout.0,
+        inner: Arc::new(RequestEnd::new(proxy_app, s.keepalive_drain.0)),
+        timeouts: Timeouts {
+            idle: l.idle_before_request.0,
+            head: l.head_timeout.0,
+        },
+        h2c: s.h2c,
+        h2_max_resets: l.h2_max_resets,
+        connections: shared.connections.clone(),
     };
     let mut proxy = Service::new("turnpike proxy".to_string(), edge);
     for addr in &s.listen {

@@ -97,7 +97,7 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (ol, nl) = (&o.limits, &n.limits);
     let (os, ns) = (&old.store, &new.store);
     let (oc, nc) = (&old.cache, &new.cache);
-    let checks: [(&str, bool); 29] = [
+    let checks: [(&str, bool); 32] = [
         ("analytics", old.analytics != new.analytics),
         ("cache.max_memory", oc.max_memory != nc.max_memory),
         ("cache.lock_timeout", oc.lock_timeout != nc.lock_timeout),
@@ -135,6 +135,18 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
         (
             "server.limits.head_timeout",
             ol.head_timeout != nl.head_timeout,
+        ),
+        (
+            "server.limits.idle_before_request",
+            ol.idle_before_request != nl.idle_before_request,
+        ),
+        (
+            "server.limits.max_connections",
+            ol.max_connections != nl.max_connections,
+        ),
+        (
+            "server.limits.h2_max_resets",
+            ol.h2_max_resets != nl.h2_max_resets,
         ),
         (
             "server.limits.keepalive_requests",

@@ -128,6 +128,8 @@ pub struct Shared {
     pub cache: crate::cache::EdgeCache,
     /// Request records and what is built from them (`[analytics]`; restart-only).
     pub analytics: Arc<crate::analytics::Analytics>,
+    /// Client connections of the proxy listeners (`[server.limits] max_connections`).
+    pub connections: Arc<crate::limits::conns::Connections>,
     pub config_path: PathBuf,
     pub started_at: SystemTime,
     /// Serialises reloads.
@@ -147,9 +149,12 @@ impl Shared {
             &snapshot.file.analytics,
             config_path.parent(),
         ));
+        let connections =
+            crate::limits::conns::Connections::new(snapshot.file.server.limits.max_connections);
         Arc::new(Shared {
             cache,
             analytics,
+            connections,
             snapshot: ArcSwap::from_pointee(snapshot),
             identity,
             limiter: Arc::new(crate::limits::limiter::Limiter::new()),

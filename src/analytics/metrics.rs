@@ -32,6 +32,8 @@ pub struct Metrics {
     pub access_log_errors: IntCounter,
     pub webhook_failures: IntCounter,
     generation: IntGauge,
+    connections_open: IntGauge,
+    connections_refused: IntCounter,
     target_up: IntGaugeVec,
     store_up: IntGaugeVec,
 }
@@ -100,6 +102,14 @@ impl Metrics {
                 "turnpike_config_generation",
                 "Generation of the config in use (1 at start, +1 per successful reload)",
             )?,
+            connections_open: IntGauge::new(
+                "turnpike_connections_open",
+                "Client connections the proxy listeners hold now",
+            )?,
+            connections_refused: IntCounter::new(
+                "turnpike_connections_refused_total",
+                "Client connections closed at once because server.limits.max_connections was reached",
+            )?,
             target_up: IntGaugeVec::new(
                 Opts::new(
                     "turnpike_upstream_target_up",
@@ -138,6 +148,8 @@ impl Metrics {
         r.register(Box::new(m.access_log_errors.clone()))?;
         r.register(Box::new(m.webhook_failures.clone()))?;
         r.register(Box::new(m.generation.clone()))?;
+        r.register(Box::new(m.connections_open.clone()))?;
+        r.register(Box::new(m.connections_refused.clone()))?;
         r.register(Box::new(m.target_up.clone()))?;
         r.register(Box::new(m.store_up.clone()))?;
         r.register(Box::new(build))?;
@@ -178,6 +190,14 @@ impl Metrics {
         let snapshot = shared.snapshot();
         self.generation
             .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+        let conns = &shared.connections;
+        self.connections_open
+            .set(i64::try_from(conns.open()).unwrap_or(i64::MAX));
+        self.connections_refused.inc_by(
+            conns
+                .refused()
+                .saturating_sub(self.connections_refused.get()),
+        );
         self.target_up.reset();
         let now = Instant::now();
         for pool in snapshot.pools.values() {

@@ -393,6 +393,13 @@ pub struct LimitsSection {
     /// Deadline for receiving the whole request head of a new connection.
     #[serde(default = "d_head_timeout")]
     pub head_timeout: Dur,
+    /// A new connection that sends nothing for this long is closed (no answer).
+    #[serde(default = "d_idle_before_request")]
+    pub idle_before_request: Dur,
+    /// Client connections the proxy listeners hold at once; over it a new connection is
+    /// closed at once and counted. 0: three quarters of the open-file limit (`ulimit -n`).
+    #[serde(default)]
+    pub max_connections: usize,
     #[serde(default = "d_body")]
     pub body: Size,
     /// A request body slower than this many bytes per second on average is answered 408 and
@@ -424,6 +431,11 @@ pub struct LimitsSection {
     pub h2_stream_window: Size,
     #[serde(default = "d_h2_conn_window")]
     pub h2_connection_window: Size,
+    /// Streams an HTTP/2 client may reset before its connection is closed with
+    /// GOAWAY(ENHANCE_YOUR_CALM), once resets are also more than half of its streams
+    /// (0: no budget).
+    #[serde(default = "d_h2_max_resets")]
+    pub h2_max_resets: u32,
     /// Failed authentications per client address before its requests to APIs with auth get
     /// 429 for the rest of the window; "off" disables the guard.
     #[serde(default = "d_auth_failures")]
@@ -697,6 +709,12 @@ fn d_header_count() -> usize {
 }
 fn d_head_timeout() -> Dur {
     Dur(Duration::from_secs(10))
+}
+fn d_idle_before_request() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn d_h2_max_resets() -> u32 {
+    100
 }
 fn d_body() -> Size {
     Size(10 << 20)

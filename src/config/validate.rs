@@ -127,6 +127,7 @@ fn server(v: &mut Problems, cfg: &FileConfig) {
     }
     for (key, d) in [
         ("head_timeout", l.head_timeout),
+        ("idle_before_request", l.idle_before_request),
         ("keepalive_idle", l.keepalive_idle),
         ("body_rate_after", l.body_rate_after),
     ] {

@@ -2,6 +2,7 @@
 //! overrides), the limiter that counts, the `RateLimit` headers, and the write-behind of quota
 //! counters to the store.
 
+pub mod conns;
 pub mod headers;
 pub mod ip;
 pub mod limiter;

@@ -1,26 +1,27 @@
-//! A total deadline for receiving each HTTP/1 request head, which Pingora does not have (its
-//! timeouts apply per read, so a client sending one byte every few seconds could hold a
-//! connection forever).
+//! Deadlines for what a client must send before Pingora's own per-read timeouts apply, which
+//! Pingora does not have: they apply per read, so a client sending one byte every few seconds,
+//! or nothing at all, could hold a connection for a long time.
 //!
-//! Two layers do it. `EdgeApp` puts every connection that is not HTTP/2 by ALPN behind
-//! `HeadDeadline`, a transparent stream that watches the bytes going by: the first byte of a
-//! request head starts the clock and the blank line that ends the head stops it (blank lines
-//! before the head, which parsers skip, do not). `RequestEnd` sits between Pingora's connection
-//! loop and the proxy: when a request is finished and the connection is kept for another, it
-//! tells the stream that the next bytes start a new head. If the clock runs out, reads fail with
-//! `TimedOut` and the connection is closed. Upgraded (101) and HTTP/2 prior-knowledge
-//! connections are left alone, as is the wait between keep-alive requests (that is the
-//! keep-alive idle limit's job).
+//! `HeadDeadline` is a transparent stream that watches the bytes going by (the connection's
+//! app, `conn::EdgeApp`, puts every client connection behind it):
+//! - a connection that sends nothing for `idle_before_request` is closed (no answer: nothing
+//!   was asked);
+//! - the first byte of a request head starts the head clock (`head_timeout`) and the blank line
+//!   that ends the head stops it (blank lines before the head, which parsers skip, do not).
+//!   `conn::RequestEnd` tells the stream when a request is finished and the connection is kept
+//!   for another: the next bytes start a new head. If the clock runs out, the client gets 408
+//!   and reads fail with `TimedOut`, which closes the connection;
+//! - on HTTP/2 connections the head clock covers the 24-byte preface, and the frames the
+//!   client sends are counted for the reset budget (`h2conn::FrameCounter`);
+//! - upgraded (101) connections are left alone, as is the wait between keep-alive requests
+//!   (that is the keep-alive idle limit's job).
 
+use super::h2conn::{FrameCounter, ResetBudget};
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
-use pingora::protocols::http::v2::server::H2Options;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN,
 };
-use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -31,79 +32,17 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// The server app that applies the head deadline before Pingora's connection loop runs.
-pub struct EdgeApp<A> {
-    pub inner: Arc<RequestEnd<A>>,
-    pub head_timeout: Duration,
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// `[server.limits] idle_before_request` and `head_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub idle: Duration,
+    pub head: Duration,
 }
 
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            stream
-        } else {
-            Box::new(HeadDeadline::new(stream, self.head_timeout))
-        };
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.http_cleanup().await
-    }
-}
-
-/// Wraps the HTTP app to tell the connection's `HeadDeadline` when a request has ended, and to
-/// drain idle keep-alive connections on shutdown or upgrade: once the listeners are closed,
-/// Pingora would cut idle keep-alive connections at once, failing a client that sends on one
-/// at that moment. For `drain`, they stay open instead, and the next request on each is
-/// answered with `Connection: close` (Pingora does that once shutdown has begun), so clients
-/// move to the new process without an error.
-pub struct RequestEnd<A> {
-    pub app: Arc<A>,
-    pub drain: Duration,
-}
-
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for RequestEnd<A> {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let reused = self.app.process_new_http(session, shutdown).await?;
-        let (stream, settings) = reused.consume();
-        if let Some(watch) = stream.as_any().downcast_ref::<HeadDeadline>() {
-            watch.next_request();
-        }
-        Some(ReusedHttpStream::new(stream, settings))
-    }
-
-    fn h2_options(&self) -> Option<H2Options> {
-        self.app.h2_options()
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.app.server_options()
-    }
-
-    async fn http_cleanup(&self) {
-        if !self.drain.is_zero() {
-            log::info!(
-                "listeners closed: idle keep-alive connections may send one more request for {:?}",
-                self.drain
-            );
-            tokio::time::sleep(self.drain).await;
-        }
-        self.app.http_cleanup().await
-    }
-}
-
-/// A stream that fails reads once a request head takes longer than the deadline.
+/// A stream that fails reads once a client is silent or slow past the deadlines.
 #[derive(Debug)]
 pub struct HeadDeadline {
     inner: Stream,
@@ -125,30 +64,67 @@ pub struct HeadDeadline {
     in_head: bool,
     /// The current, unfinished line has bytes other than CR (it may span reads).
     line_content: bool,
-    /// Nothing read yet on this connection.
+    /// Nothing read yet on this connection: `clock` runs for `idle_before_request`.
     fresh: bool,
-    /// Watching stopped for good (HTTP/2 prior knowledge, or an upgraded connection).
+    /// Watching stopped for good (an upgraded connection).
     off: bool,
     /// The 408 answer was written.
     answered: bool,
+    /// An HTTP/2 connection: its frames are counted instead of looking for heads.
+    frames: Option<FrameCounter>,
+    /// Bytes read while telling HTTP/2 apart, served again by the next reads.
+    replay: Vec<u8>,
 }
 
 impl HeadDeadline {
-    pub fn new(inner: Stream, timeout: Duration) -> Self {
+    /// Watches a new connection: the idle clock runs until its first byte.
+    pub fn new(inner: Stream, timeouts: Timeouts) -> Self {
         HeadDeadline {
             inner,
-            timeout,
+            timeout: timeouts.head,
             expecting_head: true,
             request_ended: AtomicBool::new(false),
-            clock: None,
-            running: false,
+            clock: Some(Box::pin(tokio::time::sleep(timeouts.idle))),
+            running: true,
             polled: false,
             in_head: false,
             line_content: false,
             fresh: true,
             off: false,
             answered: false,
+            frames: None,
+            replay: Vec::new(),
         }
+    }
+
+    /// From now on the connection is HTTP/2: its frames are counted for `budget`, and the head
+    /// clock stops once the preface is complete.
+    pub fn count_h2_frames(&mut self, budget: Arc<ResetBudget>) {
+        self.frames = Some(FrameCounter::new(budget));
+    }
+
+    /// Reads until the bytes so far either are the HTTP/2 preface or cannot be, under the idle
+    /// and head deadlines; the bytes are kept and served again by the next reads. Whether
+    /// they are the preface.
+    pub async fn sniff_h2_preface(&mut self) -> io::Result<bool> {
+        let mut got = Vec::with_capacity(H2_PREFACE.len());
+        while got.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&got) {
+            let mut chunk = [0u8; 24];
+            let want = H2_PREFACE.len() - got.len();
+            let n = std::future::poll_fn(|cx| {
+                let mut buf = ReadBuf::new(&mut chunk[..want]);
+                self.poll_timed(cx, &mut buf)
+                    .map_ok(|()| buf.filled().len())
+            })
+            .await?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let h2 = got == H2_PREFACE;
+        self.replay = got;
+        Ok(h2)
     }
 
     /// The current request is finished: the next bytes read start a new head.
@@ -156,12 +132,23 @@ impl HeadDeadline {
         self.request_ended.store(true, Ordering::Release);
     }
 
+    /// The first bytes of the connection: the head clock replaces the idle clock.
+    fn first_bytes(&mut self) {
+        if std::mem::take(&mut self.fresh) {
+            self.start_clock();
+        }
+    }
+
     fn saw_read(&mut self, bytes: &[u8]) {
         if bytes.is_empty() || self.off {
             return;
         }
-        if std::mem::take(&mut self.fresh) && bytes.starts_with(b"PRI * HTTP/2.0") {
-            self.off = true;
+        self.first_bytes();
+        if let Some(frames) = &mut self.frames {
+            frames.feed(bytes);
+            if self.running && frames.past_preface() {
+                self.stop_clock();
+            }
             return;
         }
         if self.request_ended.swap(false, Ordering::AcqRel) {
@@ -209,11 +196,14 @@ impl HeadDeadline {
     fn start_clock(&mut self) {
         let deadline = tokio::time::Instant::now() + self.timeout;
         match self.clock.as_mut() {
+            // A timer that was registered stays registered (`polled` says so).
             Some(clock) => clock.as_mut().reset(deadline),
-            None => self.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            None => {
+                self.clock = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                self.polled = false;
+            }
         }
         self.running = true;
-        self.polled = false;
     }
 
     /// The head ended (or watching stopped). A timer that was registered is dropped so that
@@ -245,6 +235,38 @@ fn timeout_answer() -> Vec<u8> {
     out
 }
 
+impl HeadDeadline {
+    /// Reads from the connection unless a running clock has passed its deadline.
+    fn poll_timed(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let (true, Some(clock)) = (self.running, self.clock.as_mut()) {
+            self.polled = true;
+            if clock.as_mut().poll(cx).is_ready() {
+                // A silent connection is closed without an answer (nothing was asked), and so
+                // is an HTTP/2 one.
+                let asked = !self.fresh && self.frames.is_none();
+                if asked && !std::mem::replace(&mut self.answered, true) {
+                    // Best effort: tell the client why before the connection closes. Nothing
+                    // else is being written while a head is awaited.
+                    let answer = timeout_answer();
+                    let _ = Pin::new(&mut self.inner).poll_write(cx, &answer);
+                    let _ = Pin::new(&mut self.inner).poll_flush(cx);
+                }
+                let what = match self.fresh {
+                    true => "nothing was sent before the idle deadline",
+                    false => "request head deadline passed",
+                };
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+            }
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.first_bytes();
+        }
+        res
+    }
+}
+
 impl AsyncRead for HeadDeadline {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -252,24 +274,15 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let (true, Some(clock)) = (this.running, this.clock.as_mut()) {
-            this.polled = true;
-            if clock.as_mut().poll(cx).is_ready() {
-                if !std::mem::replace(&mut this.answered, true) {
-                    // Best effort: tell the client why before the connection closes. Nothing
-                    // else is being written while a head is awaited.
-                    let answer = timeout_answer();
-                    let _ = Pin::new(&mut this.inner).poll_write(cx, &answer);
-                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
-                }
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "request head deadline passed",
-                )));
-            }
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            let replayed: Vec<u8> = this.replay.drain(..n).collect();
+            this.saw_read(&replayed);
+            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let res = this.poll_timed(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             let filled = buf.filled();
             this.saw_read(&filled[before..]);
@@ -371,8 +384,10 @@ impl GetSocketDigest for HeadDeadline {
 
 #[async_trait]
 impl Peek for HeadDeadline {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+    /// Not offered: `sniff_h2_preface` tells HTTP/2 apart under the deadlines (a peek of the
+    /// inner stream would wait without them, and miss the bytes kept for replay).
+    async fn try_peek(&mut self, _buf: &mut [u8]) -> io::Result<bool> {
+        Ok(false)
     }
 }
 
@@ -391,7 +406,16 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let (server, _) = l.accept().await.unwrap_or_else(|e| panic!("{e}"));
         let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
-        (HeadDeadline::new(stream, timeout), client)
+        (
+            HeadDeadline::new(
+                stream,
+                Timeouts {
+                    idle: timeout,
+                    head: timeout,
+                },
+            ),
+            client,
+        )
     }
 
     #[tokio::test]
@@ -487,5 +511,56 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(s.read(&mut buf).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_after_the_idle_deadline_without_an_answer() {
+        let (mut s, mut c) = pair(Duration::from_millis(200)).await;
+        let mut buf = [0u8; 64];
+        let err = s.read(&mut buf).await.err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::TimedOut));
+        drop(s);
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer).await;
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_told_apart_under_the_deadlines_and_its_bytes_replayed() {
+        let (mut s, mut c) = pair(Duration::from_millis(300)).await;
+        c.write_all(b"G").await.unwrap_or_else(|e| panic!("{e}"));
+        // One byte that cannot start the preface is enough to decide.
+        assert!(!s.sniff_h2_preface().await.unwrap_or(true));
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&buf[..n], b"G");
+        // The head clock started at that byte: the rest never comes, 408.
+        let err = s.read(&mut buf).await.err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::TimedOut));
+        drop(s);
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 408"));
+
+        let (mut s, mut c) = pair(Duration::from_millis(300)).await;
+        c.write_all(&H2_PREFACE[..10])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.write_all(&H2_PREFACE[10..])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.sniff_h2_preface().await.unwrap_or(false));
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&buf[..n], H2_PREFACE);
+
+        // A partial preface that stalls is cut by the head clock.
+        let (mut s, mut c) = pair(Duration::from_millis(200)).await;
+        c.write_all(b"PRI * HT")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = s.sniff_h2_preface().await.err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::TimedOut));
     }
 }

@@ -3,9 +3,11 @@
 //! `headers` sets forwarding headers and `reply` writes every answer the gateway gives itself.
 
 pub mod caching;
+pub mod conn;
 pub mod ctx;
 pub mod deadline;
 pub mod edge;
+pub mod h2conn;
 pub mod headers;
 pub mod logging;
 pub mod reply;

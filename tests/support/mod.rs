@@ -78,8 +78,23 @@ impl Gateway {
     /// taken by another test before the gateway binds it (Pingora then logs that it is in
     /// use and keeps trying): such a start is stopped and made again on other ports.
     fn start_full(server_extra: &str, store_extra: &str, body: &str) -> Gateway {
+        Gateway::start_limited(None, server_extra, store_extra, body)
+    }
+
+    /// Starts the binary under `prlimit --nofile=N:N` (its open-file limit) and waits for it.
+    pub fn start_with_nofile(nofile: u64, server_extra: &str, body: &str) -> Gateway {
+        Gateway::start_limited(Some(nofile), server_extra, "", body)
+    }
+
+    fn start_limited(
+        nofile: Option<u64>,
+        server_extra: &str,
+        store_extra: &str,
+        body: &str,
+    ) -> Gateway {
         for _ in 0..3 {
-            let mut gw = Gateway::spawn_full(free_port(), server_extra, store_extra, body);
+            let port = free_port();
+            let mut gw = Gateway::spawn_cmd(port, server_extra, store_extra, body, nofile);
             match gw.until_ready(true) {
                 Ok(()) => return gw,
                 Err(log) => eprintln!("a port was taken meanwhile, starting again:\n{log}"),
@@ -90,6 +105,16 @@ impl Gateway {
 
     /// Starts the binary; `server_extra` and `store_extra` go inside `[server]` and `[store]`.
     pub fn spawn_full(port: u16, server_extra: &str, store_extra: &str, body: &str) -> Gateway {
+        Gateway::spawn_cmd(port, server_extra, store_extra, body, None)
+    }
+
+    fn spawn_cmd(
+        port: u16,
+        server_extra: &str,
+        store_extra: &str,
+        body: &str,
+        nofile: Option<u64>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let admin_port = free_port();
         let d = dir.path().display();
@@ -100,7 +125,15 @@ impl Gateway {
         let config = dir.path().join("turnpike.toml");
         std::fs::write(&config, text).expect("write config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
-        let child = Command::new(binary())
+        let mut cmd = match nofile {
+            None => Command::new(binary()),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary());
+                c
+            }
+        };
+        let child = cmd
             .args(["run", "-c"])
             .arg(&config)
             .env("TURNPIKE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -1,0 +1,120 @@
+//! What happens to a client connection of the proxy listeners before Pingora's HTTP loop, and
+//! between its requests:
+//! - the connection cap (`[server.limits] max_connections`): a connection over it is closed
+//!   at once and counted;
+//! - every connection is read through [`HeadDeadline`]: nothing sent for
+//!   `idle_before_request` closes it, and a request head (or the HTTP/2 preface) must arrive
+//!   whole within `head_timeout` of its first byte;
+//! - protocol detection: HTTP/2 by ALPN, or by its preface on listeners with `h2c = true`
+//!   (read under those deadlines, which Pingora's own detection does not have), is served by
+//!   [`h2conn::serve`] with its reset budget; everything else goes to Pingora's HTTP/1 loop;
+//! - [`RequestEnd`] tells the connection's `HeadDeadline` when a request has ended, and drains
+//!   idle keep-alive connections on shutdown or upgrade.
+
+use super::deadline::{HeadDeadline, Timeouts};
+use super::h2conn::{self, ResetBudget};
+use crate::limits::conns::Connections;
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::v2::server::H2Options;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The server app of the proxy listeners (see the module doc).
+pub struct EdgeApp<A> {
+    pub inner: Arc<RequestEnd<A>>,
+    pub timeouts: Timeouts,
+    /// Look for the HTTP/2 preface on plain-text connections.
+    pub h2c: bool,
+    pub h2_max_resets: u32,
+    pub connections: Arc<Connections>,
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _slot = self.connections.admit()?;
+        let tls = stream.get_ssl_digest().is_some();
+        let alpn_h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let mut watched = HeadDeadline::new(stream, self.timeouts);
+        let h2 = alpn_h2 || (self.h2c && !tls && watched.sniff_h2_preface().await.ok()?);
+        if h2 {
+            let budget = ResetBudget::new(self.h2_max_resets);
+            watched.count_h2_frames(budget.clone());
+            h2conn::serve(self.inner.clone(), Box::new(watched), budget, shutdown).await;
+            return None;
+        }
+        self.inner.process_new(Box::new(watched), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+/// Wraps the HTTP app to tell the connection's `HeadDeadline` when a request has ended, and to
+/// drain idle keep-alive connections on shutdown or upgrade: once the listeners are closed,
+/// Pingora would cut idle keep-alive connections at once, failing a client that sends on one
+/// at that moment. For `drain`, they stay open instead, and the next request on each is
+/// answered with `Connection: close` (Pingora does that once shutdown has begun), so clients
+/// move to the new process without an error.
+pub struct RequestEnd<A> {
+    pub app: Arc<A>,
+    pub drain: Duration,
+    /// The app's options with `h2c` off: [`EdgeApp`] has already told HTTP/2 apart.
+    pub options: HttpServerOptions,
+}
+
+impl<A: HttpServerApp> RequestEnd<A> {
+    pub fn new(app: A, drain: Duration) -> RequestEnd<A> {
+        let mut options = app.server_options().cloned().unwrap_or_default();
+        options.h2c = false;
+        RequestEnd {
+            app: Arc::new(app),
+            drain,
+            options,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for RequestEnd<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let reused = self.app.process_new_http(session, shutdown).await?;
+        let (stream, settings) = reused.consume();
+        if let Some(watch) = stream.as_any().downcast_ref::<HeadDeadline>() {
+            watch.next_request();
+        }
+        Some(ReusedHttpStream::new(stream, settings))
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.app.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+
+    async fn http_cleanup(&self) {
+        if !self.drain.is_zero() {
+            log::info!(
+                "listeners closed: idle keep-alive connections may send one more request for {:?}",
+                self.drain
+            );
+            tokio::time::sleep(self.drain).await;
+        }
+        self.app.http_cleanup().await
+    }
+}
