@@ -467,6 +467,119 @@ async fn slow_request_bodies_get_408_and_do_not_count_against_the_upstream() {
     assert_eq!(status_of(&ok), 200, "{ok}");
 }
 
+/// Sends `head`, then `parts` one at a time every `every` (after `first_after`), reading the
+/// answer meanwhile; the answer and how long it took.
+fn paced(
+    addr: std::net::SocketAddr,
+    head: String,
+    first_after: Duration,
+    parts: Vec<Vec<u8>>,
+    every: Duration,
+) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(head.as_bytes()).expect("head");
+    let mut next_at = first_after;
+    let mut parts = parts.into_iter();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(30) {
+        let wait = next_at.saturating_sub(started.elapsed());
+        s.set_read_timeout(Some(wait.max(Duration::from_millis(10))))
+            .ok();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if final_answer(&answer).1 {
+                    break;
+                }
+            }
+            Err(_) => {
+                if started.elapsed() >= next_at {
+                    match parts.next() {
+                        Some(p) => {
+                            if s.write_all(&p).is_err() {
+                                break;
+                            }
+                            next_at += every;
+                        }
+                        None => next_at += every,
+                    }
+                }
+            }
+        }
+    }
+    (final_answer(&answer).0, started.elapsed())
+}
+
+/// The final answer in `bytes` (interim 1xx answers left out), and whether it is complete by
+/// its Content-Length.
+fn final_answer(bytes: &[u8]) -> (String, bool) {
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    while text.starts_with("HTTP/1.1 1") {
+        match text.split_once("\r\n\r\n") {
+            Some((_, rest)) => text = rest.to_string(),
+            None => return (text, false),
+        }
+    }
+    let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+        head.lines()
+            .find_map(|l| {
+                let l = l.to_ascii_lowercase();
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            })
+            .is_some_and(|n| body.len() >= n)
+    });
+    (text, complete)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dripped_chunked_bodies_get_408_and_expect_continue_is_judged_from_the_body() {
+    let up = Upstream::start("app").await;
+    let limits = "[server.limits]\nbody_rate_after = \"2s\"\n";
+    let gw = Gateway::start_with("", &format!("{limits}{}", config(&up)));
+    let addr = gw.addr;
+    // One byte a chunk, a chunk every 500 ms, for ever.
+    let head =
+        "POST /app/big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
+    let drip: Vec<Vec<u8>> = (0..60).map(|_| b"1\r\nb\r\n".to_vec()).collect();
+    let (answer, took) = tokio::task::spawn_blocking(move || {
+        paced(addr, head, Duration::ZERO, drip, Duration::from_millis(500))
+    })
+    .await
+    .expect("drip");
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    problem(body_of(&answer), 408, "request_timeout");
+    assert!(took >= Duration::from_secs(2), "judged too early: {took:?}");
+    assert!(took < Duration::from_secs(8), "cut late: {took:?}");
+
+    // Expect: 100-continue: 1.9 s waiting for the go-ahead, then 1,100 B/s. Judged from the
+    // first body byte that is fast enough; judged from the request it would not be (2,200
+    // bytes after 2.9 s).
+    let hits = up.hits();
+    let head =
+        "POST /app/big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5500\r\n\r\n"
+            .to_string();
+    let parts: Vec<Vec<u8>> = (0..5).map(|_| vec![b'b'; 1100]).collect();
+    let (answer, _) = tokio::task::spawn_blocking(move || {
+        paced(
+            addr,
+            head,
+            Duration::from_millis(1900),
+            parts,
+            Duration::from_secs(1),
+        )
+    })
+    .await
+    .expect("expect");
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(up.hits(), hits + 1);
+    assert_eq!(up.last().map(|s| s.body_len), Some(5500));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_its_answer_is_cut_off() {
     use std::io::{Read, Write};

@@ -7,6 +7,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Whether and from when the minimum body rate (`[server.limits] body_min_rate`) is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRate {
+    /// No body, or a gRPC one (its streams may be quiet for long).
+    Off,
+    /// From when the upstream was first asked: the body is read while it is sent there.
+    FromUpstream,
+    /// `Expect: 100-continue`: the client may wait for the go-ahead, so from the first body
+    /// byte (the instant, once it came).
+    FromFirstByte(Option<Instant>),
+}
+
 pub struct RequestCtx {
     /// The config generation this request uses from start to end.
     pub snapshot: Arc<Snapshot>,
@@ -23,9 +35,8 @@ pub struct RequestCtx {
     pub fail: Option<Code>,
     /// Request body bytes seen so far, and the limit that applies.
     pub body_seen: u64,
-    /// Whether the minimum body rate applies: a body of declared length, not gRPC (whose
-    /// streams may be quiet for long) and not waiting on `Expect: 100-continue`.
-    pub body_rate: bool,
+    /// How the minimum body rate applies to this request's body (see `proxy::body_rate`).
+    pub body_rate: BodyRate,
     pub max_body: u64,
     /// Whether the current peer's outcome was already reported to passive health.
     pub reported: bool,
@@ -68,7 +79,7 @@ impl RequestCtx {
             peer: None,
             fail: None,
             body_seen: 0,
-            body_rate: false,
+            body_rate: BodyRate::Off,
             max_body: u64::MAX,
             reported: false,
             consumer: None,

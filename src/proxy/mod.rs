@@ -366,26 +366,37 @@ impl Gateway {
     }
 }
 
-/// Whether the minimum body rate applies to a request that may have a body: a declared
-/// length, not gRPC (whose streams may be quiet for long), not waiting on 100-continue.
-fn body_rate_applies(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(http::header::CONTENT_LENGTH)
-        && !headers.contains_key(http::header::EXPECT)
-        && !headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// How the minimum body rate applies to a request that may have a body, of declared length
+/// or chunked: not to gRPC (whose streams may be quiet for long), and for a client that waits
+/// on `Expect: 100-continue` only from the first body byte.
+fn body_rate(headers: &http::HeaderMap) -> ctx::BodyRate {
+    use ctx::BodyRate;
+    if headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    {
+        BodyRate::Off
+    } else if headers.contains_key(http::header::EXPECT) {
+        BodyRate::FromFirstByte(None)
+    } else {
+        BodyRate::FromUpstream
+    }
 }
 
 /// Whether the request body is arriving slower than `[server.limits] body_min_rate` on
-/// average since the request began; with `after_grace`, only once `body_rate_after` has
-/// passed (an upstream that timed out waiting for the body has already waited its own time).
+/// average since its clock started (see [`ctx::BodyRate`]); with `after_grace`, only once
+/// `body_rate_after` has passed (an upstream that timed out waiting for the body has already
+/// waited its own time).
 fn slow_body(ctx: &RequestCtx, after_grace: bool) -> bool {
+    use ctx::BodyRate;
     let limits = &ctx.snapshot.limits;
-    if limits.body_min_rate == 0 || !ctx.body_rate {
-        return false;
-    }
-    // From when the upstream was first asked: the body is read while it is sent there.
-    let elapsed = ctx.upstream_start.unwrap_or(ctx.start).elapsed();
+    let since = match ctx.body_rate {
+        _ if limits.body_min_rate == 0 => return false,
+        BodyRate::Off | BodyRate::FromFirstByte(None) => return false,
+        BodyRate::FromFirstByte(Some(t)) => t,
+        BodyRate::FromUpstream => ctx.upstream_start.unwrap_or(ctx.start),
+    };
+    let elapsed = since.elapsed();
     (!after_grace || elapsed >= limits.body_rate_after)
         && (ctx.body_seen as f64) < limits.body_min_rate as f64 * elapsed.as_secs_f64()
 }
@@ -461,7 +472,7 @@ impl ProxyHttp for Gateway {
             Ok(close) => {
                 ctx.had_body = close;
                 if close {
-                    ctx.body_rate = body_rate_applies(&session.req_header().headers);
+                    ctx.body_rate = body_rate(&session.req_header().headers);
                 }
                 if let Err(reply) = self.check_caller(session, ctx).await {
                     return self.refuse(session, ctx, reply, close).await;
@@ -552,7 +563,10 @@ impl ProxyHttp for Gateway {
         if session.was_upgraded() {
             return Ok(());
         }
-        if let Some(b) = body {
+        if let Some(b) = body.as_ref().filter(|b| !b.is_empty()) {
+            if ctx.body_rate == ctx::BodyRate::FromFirstByte(None) {
+                ctx.body_rate = ctx::BodyRate::FromFirstByte(Some(std::time::Instant::now()));
+            }
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > ctx.max_body {
                 ctx.fail = Some(Code::PayloadTooLarge);
