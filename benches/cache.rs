@@ -21,6 +21,7 @@ fn policy() -> Policy {
         ttl: Duration::from_secs(60),
         shared: false,
         vary: vec![http::HeaderName::from_static("accept-language")],
+        strip: Default::default(),
         stale_while_revalidate: 0,
         stale_if_error: 0,
         max_object: 1 << 20,

@@ -32,6 +32,15 @@ pub enum Command {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask the gateway running on a config file to reload it (through its admin listener).
+    Reload {
+        /// The config file (for [admin] listen and the token).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// Apply a file that removes more than half of the running APIs or config consumers.
+        #[arg(long)]
+        force: bool,
+    },
     /// API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -75,6 +84,10 @@ pub enum KeysCommand {
         /// A label shown in listings.
         #[arg(long)]
         label: Option<String>,
+        /// The plan of a consumer created here (needed once the config has plans, unless
+        /// [consumer_defaults] plan is set).
+        #[arg(long)]
+        plan: Option<String>,
         /// The config file (for [store] path).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,

@@ -18,12 +18,14 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Reload { config, force } => turnpike::remote::reload(&config, force),
         Command::Keys(KeysCommand::Hash) => turnpike::offline::keys_hash(),
         Command::Keys(KeysCommand::Create {
             consumer,
             label,
+            plan,
             config,
-        }) => turnpike::offline::keys_create(&config, &consumer, label.as_deref()),
+        }) => turnpike::offline::keys_create(&config, &consumer, label.as_deref(), plan),
         Command::Audit(AuditCommand::Verify { config }) => turnpike::offline::audit_verify(&config),
         Command::Report {
             config,

@@ -54,19 +54,27 @@ pub fn keys_hash() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn keys_create(config: &Path, consumer: &str, label: Option<&str>) -> ExitCode {
+pub fn keys_create(
+    config: &Path,
+    consumer: &str,
+    label: Option<&str>,
+    plan: Option<String>,
+) -> ExitCode {
     if !crate::config::identity::is_consumer_id(consumer) {
         return fail("--consumer: letters, digits, '-', '_', '.', '@' and ':' (1 to 128)");
     }
-    match crate::config::load(config) {
-        Ok(cfg) if cfg.consumers.iter().any(|c| c.id == consumer) => {
-            return fail(format!(
-                "consumer {consumer} is defined in the config file: its keys are listed there as \
-                 digests (turnpike keys hash)"
-            ))
-        }
-        Ok(_) => {}
+    let cfg = match crate::config::load(config) {
+        Ok(cfg) => cfg,
         Err(e) => return fail(e),
+    };
+    if cfg.consumers.iter().any(|c| c.id == consumer) {
+        return fail(format!(
+            "consumer {consumer} is defined in the config file: its keys are listed there as \
+             digests (turnpike keys hash)"
+        ));
+    }
+    if let Err(why) = crate::config::identity::plan_for_new_consumer(&cfg, plan.as_deref()) {
+        return fail(format!("--plan: {why}"));
     }
     let store = match open_store(config) {
         Ok(s) => s,
@@ -81,6 +89,7 @@ pub fn keys_create(config: &Path, consumer: &str, label: Option<&str>) -> ExitCo
     if !exists {
         let new = NewConsumer {
             id: consumer.to_string(),
+            plan,
             ..Default::default()
         };
         match store.create_consumer(&actor, new) {

@@ -21,6 +21,49 @@ pub enum ReloadError {
     Invalid(ConfigError),
     /// The file changes settings that need a restart or a binary upgrade.
     NeedsRestart(Vec<String>),
+    /// The file would remove more than half of the running APIs or config consumers (a file
+    /// cut short is often valid TOML): it needs to be asked for.
+    LargeRemoval(Removal),
+}
+
+/// What a reload would remove, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removal {
+    pub apis: Vec<String>,
+    pub consumers: Vec<String>,
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the new file removes {} API(s) [{}] and {} config consumer(s) [{}], more than half of either; nothing was applied. If that is meant, reload with POST /reload?allow_large_removal=true or turnpike reload --force",
+            self.apis.len(),
+            self.apis.join(", "),
+            self.consumers.len(),
+            self.consumers.join(", ")
+        )
+    }
+}
+
+impl Removal {
+    /// What `new` removes from `old`, when that is more than half of its APIs or of its config
+    /// consumers.
+    pub fn large(old: &FileConfig, new: &FileConfig) -> Option<Removal> {
+        fn gone<'a>(old: impl Iterator<Item = &'a String>, new: &[&String]) -> Vec<String> {
+            old.filter(|n| !new.contains(n)).cloned().collect()
+        }
+        let new_apis: Vec<&String> = new.apis.iter().map(|a| &a.name).collect();
+        let new_consumers: Vec<&String> = new.consumers.iter().map(|c| &c.id).collect();
+        let removal = Removal {
+            apis: gone(old.apis.iter().map(|a| &a.name), &new_apis),
+            consumers: gone(old.consumers.iter().map(|c| &c.id), &new_consumers),
+        };
+        let over_half = |gone: usize, had: usize| gone * 2 > had && gone > 0;
+        (over_half(removal.apis.len(), old.apis.len())
+            || over_half(removal.consumers.len(), old.consumers.len()))
+        .then_some(removal)
+    }
 }
 
 impl std::fmt::Display for ReloadError {
@@ -32,6 +75,7 @@ impl std::fmt::Display for ReloadError {
                 "these changes need a restart or an upgrade, so nothing was applied: {}",
                 keys.join(", ")
             ),
+            ReloadError::LargeRemoval(r) => write!(f, "{r}"),
         }
     }
 }
@@ -44,8 +88,9 @@ pub struct ReloadReport {
 }
 
 /// Reloads the config file of `shared`. Blocking (file I/O, DNS): call it from a blocking
-/// context. Reloads are serialised.
-pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
+/// context. Reloads are serialised. A file that removes more than half of the running APIs
+/// or config consumers is refused unless `allow_large_removal`.
+pub fn reload(shared: &Shared, allow_large_removal: bool) -> Result<u64, ReloadError> {
     let _one_at_a_time = shared.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
     let current = shared.snapshot();
     let result = crate::config::load_snapshot(&shared.config_path, Some(&current))
@@ -63,10 +108,12 @@ pub fn reload(shared: &Shared) -> Result<u64, ReloadError> {
         .map_err(ReloadError::Invalid)
         .and_then(|next| {
             let keys = restart_only_changes(&current.file, &next.file);
-            if keys.is_empty() {
-                Ok(next)
-            } else {
-                Err(ReloadError::NeedsRestart(keys))
+            if !keys.is_empty() {
+                return Err(ReloadError::NeedsRestart(keys));
+            }
+            match Removal::large(&current.file, &next.file) {
+                Some(removal) if !allow_large_removal => Err(ReloadError::LargeRemoval(removal)),
+                _ => Ok(next),
             }
         });
     let outcome = match result {
@@ -204,7 +251,7 @@ impl BackgroundService for ReloadSignals {
                     log::info!("SIGHUP: reloading {}", self.shared.config_path.display());
                     let shared = self.shared.clone();
                     // The outcome is logged and kept for GET /status.
-                    let _ = tokio::task::spawn_blocking(move || reload(&shared)).await;
+                    let _ = tokio::task::spawn_blocking(move || reload(&shared, false)).await;
                 }
             }
         }
@@ -237,5 +284,38 @@ mod tests {
                 "admin.listen"
             ]
         );
+    }
+
+    #[test]
+    fn removing_more_than_half_of_the_apis_or_consumers_is_a_large_removal() {
+        let file = |apis: &[&str], consumers: &[&str]| {
+            let mut t = String::new();
+            for a in apis {
+                t += &format!("[[apis]]\nname = \"{a}\"\nbase_path = \"/{a}\"\n[apis.respond]\n");
+            }
+            for c in consumers {
+                t += &format!("[[consumers]]\nid = \"{c}\"\n");
+            }
+            cfg(&t)
+        };
+        let old = file(&["a", "b", "c", "d"], &["x", "y"]);
+        assert_eq!(Removal::large(&old, &file(&["a", "b"], &["x", "y"])), None);
+        assert_eq!(
+            Removal::large(&old, &file(&["a", "b", "c", "d"], &["x"])),
+            None
+        );
+        let r = Removal::large(&old, &file(&["a"], &["x", "y"]));
+        assert_eq!(
+            r.map(|r| (r.apis, r.consumers)),
+            Some((vec!["b".into(), "c".into(), "d".into()], vec![]))
+        );
+        let r = Removal::large(&old, &file(&["a", "b", "c", "d", "e"], &[]));
+        assert_eq!(
+            r.map(|r| r.consumers),
+            Some(vec!["x".to_string(), "y".to_string()])
+        );
+        // Renaming is a removal too; adding is not.
+        assert!(Removal::large(&file(&["a"], &[]), &file(&["z"], &[])).is_some());
+        assert_eq!(Removal::large(&file(&[], &[]), &file(&["a"], &[])), None);
     }
 }

@@ -102,6 +102,8 @@ pub struct Snapshot {
     pub endpoints: Vec<Endpoint>,
     pub pools: HashMap<String, Arc<Pool>>,
     pub limits: Limits,
+    /// `[server] strip_request_headers`.
+    pub strip_request: crate::headers::NameList,
     pub admin_token: Option<Secret>,
     /// Consumers and key digests of the config file.
     pub identities: crate::identity::ConfigIdentities,
@@ -113,6 +115,8 @@ pub struct Snapshot {
     pub usage: Option<(String, usize)>,
     /// The failed-authentication guard (`[server.limits] auth_failures_per_ip`).
     pub auth_guard: Option<Arc<crate::limits::ip::IpLimit>>,
+    /// `[admin] auth_failures_per_ip`: the wrong-token guard of the admin listener.
+    pub admin_guard: Option<Arc<crate::limits::ip::IpLimit>>,
 }
 
 /// State shared by every service of the process.

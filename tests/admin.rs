@@ -144,3 +144,54 @@ async fn ready_means_the_proxy_listeners_accept_connections() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_admin_token_is_slowed_per_address() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[apis]]\nname = \"app\"\nbase_path = \"/\"\nupstream = \"app\"\n",
+        up.addr
+    ));
+    let c = client();
+    let mut statuses = Vec::new();
+    for i in 0..60 {
+        let r = c
+            .get(gw.admin_url("/status"))
+            .bearer_auth(format!("guess-{i}"))
+            .send()
+            .await
+            .expect("admin");
+        let status = r.status().as_u16();
+        if status == 429 {
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            assert_eq!(retry.as_deref(), Some("60"));
+            problem(&r.text().await.expect("body"), 429, "rate_limited");
+        }
+        statuses.push(status);
+    }
+    // The default guard: 20 wrong tokens a minute, then 429 for the rest of the minute.
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The token is not even looked at meanwhile, so guessing learns nothing; probes still
+    // answer.
+    let r = c
+        .get(gw.admin_url("/status"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status(), 429);
+    let r = c.get(gw.admin_url("/health")).send().await.expect("health");
+    assert_eq!(r.status(), 200);
+    let log = gw.log();
+    assert_eq!(
+        log.matches("wrong or missing tokens").count(),
+        1,
+        "logged once per episode:\n{log}"
+    );
+    assert!(!log.contains("guess-"), "a guessed token reached the log");
+}

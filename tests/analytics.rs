@@ -111,12 +111,17 @@ ttl = "60s"
 [plans.tiny]
 quotas = ["2/month"]
 
+[plans.open]
+quotas = ["1000000/month"]
+
 [[consumers]]
 id = "acme"
+plan = "open"
 keys = [{{ sha256 = "{acme}" }}]
 
 [[consumers]]
 id = "globex"
+plan = "open"
 keys = [{{ sha256 = "{globex}" }}]
 
 [[consumers]]

@@ -83,6 +83,9 @@ scope = "shared"
 [plans.small]
 quotas = ["4/hour"]
 
+[plans.open]
+quotas = ["1000000/month"]
+
 [[apis]]
 name = "counted"
 base_path = "/counted"
@@ -94,6 +97,7 @@ ttl = "60s"
 
 [[consumers]]
 id = "acme"
+plan = "open"
 keys = [{{ sha256 = "{acme}" }}]
 
 [[consumers]]
@@ -656,4 +660,49 @@ async fn a_hit_while_the_client_sends_a_body_never_reads_the_body_as_a_request()
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(up.hits(), 1, "the body was never read as a request");
     assert!(up.last().is_some_and(|s| !s.uri.contains("smuggled")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_rewrite_a_request_never_shape_a_shared_copy() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&config(up.addr, ""));
+    let poison = [
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("x-host", "evil.example"),
+        ("x-forwarded-server", "evil.example"),
+        ("x-forwarded-scheme", "http"),
+        ("x-http-method-override", "DELETE"),
+    ];
+    let first = get(&gw, "/nc/cached?p=1", &poison).await;
+    assert_eq!((first.status, first.cache()), (200, "MISS"));
+    let seen = up.last().expect("the upstream saw the request");
+    for (name, _) in poison {
+        assert_eq!(seen.header(name), None, "{name} reached the upstream");
+    }
+    // Another client gets the copy, made without the attacker's headers.
+    let clean = get(&gw, "/nc/cached?p=1", &[]).await;
+    assert_eq!((clean.cache(), clean.n()), ("HIT", first.n()));
+    assert!(!clean.body.contains("evil.example") && !clean.body.contains("/admin"));
+
+    // An operator who lets one through gets it in the key instead.
+    let gw = Gateway::start(&config(
+        up.addr,
+        "[cache]\nstrip_unkeyed = [\"x-original-url\"]",
+    ));
+    let with = get(&gw, "/nc/cached?p=2", &[("x-forwarded-scheme", "http")]).await;
+    assert_eq!(with.cache(), "MISS");
+    assert_eq!(
+        up.last()
+            .and_then(|s| s.header("x-forwarded-scheme").map(String::from)),
+        Some("http".into())
+    );
+    let without = get(&gw, "/nc/cached?p=2", &[]).await;
+    assert_eq!(
+        without.cache(),
+        "MISS",
+        "a copy made with the header is not served without it"
+    );
+    let again = get(&gw, "/nc/cached?p=2", &[("x-forwarded-scheme", "http")]).await;
+    assert_eq!((again.cache(), again.n()), ("HIT", with.n()));
 }

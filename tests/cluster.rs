@@ -292,6 +292,8 @@ async fn keys_and_revocations_reach_every_node_within_a_second() {
             "create",
             "--consumer",
             "gamma",
+            "--plan",
+            "big",
             "-c",
             &a.config.display().to_string(),
         ],

@@ -446,3 +446,70 @@ scopes = ["orders:write"]
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_consumers_get_the_default_plan_or_are_refused_on_apis_with_plans() {
+    let up = Upstream::start("orders").await;
+    std::env::set_var("TURNPIKE_TEST_JWT_SECRET", HS_SECRET);
+    let api = |name: &str, default_plan: &str| {
+        format!(
+            r#"
+[[apis]]
+name = "{name}"
+base_path = "/{name}"
+upstream = "orders"
+[apis.auth]
+methods = ["jwt"]
+[apis.auth.jwt]
+issuer = "{ISS}"
+audience = "orders"
+secret_env = "TURNPIKE_TEST_JWT_SECRET"
+algorithms = ["HS256"]
+{default_plan}
+"#
+        )
+    };
+    let gw = Gateway::start(&format!(
+        "[upstreams.orders]\ntargets = [ {{ addr = \"{}\" }} ]\n\n[plans.tiny]\nquotas = [\"2/hour\"]\n{}{}",
+        up.addr,
+        api("unplanned", ""),
+        api("planned", "default_plan = \"tiny\""),
+    ));
+    let hs = token(
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        &claims(json!({})),
+    );
+    // No plan for this token: refused, never unlimited, and nothing reaches the upstream.
+    let (_, body, _) = get(&gw, "/unplanned/x", Some(&hs)).await;
+    problem(&body, 403, "no_plan");
+    assert_eq!(up.hits(), 0);
+    // The API's default plan limits the same token.
+    for _ in 0..2 {
+        assert_eq!(get(&gw, "/planned/x", Some(&hs)).await.0, 200);
+    }
+    let (_, body, _) = get(&gw, "/planned/x", Some(&hs)).await;
+    problem(&body, 429, "quota_exceeded");
+    assert_eq!(up.hits(), 2);
+
+    // A default plan that names no plan is a config error with its key path.
+    let bad = gw.dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}[upstreams.orders]\ntargets = [ {{ addr = \"{}\" }} ]\n\n[plans.tiny]\nquotas = [\"2/hour\"]\n{}",
+            gw.header(),
+            up.addr,
+            api("planned", "default_plan = \"gold\""),
+        ),
+    )
+    .expect("write");
+    let (code, out, err) =
+        support::run_cli(&["check", "-c", bad.to_str().unwrap_or_default()], None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("apis[0].auth.jwt.default_plan: unknown plan \"gold\"; known: tiny"),
+        "{err}"
+    );
+}

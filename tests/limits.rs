@@ -5,6 +5,7 @@
 
 mod support;
 
+use serde_json::json;
 use std::process::Child;
 use std::time::{Duration, Instant};
 use support::upstream::Upstream;
@@ -465,4 +466,168 @@ async fn one_count_across_apis_unless_an_api_counts_its_own() {
     let policy = h["ratelimit-policy"].to_str().unwrap_or("");
     assert!(policy.contains("q=3"), "{policy}");
     assert_eq!(up.hits(), 8, "refused requests send nothing upstream");
+}
+
+/// A GET with `key` as the API key; the status and the problem code, if any.
+async fn status_with_key(url: &str, key: &str) -> (u16, String) {
+    let r = client()
+        .get(url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let body = r.text().await.expect("body");
+    let code = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    (status, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_without_a_plan_is_never_unlimited() {
+    away_from_hour_boundary(30).await;
+    let up = Upstream::start("app").await;
+    let api = format!(
+        "[upstreams.app]\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[apis]]\nname = \"app\"\nbase_path = \"/app\"\nupstream = \"app\"\n[apis.auth]\nmethods = [\"api_key\"]\n",
+        up.addr
+    );
+    let plans = "[plans.tier]\nquotas = [\"2/hour\"]\n";
+    // Before plans exist, a consumer needs none.
+    let gw = Gateway::start(&api);
+    let (s, v) = admin(&gw, "POST", "/consumers", Some(json!({"id": "drifter"}))).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = admin(&gw, "POST", "/consumers/drifter/keys", Some(json!({}))).await;
+    assert_eq!(s, 201, "{v}");
+    let key = v["key"].as_str().expect("key").to_string();
+    let url = gw.url("/app/x");
+    assert_eq!(status_with_key(&url, &key).await.0, 200);
+
+    // Plans appear: the consumer that has none is refused, not let through unlimited.
+    gw.rewrite(&format!("{api}\n{plans}"));
+    let (s, v) = admin(&gw, "POST", "/reload", None).await;
+    assert_eq!(s, 200, "{v}");
+    let hits = up.hits();
+    assert_eq!(status_with_key(&url, &key).await, (403, "no_plan".into()));
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+
+    // The admin API refuses to create a consumer without a plan or to take a plan away.
+    let (s, v) = admin(&gw, "POST", "/consumers", Some(json!({"id": "other"}))).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("plan: required"),
+        "{v}"
+    );
+    let (s, _) = admin(
+        &gw,
+        "POST",
+        "/consumers",
+        Some(json!({"id": "other", "plan": "tier"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, v) = admin(
+        &gw,
+        "PATCH",
+        "/consumers/other",
+        Some(json!({"plan": null})),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    let (s, v) = admin(
+        &gw,
+        "PATCH",
+        "/consumers/drifter",
+        Some(json!({"plan": "tier"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    for _ in 0..2 {
+        assert_eq!(status_with_key(&url, &key).await.0, 200);
+    }
+    assert_eq!(
+        status_with_key(&url, &key).await,
+        (429, "quota_exceeded".into())
+    );
+
+    // The command line follows the same rule for the consumers it creates.
+    let config = gw.config.to_str().unwrap_or_default().to_string();
+    let (code, _, err) = support::run_cli(
+        &["keys", "create", "--consumer", "newbie", "-c", &config],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("--plan: required"), "{err}");
+    let (code, out, err) = support::run_cli(
+        &[
+            "keys",
+            "create",
+            "--consumer",
+            "newbie",
+            "--plan",
+            "tier",
+            "-c",
+            &config,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let newbie = out.trim().to_string();
+    let start = Instant::now();
+    while status_with_key(&url, &newbie).await.0 != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the new key never worked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // With [consumer_defaults] plan, consumers without one get it: created, and limited.
+    gw.rewrite(&format!(
+        "{api}\n{plans}\n[consumer_defaults]\nplan = \"tier\"\n"
+    ));
+    let (s, v) = admin(&gw, "POST", "/reload", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = admin(&gw, "POST", "/consumers", Some(json!({"id": "third"}))).await;
+    assert_eq!(s, 201, "{v}");
+    let (_, v) = admin(&gw, "POST", "/consumers/third/keys", Some(json!({}))).await;
+    let third = v["key"].as_str().expect("key").to_string();
+    for _ in 0..2 {
+        assert_eq!(status_with_key(&url, &third).await.0, 200);
+    }
+    assert_eq!(
+        status_with_key(&url, &third).await,
+        (429, "quota_exceeded".into())
+    );
+    let (s, v) = admin(
+        &gw,
+        "PATCH",
+        "/consumers/other",
+        Some(json!({"plan": null})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // A config consumer without a plan, once plans exist and there is no default: the check
+    // and a reload both refuse the file, naming the key.
+    gw.rewrite(&format!(
+        "{api}\n{plans}\n[[consumers]]\nid = \"cfg\"\nkeys = [{{ sha256 = \"{}\" }}]\n",
+        key_digest(KEY)
+    ));
+    let (s, v) = admin(&gw, "POST", "/reload", None).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("consumers[0].plan"), "{v}");
+    let (code, _, err) = support::run_cli(
+        &["check", "-c", gw.config.to_str().unwrap_or_default()],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("consumers[0].plan: consumer \"cfg\" has no plan"),
+        "{err}"
+    );
 }

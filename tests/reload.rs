@@ -279,3 +279,75 @@ async fn unchanged_pools_keep_their_health_state_across_reloads() {
     }
     assert_eq!(text(&c, &gw.url("/marker")).await, "second");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_cut_short_files_are_refused_unless_asked_for() {
+    let target = Upstream::start("a").await;
+    let extra = "\n[[apis]]\nname = \"extra1\"\nbase_path = \"/extra1\"\n[apis.respond]\nbody = \"1\"\n\n[[apis]]\nname = \"extra2\"\nbase_path = \"/extra2\"\n[apis.respond]\nbody = \"2\"\n";
+    let full = format!("{}{extra}", config(&target, "pool", "one"));
+    let gw = Gateway::start(&full);
+    let c = client();
+    let path = gw.config.to_str().unwrap_or_default().to_string();
+
+    // An empty file is valid TOML but serves nothing: `check` refuses it.
+    let empty = gw.dir.path().join("empty.toml");
+    std::fs::write(&empty, "").expect("write");
+    let (code, _, err) =
+        support::run_cli(&["check", "-c", empty.to_str().unwrap_or_default()], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("apis: no [[apis]]"), "{err}");
+
+    // The file cut after its first API: three of four APIs would go.
+    let cut_at = full
+        .find("[[apis]]\nname = \"marker\"")
+        .expect("second api");
+    gw.rewrite(&full[..cut_at]);
+    let r = post_reload(&c, &gw).await;
+    assert_eq!(r.status(), 409);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["code"], "large_removal", "{v}");
+    assert_eq!(
+        v["would_remove"]["apis"],
+        serde_json::json!(["marker", "extra1", "extra2"])
+    );
+    assert_eq!(
+        text(&c, &gw.url("/extra2")).await,
+        "2",
+        "the running config serves on"
+    );
+    assert_eq!(generation(&c, &gw).await, 1);
+    gw.sighup();
+    let start = std::time::Instant::now();
+    while !gw.log().contains("removes 3 API(s)") {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "SIGHUP refusal not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(generation(&c, &gw).await, 1);
+
+    // From the command line: refused, then applied with --force.
+    std::env::set_var("TURNPIKE_TEST_ADMIN_TOKEN", ADMIN_TOKEN);
+    let (code, _, err) = support::run_cli(&["reload", "-c", &path], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("large_removal"), "{err}");
+    let (code, out, err) = support::run_cli(&["reload", "--force", "-c", &path], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("config generation 2"), "{out}");
+    let r = c.get(gw.url("/extra2")).send().await.expect("request");
+    assert_eq!(r.status(), 404);
+
+    // And through the admin API with the explicit parameter.
+    gw.rewrite(&full);
+    assert_eq!(post_reload(&c, &gw).await.status(), 200);
+    gw.rewrite(&full[..cut_at]);
+    let r = c
+        .post(gw.admin_url("/reload?allow_large_removal=true"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(r.status(), 200);
+    assert_eq!(generation(&c, &gw).await, 4);
+}

@@ -187,20 +187,11 @@ fn config_consumer_json(shared: &Shared, id: &str) -> Option<Value> {
     Some(config_consumer_value(c))
 }
 
-/// Once the config has plans, a consumer's plan must be one of them.
+/// Once the config has plans, a consumer's plan must be one of them, and a consumer needs one
+/// unless `[consumer_defaults] plan` names the plan of consumers without one.
 fn known_plan(shared: &Shared, plan: Option<&str>) -> Result<(), String> {
-    let snapshot = shared.snapshot();
-    match plan {
-        Some(p) if !snapshot.plans.is_empty() && !snapshot.plans.contains_key(p) => {
-            let mut known: Vec<&str> = snapshot.plans.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            Err(format!(
-                "plan: unknown plan {p:?}; known: {}",
-                known.join(", ")
-            ))
-        }
-        _ => Ok(()),
-    }
+    crate::config::identity::plan_for_new_consumer(&shared.snapshot().file, plan)
+        .map_err(|why| format!("plan: {why}"))
 }
 
 fn is_config_consumer(shared: &Shared, id: &str) -> bool {
@@ -362,7 +353,10 @@ async fn patch_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answ
             "plan",
             input.plan.clone().flatten().as_slice(),
         ))
-        .and(known_plan(shared, input.plan.clone().flatten().as_deref()))
+        .and(match &input.plan {
+            Some(plan) => known_plan(shared, plan.as_deref()),
+            None => Ok(()),
+        })
     {
         return problem(Code::InvalidRequest, &e, rid);
     }

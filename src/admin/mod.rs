@@ -201,6 +201,48 @@ impl AdminApp {
         }
     }
 
+    /// `authorized`, behind the wrong-token guard of `[admin] auth_failures_per_ip`: an
+    /// address that sent too many wrong tokens gets 429 for the rest of the window without its
+    /// token being looked at, and the start of each such episode is logged once.
+    fn guarded(
+        &self,
+        session: &ServerSession,
+        rid: &str,
+    ) -> Result<String, Box<Response<Vec<u8>>>> {
+        let snapshot = self.shared.snapshot();
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let guard = snapshot.admin_guard.as_ref().zip(ip);
+        if let Some((g, ip)) = guard {
+            if g.exhausted(&ip) {
+                let mut resp = problem(
+                    Code::RateLimited,
+                    "too many wrong admin tokens from this address; try again later",
+                    rid,
+                );
+                if let Ok(v) = http::HeaderValue::from_str(&g.spec.per_secs.to_string()) {
+                    resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+                }
+                return Err(Box::new(resp));
+            }
+        }
+        self.authorized(session).map_err(|why| {
+            if let Some((g, ip)) = guard {
+                g.record(&ip);
+                if g.exhausted(&ip) {
+                    log::warn!(
+                        "admin: {ip} sent {} wrong or missing tokens within {} s; its admin requests get 429 until the window ends",
+                        g.spec.count,
+                        g.spec.per_secs
+                    );
+                }
+            }
+            Box::new(problem(Code::Unauthorized, why, rid))
+        })
+    }
+
     fn status(&self, rid: &str) -> Response<Vec<u8>> {
         let s = self.shared.snapshot();
         let last = self.shared.last_reload().map(|r| {
@@ -244,13 +286,17 @@ impl AdminApp {
         }
     }
 
-    async fn reload(&self, rid: &str) -> Response<Vec<u8>> {
+    async fn reload(&self, query: Option<&str>, rid: &str) -> Response<Vec<u8>> {
         let shared = self.shared.clone();
-        let outcome =
-            match tokio::task::spawn_blocking(move || crate::reload::reload(&shared)).await {
-                Ok(outcome) => outcome,
-                Err(_) => return problem(Code::InternalError, "the reload task failed", rid),
-            };
+        let force = query_param(query, "allow_large_removal").as_deref() == Some("true");
+        let outcome = match tokio::task::spawn_blocking(move || {
+            crate::reload::reload(&shared, force)
+        })
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => return problem(Code::InternalError, "the reload task failed", rid),
+        };
         match outcome {
             Ok(generation) => json_response(
                 200,
@@ -292,6 +338,12 @@ impl AdminApp {
                 );
                 problem_with(Code::RestartRequired, &detail, rid, json!({ "keys": keys }))
             }
+            Err(ReloadError::LargeRemoval(r)) => problem_with(
+                Code::LargeRemoval,
+                &r.to_string(),
+                rid,
+                json!({ "would_remove": { "apis": r.apis, "consumers": r.consumers } }),
+            ),
         }
     }
 
@@ -381,9 +433,9 @@ impl ServeHttp for AdminApp {
             }
             _ => {}
         }
-        let actor = match self.authorized(session) {
+        let actor = match self.guarded(session, &rid) {
             Ok(actor) => actor,
-            Err(why) => return problem(Code::Unauthorized, why, &rid),
+            Err(answer) => return *answer,
         };
         if path == "/audit" || path == "/consumers" || path.starts_with("/consumers/") {
             let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -406,7 +458,7 @@ impl ServeHttp for AdminApp {
             ("GET", "/analytics/top") => analytics::top(&self.shared, query.as_deref(), &rid).await,
             ("GET", "/analytics/alerts") => analytics::alerts(&self.shared, query.as_deref(), &rid),
             ("GET", "/status") => self.status(&rid),
-            ("POST", "/reload") => self.reload(&rid).await,
+            ("POST", "/reload") => self.reload(query.as_deref(), &rid).await,
             ("POST", "/cache/purge") => cache::purge(&self.shared, &body, &actor, &rid).await,
             (_, "/cache/purge") => problem(Code::MethodNotAllowed, "use POST", &rid),
             (

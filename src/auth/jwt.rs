@@ -83,6 +83,8 @@ pub struct JwtPolicy {
     pub scopes_claim: String,
     pub leeway: u64,
     pub link_consumers: bool,
+    /// The plan of token consumers that no registered consumer lends one to.
+    pub default_plan: Option<String>,
 }
 
 impl std::fmt::Debug for JwtPolicy {
@@ -164,6 +166,7 @@ impl JwtPolicy {
             scopes_claim: j.scopes_claim.clone(),
             leeway: j.leeway.0.as_secs(),
             link_consumers: j.link_consumers,
+            default_plan: j.default_plan.clone(),
         })
     }
 
@@ -456,6 +459,7 @@ mod tests {
             scopes_claim: "scope".into(),
             leeway: 5,
             link_consumers: false,
+            default_plan: None,
         }
     }
 

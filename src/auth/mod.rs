@@ -281,7 +281,10 @@ fn token_consumer(
         .link_consumers
         .then(|| identity.consumer(config, &id))
         .flatten();
-    let plan = registered.as_ref().and_then(|c| c.plan.clone());
+    let plan = registered
+        .as_ref()
+        .and_then(|c| c.plan.clone())
+        .or_else(|| jwt.default_plan.clone());
     if let Some(c) = &registered {
         groups.extend(c.groups.iter().cloned());
         scopes.extend(c.scopes.iter().cloned());

@@ -19,6 +19,29 @@ use pingora::cache::{CacheOptionOverrides, CachePhase, NoCacheReason};
 use std::time::Duration;
 use storage::MemoryStore;
 
+/// Request headers that common frameworks honour to change the URL, host, scheme or method
+/// of a request, and that are not part of a cache key: the default of `[cache]
+/// strip_unkeyed`. Left in, one client's header would shape the copy every other client gets.
+pub const UNKEYED_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-host",
+    "x-original-host",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-http-destinationurl",
+    "x-proxy-url",
+    "front-end-https",
+];
+
 /// The compiled cache block of an endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -28,6 +51,8 @@ pub struct Policy {
     pub shared: bool,
     /// Request headers that are part of the key.
     pub vary: Vec<HeaderName>,
+    /// `[cache] strip_unkeyed`: request headers removed before the upstream.
+    pub strip: crate::headers::NameList,
     /// Seconds of stale-while-revalidate / stale-if-error when the upstream says nothing.
     pub stale_while_revalidate: u32,
     pub stale_if_error: u32,
@@ -38,10 +63,22 @@ pub struct Policy {
 impl Policy {
     /// The policy of an `[apis.cache]` block; `has_auth` decides the default scope. `None` when
     /// the block is switched off.
-    pub fn compile(block: &ApiCacheSection, has_auth: bool, max_memory: u64) -> Option<Policy> {
+    pub fn compile(
+        block: &ApiCacheSection,
+        has_auth: bool,
+        cache: &CacheSection,
+    ) -> Option<Policy> {
         if !block.enabled {
             return None;
         }
+        let max_memory = cache.max_memory.0;
+        // Checked by `validate`: these are header names.
+        let strip = crate::headers::NameList::compile(&cache.strip_unkeyed).unwrap_or_default();
+        // A header that changes what the upstream answers and is let through is keyed on.
+        let let_through = UNKEYED_HEADERS
+            .iter()
+            .filter(|h| !strip.contains(h))
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok());
         let secs = |d: Option<crate::config::units::Dur>| {
             d.map_or(0, |d| u32::try_from(d.0.as_secs()).unwrap_or(u32::MAX))
         };
@@ -58,7 +95,9 @@ impl Policy {
                 .vary
                 .iter()
                 .filter_map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+                .chain(let_through)
                 .collect(),
+            strip,
             stale_while_revalidate: secs(block.stale_while_revalidate),
             stale_if_error: secs(block.stale_if_error),
             max_object: usize::try_from(
@@ -77,6 +116,7 @@ impl Policy {
             ttl: Duration::from_secs(60),
             shared: false,
             vary: Vec::new(),
+            strip: Default::default(),
             stale_while_revalidate: 0,
             stale_if_error: 0,
             max_object: 1 << 20,

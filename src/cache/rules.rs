@@ -44,7 +44,7 @@ pub fn decide(policy: &Policy, resp: &ResponseHeader, fetched: Fetched) -> RespC
 
 /// Whether a `Vary` names a header the gateway sets or strips for the upstream.
 fn varies_on_gateway_header(name: &str) -> bool {
-    crate::proxy::headers::is_gateway_owned(&name.trim().to_ascii_lowercase())
+    crate::headers::is_gateway_owned(&name.trim().to_ascii_lowercase())
 }
 
 fn uncacheable(why: &'static str) -> RespCacheable {

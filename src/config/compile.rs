@@ -143,7 +143,7 @@ pub fn compile(
         let api_cache = api
             .cache
             .as_ref()
-            .and_then(|c| crate::cache::Policy::compile(c, has_auth, file.cache.max_memory.0))
+            .and_then(|c| crate::cache::Policy::compile(c, has_auth, &file.cache))
             .map(Arc::new);
         // Only answers that come from an upstream are cached.
         let cache_for = |action: &Action, own: Option<&crate::config::file::ApiCacheSection>| {
@@ -151,8 +151,7 @@ pub fn compile(
                 return None;
             }
             match own {
-                Some(c) => crate::cache::Policy::compile(c, has_auth, file.cache.max_memory.0)
-                    .map(Arc::new),
+                Some(c) => crate::cache::Policy::compile(c, has_auth, &file.cache).map(Arc::new),
                 None => api_cache.clone(),
             }
         };
@@ -237,31 +236,10 @@ pub fn compile(
         }
     }
 
-    let admin_token = match (&file.admin.token_env, &file.admin.token_file) {
-        (Some(var), _) => std::env::var_os(var)
-            .map(|v| Secret(v.into_encoded_bytes()))
-            .filter(|s| !s.0.is_empty()),
-        (None, Some(path)) => match std::fs::read(path) {
-            Ok(bytes) => {
-                let trimmed = bytes.trim_ascii().to_vec();
-                if trimmed.is_empty() {
-                    problems.push(Problem::at(
-                        "admin.token_file",
-                        format!("{} is empty", path.display()),
-                    ));
-                }
-                Some(Secret(trimmed))
-            }
-            Err(e) => {
-                problems.push(Problem::at(
-                    "admin.token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                ));
-                None
-            }
-        },
-        (None, None) => None,
-    };
+    let admin_token = read_admin_token(&file.admin).unwrap_or_else(|p| {
+        problems.push(p);
+        None
+    });
     // The usage endpoint authenticates with the auth of the named API (or the first with auth).
     let usage = if file.usage.enabled {
         let named = file.usage.api.as_deref();
@@ -282,24 +260,35 @@ pub fn compile(
     } else {
         None
     };
-    let auth_guard = match file.server.limits.auth_failures_per_ip.as_str() {
-        "off" => None,
+    let guard = |text: &str, key: &str, old: Option<&Arc<crate::limits::ip::IpLimit>>| match text {
+        "off" => Ok(None),
         text => match crate::limits::spec::parse_rate(text) {
-            Ok(spec) => Some(
-                previous
-                    .and_then(|p| p.auth_guard.clone())
-                    .filter(|g| g.spec == spec)
+            Ok(spec) => Ok(Some(
+                old.filter(|g| g.spec == spec)
+                    .cloned()
                     .unwrap_or_else(|| Arc::new(crate::limits::ip::IpLimit::new(spec))),
-            ),
-            Err(e) => {
-                problems.push(Problem::at(
-                    "server.limits.auth_failures_per_ip",
-                    format!("{e} (or \"off\")"),
-                ));
-                None
-            }
+            )),
+            Err(e) => Err(Problem::at(key, format!("{e} (or \"off\")"))),
         },
     };
+    let auth_guard = guard(
+        &file.server.limits.auth_failures_per_ip,
+        "server.limits.auth_failures_per_ip",
+        previous.and_then(|p| p.auth_guard.as_ref()),
+    )
+    .unwrap_or_else(|p| {
+        problems.push(p);
+        None
+    });
+    let admin_guard = guard(
+        &file.admin.auth_failures_per_ip,
+        "admin.auth_failures_per_ip",
+        previous.and_then(|p| p.admin_guard.as_ref()),
+    )
+    .unwrap_or_else(|p| {
+        problems.push(p);
+        None
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -311,6 +300,8 @@ pub fn compile(
         router,
         endpoints,
         pools,
+        strip_request: crate::headers::NameList::compile(&file.server.strip_request_headers)
+            .unwrap_or_default(),
         limits: Limits {
             request_line: l.request_line.0 as usize,
             header_line: l.header_line.0 as usize,
@@ -328,6 +319,7 @@ pub fn compile(
         plans,
         usage,
         auth_guard,
+        admin_guard,
     })
 }
 
@@ -367,4 +359,33 @@ fn check_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<(), String
         .with_single_cert(chain, key)
         .map(|_| ())
         .map_err(|e| format!("the certificate and key cannot be used together: {e}"))
+}
+
+/// The admin token named by `[admin]`: from the environment variable `token_env`, or the file
+/// `token_file` (trimmed). `None` when neither is set (or the variable is empty).
+pub fn read_admin_token(
+    admin: &crate::config::file::AdminSection,
+) -> Result<Option<Secret>, Problem> {
+    match (&admin.token_env, &admin.token_file) {
+        (Some(var), _) => Ok(std::env::var_os(var)
+            .map(|v| Secret(v.into_encoded_bytes()))
+            .filter(|s| !s.0.is_empty())),
+        (None, Some(path)) => match std::fs::read(path) {
+            Ok(bytes) => {
+                let trimmed = bytes.trim_ascii().to_vec();
+                if trimmed.is_empty() {
+                    return Err(Problem::at(
+                        "admin.token_file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Ok(Some(Secret(trimmed)))
+            }
+            Err(e) => Err(Problem::at(
+                "admin.token_file",
+                format!("cannot read {}: {e}", path.display()),
+            )),
+        },
+        (None, None) => Ok(None),
+    }
 }

@@ -29,6 +29,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub plans: BTreeMap<String, PlanSection>,
     #[serde(default)]
+    pub consumer_defaults: ConsumerDefaultsSection,
+    #[serde(default)]
     pub usage: UsageSection,
     #[serde(default)]
     pub cache: CacheSection,
@@ -51,6 +53,11 @@ pub struct CacheSection {
     /// store's `redis_prefix`).
     #[serde(default = "default_purge_channel")]
     pub purge_channel: String,
+    /// Request headers that frameworks honour to change the URL, host, scheme or method, which
+    /// are not part of a cache key: removed before the upstream on cached routes. A header of
+    /// the default list taken out of this one becomes part of the key instead (as `vary`).
+    #[serde(default = "default_strip_unkeyed")]
+    pub strip_unkeyed: Vec<String>,
 }
 
 impl Default for CacheSection {
@@ -59,8 +66,27 @@ impl Default for CacheSection {
             max_memory: default_cache_memory(),
             lock_timeout: default_cache_lock_timeout(),
             purge_channel: default_purge_channel(),
+            strip_unkeyed: default_strip_unkeyed(),
         }
     }
+}
+
+fn default_admin_failures() -> String {
+    "20/min".into()
+}
+
+fn default_strip_unkeyed() -> Vec<String> {
+    crate::cache::UNKEYED_HEADERS
+        .iter()
+        .map(|h| h.to_string())
+        .collect()
+}
+
+fn default_strip_request_headers() -> Vec<String> {
+    crate::headers::OTHER_GATEWAYS
+        .iter()
+        .map(|h| h.to_string())
+        .collect()
 }
 
 fn default_cache_memory() -> Size {
@@ -223,6 +249,16 @@ pub struct StoreSection {
     pub max_key_staleness: Dur,
 }
 
+/// `[consumer_defaults]`: what a consumer gets when it does not say.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerDefaultsSection {
+    /// The plan of consumers that have none. Without it, once `[plans]` exist, a consumer
+    /// must name a plan (config check, admin API 422), and one without a plan anyway is
+    /// refused 403 `no_plan` on APIs with plans.
+    pub plan: Option<String>,
+}
+
 /// `[keys]`: API key policy.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +344,9 @@ pub struct JwtSection {
     /// registered consumer a token speaks for.
     #[serde(default)]
     pub link_consumers: bool,
+    /// The plan of token consumers that no registered consumer lends one to; without it (and
+    /// without `[consumer_defaults] plan`) they are refused 403 `no_plan` on APIs with plans.
+    pub default_plan: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
@@ -333,6 +372,11 @@ pub struct ApiKeySection {
 pub struct ServerSection {
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
+    /// Client request headers removed before every upstream, beside the ones the gateway sets
+    /// itself: by default the identity, limit and client-address headers of other gateways
+    /// and CDNs (`prefix-*` entries allowed).
+    #[serde(default = "default_strip_request_headers")]
+    pub strip_request_headers: Vec<String>,
     #[serde(default)]
     pub tls: Vec<TlsListener>,
     /// Worker threads of the proxy service; 0 is rejected.
@@ -450,6 +494,10 @@ pub struct AdminSection {
     pub listen: String,
     pub token_env: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// Wrong admin tokens per client address before its admin requests get 429 for the rest
+    /// of the window; "off" disables the guard.
+    #[serde(default = "default_admin_failures")]
+    pub auth_failures_per_ip: String,
 }
 
 /// `[upstreams.NAME]`: a pool of targets.

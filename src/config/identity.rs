@@ -77,19 +77,76 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
     for (i, api) in cfg.apis.iter().enumerate() {
         api_auth(&mut problems, i, api);
     }
-    // Once plans exist, a consumer's plan must be one of them (a typo would lift every limit).
-    if !cfg.plans.is_empty() {
-        for (i, c) in cfg.consumers.iter().enumerate() {
-            if let Some(plan) = c.plan.as_ref().filter(|p| !cfg.plans.contains_key(*p)) {
-                let known: Vec<&str> = cfg.plans.keys().map(String::as_str).collect();
-                problems.push(Problem::at(
-                    format!("consumers[{i}].plan"),
-                    format!("unknown plan {plan:?}; known: {}", known.join(", ")),
-                ));
-            }
+    plans(&mut problems, cfg);
+    problems
+}
+
+/// Whether a consumer created with `plan` (or none) is allowed by `cfg`: once plans exist the
+/// plan must be one of them, and one is needed unless `[consumer_defaults] plan` is set.
+pub fn plan_for_new_consumer(cfg: &FileConfig, plan: Option<&str>) -> Result<(), String> {
+    let known = || {
+        cfg.plans
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match plan {
+        Some(p) if !cfg.plans.is_empty() && !cfg.plans.contains_key(p) => {
+            Err(format!("unknown plan {p:?}; known: {}", known()))
+        }
+        None if !cfg.plans.is_empty() && cfg.consumer_defaults.plan.is_none() => Err(format!(
+            "required, the config has plans ({}) and no [consumer_defaults] plan",
+            known()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Once plans exist, a consumer's plan must be one of them (a typo would lift every limit),
+/// and a consumer without one needs `[consumer_defaults] plan`; a default plan must exist.
+fn plans(problems: &mut Vec<Problem>, cfg: &FileConfig) {
+    let known = || {
+        let names: Vec<&str> = cfg.plans.keys().map(String::as_str).collect();
+        match names.is_empty() {
+            true => "no [plans] are defined".to_string(),
+            false => format!("known: {}", names.join(", ")),
+        }
+    };
+    let check = |problems: &mut Vec<Problem>, key: String, plan: &String| {
+        if !cfg.plans.contains_key(plan) {
+            problems.push(Problem::at(
+                key,
+                format!("unknown plan {plan:?}; {}", known()),
+            ));
+        }
+    };
+    if let Some(plan) = &cfg.consumer_defaults.plan {
+        check(problems, "consumer_defaults.plan".into(), plan);
+    }
+    for (i, api) in cfg.apis.iter().enumerate() {
+        let jwt = api.auth.as_ref().and_then(|a| a.jwt.as_ref());
+        if let Some(plan) = jwt.and_then(|j| j.default_plan.as_ref()) {
+            check(problems, format!("apis[{i}].auth.jwt.default_plan"), plan);
         }
     }
-    problems
+    if cfg.plans.is_empty() {
+        return;
+    }
+    for (i, c) in cfg.consumers.iter().enumerate() {
+        match &c.plan {
+            Some(plan) => check(problems, format!("consumers[{i}].plan"), plan),
+            None if cfg.consumer_defaults.plan.is_none() => problems.push(Problem::at(
+                format!("consumers[{i}].plan"),
+                format!(
+                    "consumer {:?} has no plan; once [plans] exist every consumer needs one ({}), or set [consumer_defaults] plan",
+                    c.id,
+                    known()
+                ),
+            )),
+            None => {}
+        }
+    }
 }
 
 /// `[store]`'s Redis keys. The URL itself is never echoed (it may hold a password).

@@ -50,6 +50,16 @@ fn listen_addr(v: &mut Problems, key: &str, addr: &str, seen: &mut HashMap<Socke
 fn server(v: &mut Problems, cfg: &FileConfig) {
     let s = &cfg.server;
     let mut seen = HashMap::new();
+    for (key, list) in [
+        ("server.strip_request_headers", &s.strip_request_headers),
+        ("cache.strip_unkeyed", &cfg.cache.strip_unkeyed),
+    ] {
+        for (i, name) in list.iter().enumerate() {
+            if let Err(e) = crate::headers::NameList::compile(std::slice::from_ref(name)) {
+                v.add(format!("{key}[{i}]"), e);
+            }
+        }
+    }
     if s.listen.is_empty() && s.tls.is_empty() {
         v.add(
             "server.listen",
@@ -491,6 +501,12 @@ fn cache_block(v: &mut Problems, cfg: &FileConfig, key: &str, c: &ApiCacheSectio
 }
 
 fn apis(v: &mut Problems, cfg: &FileConfig) {
+    if cfg.apis.is_empty() {
+        v.add(
+            "apis",
+            "no [[apis]]: a gateway with nothing to serve is refused (is the file empty or cut short?)",
+        );
+    }
     let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
     let mut ids: HashMap<(String, Option<String>), usize> = HashMap::new();
     let mut claims: Vec<Claim> = Vec::new();

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A consumer as the request path sees it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Consumer {
     pub id: String,
     pub plan: Option<String>,

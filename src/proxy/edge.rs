@@ -134,6 +134,28 @@ pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<Head, Reply> {
     Ok(head)
 }
 
+/// Why an upstream response's framing is ambiguous, if it is: both Content-Length and
+/// Transfer-Encoding, more than one Transfer-Encoding, or one that is not just `chunked`
+/// (a response framed by the connection's close is fine, but then without either header).
+pub fn ambiguous_response_framing(resp: &pingora::http::ResponseHeader) -> Option<&'static str> {
+    let mut te = resp.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    let first = te.next()?;
+    if te.next().is_some() {
+        return Some("the upstream sent more than one Transfer-Encoding");
+    }
+    if !first
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"chunked")
+    {
+        return Some("the upstream sent a Transfer-Encoding other than chunked");
+    }
+    if resp.headers.contains_key(http::header::CONTENT_LENGTH) {
+        return Some("the upstream sent both Content-Length and Transfer-Encoding");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,5 +292,33 @@ mod tests {
             &l,
         );
         assert_eq!(ok.ok().and_then(|h| h.content_length), Some(5));
+    }
+
+    #[test]
+    fn ambiguous_upstream_framing_is_found() {
+        let resp = |headers: &[(&str, &str)]| {
+            let mut r =
+                pingora::http::ResponseHeader::build(200, None).unwrap_or_else(|_| unreachable!());
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v)
+                    .unwrap_or_else(|_| unreachable!());
+            }
+            r
+        };
+        let found = |h: &[(&str, &str)]| ambiguous_response_framing(&resp(h)).is_some();
+        assert!(!found(&[("content-length", "5")]));
+        assert!(!found(&[("transfer-encoding", "Chunked")]));
+        assert!(!found(&[]));
+        assert!(found(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ]));
+        assert!(found(&[("transfer-encoding", "chunked, chunked")]));
+        assert!(found(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked")
+        ]));
+        assert!(found(&[("transfer-encoding", "gzip")]));
+        assert!(found(&[("transfer-encoding", "gzip, chunked")]));
     }
 }

@@ -2,6 +2,7 @@
 //! W3C `traceparent` (continued with a new parent id, or started), and the forwarding headers
 //! the gateway sets for upstreams (client copies are removed, never trusted).
 
+use crate::headers::{is_gateway_owned, NameList};
 use pingora::http::RequestHeader;
 use std::net::IpAddr;
 
@@ -81,33 +82,18 @@ pub fn traceparent(client: Option<&[u8]>) -> String {
     out
 }
 
-/// Request headers a client may not set for the upstream: the gateway sets them itself.
-const GATEWAY_OWNED: [&str; 8] = [
-    "x-consumer-id",
-    "x-consumer-groups",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "forwarded",
-    "x-real-ip",
-];
-
-/// Whether a client's copy of the header named `lowercase` is removed before the upstream: a
-/// name the gateway sets itself, or a name with an underscore (some servers read them as
-/// dashes, so a client could smuggle a copy of a trusted header).
-pub fn is_gateway_owned(lowercase: &str) -> bool {
-    lowercase.contains('_') || GATEWAY_OWNED.contains(&lowercase)
-}
-
 /// Removes the client headers the upstream must not receive: the names the gateway sets
-/// itself, and names with underscores (some servers read them as dashes, so a client could
-/// smuggle a copy of a trusted header). One pass over the names; removal only when present.
-pub fn strip_client_headers(req: &mut RequestHeader) {
+/// itself, names with underscores (some servers read them as dashes, so a client could
+/// smuggle a copy of a trusted header), and `also` (`[server] strip_request_headers`, and on
+/// cached routes `[cache] strip_unkeyed`). One pass over the names; removal only when present.
+pub fn strip_client_headers(req: &mut RequestHeader, also: &[&NameList]) {
     let unwanted: Vec<http::HeaderName> = req
         .headers
         .keys()
-        .filter(|n| is_gateway_owned(n.as_str()))
+        .filter(|n| {
+            let n = n.as_str();
+            is_gateway_owned(n) || also.iter().any(|l| l.contains(n))
+        })
         .cloned()
         .collect();
     for name in unwanted {

@@ -189,7 +189,11 @@ impl Gateway {
             return Ok(());
         };
         let Some(plan_name) = &consumer.plan else {
-            return Ok(());
+            // An identified caller is never unlimited by accident.
+            return Err(Reply::new(
+                Code::NoPlan,
+                "this consumer has no plan for this API; ask the API owner for one",
+            ));
         };
         let Some(plan) = limits.plans.get(plan_name) else {
             // Checked at start and reload; a consumer written since with a plan that does not
@@ -323,7 +327,7 @@ impl Gateway {
         .await;
         match outcome {
             Ok(consumer) => {
-                ctx.consumer = Some(consumer);
+                ctx.consumer = Some(with_default_plan(consumer, &snapshot));
                 Ok(())
             }
             Err(reply) => {
@@ -363,6 +367,21 @@ impl Gateway {
                 limit.headers("ip", used),
             )),
         }
+    }
+}
+
+/// A consumer without a plan gets `[consumer_defaults] plan`, when there is one.
+fn with_default_plan(
+    consumer: Arc<crate::identity::Consumer>,
+    snapshot: &crate::state::Snapshot,
+) -> Arc<crate::identity::Consumer> {
+    match (&consumer.plan, &snapshot.file.consumer_defaults.plan) {
+        (None, Some(plan)) => {
+            let mut c = (*consumer).clone();
+            c.plan = Some(plan.clone());
+            Arc::new(c)
+        }
+        _ => consumer,
     }
 }
 
@@ -467,6 +486,9 @@ impl ProxyHttp for Gateway {
         if limits.send_min_rate > 0 {
             session.set_min_send_rate(Some(limits.send_min_rate));
         }
+        // Requests a client pipelines are answered in order (RFC 9112 section 9.3.2), not
+        // dropped with the connection.
+        session.set_pipelining_enabled(true);
         match self.admit(session, ctx) {
             Err((reply, close)) => self.refuse(session, ctx, reply, close).await,
             Ok(close) => {
@@ -675,7 +697,12 @@ impl ProxyHttp for Gateway {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned);
-        headers::strip_client_headers(upstream);
+        let unkeyed = ctx.cache.as_ref().map(|c| &c.strip);
+        let lists: [&crate::headers::NameList; 2] = [
+            &ctx.snapshot.strip_request,
+            unkeyed.unwrap_or(&ctx.snapshot.strip_request),
+        ];
+        headers::strip_client_headers(upstream, &lists);
         if let Some(policy) = ep.auth.as_ref().filter(|p| !p.forward_credentials) {
             strip_credentials(upstream, policy)?;
         }
@@ -708,18 +735,21 @@ impl ProxyHttp for Gateway {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum();
-        if head > ctx.snapshot.limits.upstream_header_block {
-            // A misbehaving upstream: 502, its connection dropped, the failure counted here
-            // (a stale copy may be served instead of the 502, and then nothing else counts it).
+        let bad = if head > ctx.snapshot.limits.upstream_header_block {
+            Some(format!("the upstream sent a response head of {head} bytes"))
+        } else {
+            edge::ambiguous_response_framing(resp).map(str::to_string)
+        };
+        if let Some(why) = bad {
+            // A misbehaving upstream: 502, its connection dropped (never reused), the failure
+            // counted here (a stale copy may be served instead of the 502, and then nothing
+            // else counts it).
             if let (Some((addr, pool)), false) = (self.attempt(ctx), ctx.reported) {
                 ctx.reported = true;
                 pool.report_failure(&addr);
             }
             ctx.fail = Some(Code::UpstreamUnavailable);
-            return Error::e_explain(
-                ErrorType::HTTPStatus(502),
-                format!("the upstream sent a response head of {head} bytes"),
-            );
+            return Error::e_explain(ErrorType::HTTPStatus(502), why);
         }
         if let Some((addr, pool)) = self.attempt(ctx) {
             let final_or_upgrade = !resp.status.is_informational() || resp.status == 101;
