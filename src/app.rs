@@ -143,6 +143,14 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
         connections: shared.connections.clone(),
     };
     let mut proxy = Service::new("turnpike proxy".to_string(), edge);
+    proxy
+        .endpoints()
+        .set_pre_tls_callback(Arc::new(crate::proxy::conn::HelloDeadline {
+            timeouts: Timeouts {
+                idle: l.idle_before_request.0,
+                head: l.head_timeout.0,
+            },
+        }));
     for addr in &s.listen {
         proxy.add_tcp(addr);
     }

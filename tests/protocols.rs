@@ -4,6 +4,7 @@
 mod support;
 
 use bytes::Bytes;
+use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -27,9 +28,12 @@ strip_base_path = true
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_termination_with_http2_by_alpn() {
-    let up = Upstream::start("app").await;
+/// A gateway with a TLS listener (a self-signed certificate for localhost) in front of `up`;
+/// the certificate and the TLS port.
+fn tls_gateway(
+    up: &Upstream,
+    server_extra: &str,
+) -> (Gateway, rcgen::Certificate, u16, tempfile::TempDir) {
     let certs = tempfile::tempdir().expect("dir");
     let key = rcgen::KeyPair::generate().expect("key");
     let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
@@ -45,7 +49,52 @@ async fn tls_termination_with_http2_by_alpn() {
         key_path.display(),
         api(&up.addr.to_string(), "")
     );
-    let _gw = Gateway::start(&body);
+    let gw = Gateway::start_with(server_extra, &body);
+    (gw, cert, tls_port, certs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_stalled_tls_clients_are_closed_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("app").await;
+    let (gw, _, tls_port, _certs) = tls_gateway(
+        &up,
+        "[server.limits]\nidle_before_request = \"2s\"\nhead_timeout = \"3s\"",
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tls_port));
+    // Nothing at all; the first bytes of a ClientHello record and then nothing.
+    let cases: [(&[u8], u64); 2] = [(b"", 2), (&[22, 3, 1, 2, 0, 1, 0, 1, 252, 3, 3], 3)];
+    let mut tasks = Vec::new();
+    for (bytes, secs) in cases {
+        tasks.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(bytes).await.expect("write");
+            let mut sink = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut sink)).await;
+            assert!(read.is_ok(), "still open after 20 s");
+            let took = started.elapsed();
+            assert!(
+                took >= Duration::from_millis(secs * 1000 - 100),
+                "closed at {took:?}"
+            );
+            assert!(
+                took < Duration::from_secs(secs + 4),
+                "closed at {took:?} (Pingora's own bound is 60 s)"
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_termination_with_http2_by_alpn() {
+    let up = Upstream::start("app").await;
+    let (_gw, cert, tls_port, _certs) = tls_gateway(&up, "");
     let client = reqwest::Client::builder()
         .no_proxy()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("pem"))

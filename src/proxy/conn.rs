@@ -9,17 +9,24 @@
 //!   (read under those deadlines, which Pingora's own detection does not have), is served by
 //!   [`h2conn::serve`] with its reset budget; everything else goes to Pingora's HTTP/1 loop;
 //! - [`RequestEnd`] tells the connection's `HeadDeadline` when a request has ended, and drains
-//!   idle keep-alive connections on shutdown or upgrade.
+//!   idle keep-alive connections on shutdown or upgrade;
+//! - on TLS listeners, [`HelloDeadline`] runs before the handshake (which Pingora bounds only
+//!   by a fixed 60 s): the ClientHello record must start within `idle_before_request` and
+//!   arrive whole within `head_timeout`. The rest of the handshake keeps Pingora's bound.
 
 use super::deadline::{HeadDeadline, Timeouts};
 use super::h2conn::{self, ResetBudget};
 use crate::limits::conns::Connections;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Peek;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
+use pingora::{Error, ErrorType};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,5 +123,46 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for RequestEnd<A> {
             tokio::time::sleep(self.drain).await;
         }
         self.app.http_cleanup().await
+    }
+}
+
+/// Deadlines for the ClientHello of a TLS connection (see the module doc).
+pub struct HelloDeadline {
+    pub timeouts: Timeouts,
+}
+
+/// A TLS record header: content type 22 (handshake), version, length.
+const RECORD_HEADER: usize = 5;
+
+#[async_trait]
+impl PreTlsProcess for HelloDeadline {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let mut header = [0u8; RECORD_HEADER];
+        match tokio::time::timeout(self.timeouts.idle, stream.try_peek(&mut header)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Error::e_because(ErrorType::ReadError, "before the ClientHello", e)
+            }
+            Err(_) => {
+                return Error::e_explain(
+                    ErrorType::ReadTimedout,
+                    "nothing was sent before the idle deadline",
+                )
+            }
+        }
+        if header[0] != 22 {
+            // Not a handshake record: the TLS library answers it.
+            return Ok(());
+        }
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let mut record = vec![0u8; RECORD_HEADER + len];
+        match tokio::time::timeout(self.timeouts.head, stream.try_peek(&mut record)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Error::e_because(ErrorType::ReadError, "reading the ClientHello", e),
+            Err(_) => Error::e_explain(
+                ErrorType::ReadTimedout,
+                "the ClientHello was not received in time",
+            ),
+        }
     }
 }
