@@ -11,11 +11,16 @@
 use std::collections::HashMap;
 
 /// Methods that routes may name; any other request method only matches "any method" routes.
-pub const KNOWN_METHODS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+pub const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
 ];
 
-/// A set of methods as a bit mask over `KNOWN_METHODS`; `Methods::ANY` allows every method.
+/// TRACE (echoes the request, credentials included) and CONNECT (a tunnel) are allowed only
+/// on routes that list them, never by "every method".
+const ONLY_WHEN_LISTED: u16 = (1 << 7) | (1 << 8);
+
+/// A set of methods as a bit mask over `KNOWN_METHODS`; `Methods::ANY` allows every method
+/// but TRACE and CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Methods(u16);
 
@@ -38,7 +43,10 @@ impl Methods {
     }
 
     pub fn allows(self, bit: u16) -> bool {
-        self == Methods::ANY || self.0 & bit != 0
+        match self == Methods::ANY {
+            true => bit & ONLY_WHEN_LISTED == 0,
+            false => self.0 & bit != 0,
+        }
     }
 
     pub fn intersects(self, other: Methods) -> bool {
@@ -51,10 +59,14 @@ impl Methods {
 
     /// The value of an `Allow` header for this set.
     pub fn allow_header(self) -> String {
+        let bits = match self == Methods::ANY {
+            true => self.0 & !ONLY_WHEN_LISTED,
+            false => self.0,
+        };
         KNOWN_METHODS
             .iter()
             .enumerate()
-            .filter(|(i, _)| self.0 & (1 << i) != 0)
+            .filter(|(i, _)| bits & (1 << i) != 0)
             .map(|(_, m)| *m)
             .collect::<Vec<_>>()
             .join(", ")
@@ -166,7 +178,11 @@ impl Router {
     /// Finds the endpoint for a host (as sent, port allowed), a checked raw path and a method.
     pub fn find(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Match {
         let bit = method_bit(method);
-        if let Some(host) = host.map(host_name) {
+        // One trailing dot names the same host (`a.example.` is `a.example`).
+        let host = host
+            .map(host_name)
+            .map(|h| h.strip_suffix(b".").unwrap_or(h));
+        if let Some(host) = host {
             let lower;
             let host = if host.iter().any(u8::is_ascii_uppercase) {
                 lower = host.to_ascii_lowercase();

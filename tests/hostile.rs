@@ -527,6 +527,60 @@ async fn identity_headers_of_other_gateways_never_reach_the_upstream() {
     assert!(err.contains("server.strip_request_headers[1]"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_methods_and_lengths_follow_the_edge_rules() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[apis]]\nname = \"named\"\nhosts = [\"a.example\"]\nbase_path = \"/named\"\nupstream = \"app\"\n\n[[apis]]\nname = \"any\"\nbase_path = \"/any\"\nupstream = \"app\"\n\n[[apis]]\nname = \"traced\"\nbase_path = \"/traced\"\nupstream = \"app\"\n[[apis.routes]]\npath = \"/t\"\nmethods = [\"TRACE\"]\n",
+        up.addr
+    ));
+    let ask = |line: &str, host: &str| {
+        raw_exchange(
+            gw.addr,
+            format!("{line} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    for host in ["..", "a:1:2", "[::1", "a:99999", "a:-1"] {
+        let r = ask("GET /any/x", host);
+        assert_eq!(status_of(&r), 400, "Host: {host}: {r}");
+        problem(body_of(&r), 400, "bad_request");
+    }
+    for host in ["A.Example:80", "a.example.", "a.EXAMPLE.:8080"] {
+        assert_eq!(status_of(&ask("GET /named/x", host)), 200, "Host: {host}");
+    }
+    assert_eq!(status_of(&ask("GET /named/x", "b.example")), 404);
+
+    // TRACE and CONNECT only where a route lists them.
+    let r = ask("TRACE /any/x", "x");
+    assert_eq!(status_of(&r), 405, "{r}");
+    assert!(
+        !r.contains("TRACE, ") && !r.contains(", TRACE"),
+        "Allow offers TRACE: {r}"
+    );
+    assert_eq!(status_of(&ask("CONNECT /any/x", "x")) / 100, 4);
+    assert_eq!(status_of(&ask("TRACE /traced/t", "x")), 200);
+    let hits = up.hits();
+    let r = ask(&format!("{} /any/x", "M".repeat(40)), "x");
+    assert_eq!(status_of(&r), 400, "{r}");
+    // The same Content-Length twice: refused, the connection closed, nothing forwarded.
+    let r = raw_exchange(
+        gw.addr,
+        b"POST /any/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+    );
+    assert_eq!(status_of(&r), 400, "{r}");
+    assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+
+    // What Pingora's parser does before the gateway sees a target, decided and forwarded
+    // alike: a raw space is sent on percent-encoded, a fragment is dropped.
+    let r = ask("GET /any/a b", "x");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert_eq!(up.last().map(|s| s.uri), Some("/any/a%20b".to_string()));
+    let r = ask("GET /any/frag#secret", "x");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert_eq!(up.last().map(|s| s.uri), Some("/any/frag".to_string()));
+}
+
 /// Sends `head`, then `parts` one at a time every `every` (after `first_after`), reading the
 /// answer meanwhile; the answer and how long it took.
 fn paced(

@@ -185,8 +185,14 @@ keys = [
     );
     let hits = up.hits();
     let (s, body, h) = call(&gw, "/orders/v1/items", &[("x-api-key", expired_key)]).await;
-    problem(&body, 401, "invalid_credentials");
+    let expired = problem(&body, 401, "invalid_credentials");
     assert_eq!(s, 401);
+    let (_, body, _) = call(&gw, "/orders/v1/items", &[("x-api-key", "tpk_nope")]).await;
+    let unknown = problem(&body, 401, "invalid_credentials");
+    assert_eq!(
+        expired["detail"], unknown["detail"],
+        "an expired key is answered like an unknown one"
+    );
     assert!(h["www-authenticate"]
         .to_str()
         .unwrap_or("")

@@ -4,11 +4,11 @@
 mod support;
 
 use bytes::Bytes;
-use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
 use support::upstream::Upstream;
 use support::{free_port, Gateway};
 

@@ -35,6 +35,18 @@ pub struct AccessLog {
     /// The fraction of successful requests kept, and the credit towards the next kept one.
     sample: f64,
     credit: f64,
+    /// Lines lost since writes started failing (`None` while they succeed): the first
+    /// failure and the recovery are logged once each, not every line.
+    failing: Option<u64>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Stdout => write!(f, "stdout"),
+            Target::File(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 impl AccessLog {
@@ -45,6 +57,7 @@ impl AccessLog {
             buf: Vec::with_capacity(64 << 10),
             sample: sample.clamp(0.0, 1.0),
             credit: 0.0,
+            failing: None,
         };
         log.reopen();
         log
@@ -94,10 +107,28 @@ impl AccessLog {
             (Target::File(_), None) => Err(io::Error::other("not open")),
         };
         let lost = match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(lost) = self.failing.take() {
+                    log::info!(
+                        "access log {}: writing again ({lost} lines were lost meanwhile)",
+                        self.target
+                    );
+                }
+                Ok(())
+            }
             Err(e) => {
-                log::debug!("access log write failed: {e}");
-                Err(memchr::memchr_iter(b'\n', &self.buf).count() as u64)
+                let n = memchr::memchr_iter(b'\n', &self.buf).count() as u64;
+                match &mut self.failing {
+                    Some(lost) => *lost += n,
+                    None => {
+                        log::error!(
+                            "access log {}: writes fail ({e}); lines are dropped and counted in turnpike_access_log_errors_total until it recovers",
+                            self.target
+                        );
+                        self.failing = Some(n);
+                    }
+                }
+                Err(n)
             }
         };
         self.buf.clear();
@@ -129,6 +160,34 @@ mod tests {
         assert_eq!(log.flush(), Ok(()));
         assert_eq!(
             std::fs::read_to_string(&path).expect("new").lines().count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_failing_log_counts_its_lost_lines_and_notices_recovery() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, "a file where the log's directory should be").expect("write");
+        let path = blocked.join("access.log");
+        let mut log = AccessLog::new(Target::File(path.clone()), 1.0);
+        let r = super::super::record::sample();
+        log.add(&r);
+        log.add(&r);
+        assert_eq!(log.flush(), Err(2));
+        log.add(&r);
+        assert_eq!(log.flush(), Err(1));
+        assert_eq!(log.failing, Some(3), "one episode, three lines");
+        std::fs::remove_file(&blocked).expect("unblock");
+        log.reopen();
+        log.add(&r);
+        assert_eq!(log.flush(), Ok(()));
+        assert_eq!(log.failing, None, "recovered");
+        assert_eq!(
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .count(),
             1
         );
     }

@@ -238,9 +238,14 @@ fn key_consumer(
 ) -> Result<Arc<Consumer>, Reply> {
     match identity.lookup_key(config, &key::digest(key), now) {
         KeyLookup::Valid(c) => Ok(c),
-        KeyLookup::Expired => Err(policy
-            .unauthorized(Code::InvalidCredentials, "the API key has expired")
-            .bad_credential()),
+        // The same answer as for an unknown or revoked key: a caller probing keys learns
+        // nothing from it. The reason goes to the log (never the key).
+        KeyLookup::Expired => {
+            log::debug!("an expired API key was presented");
+            Err(policy
+                .unauthorized(Code::InvalidCredentials, "the API key is not valid")
+                .bad_credential())
+        }
         KeyLookup::Unknown => Err(policy
             .unauthorized(Code::InvalidCredentials, "the API key is not valid")
             .bad_credential()),

@@ -24,8 +24,66 @@ fn too_large(detail: String) -> Reply {
     Reply::new(Code::HeadersTooLarge, detail)
 }
 
+/// The longest method token accepted (the longest registered method is 17 bytes).
+const MAX_METHOD: usize = 32;
+
+/// Whether a Host value is `host[:port]`: a bracketed IPv6 literal, or a name of 1-63 byte
+/// labels (letters, digits, `-`, `_`; one trailing dot allowed) up to 253 bytes; a port of
+/// at most 65535.
+pub fn valid_host(h: &[u8]) -> bool {
+    let (name, port) = match h.first() {
+        Some(b'[') => {
+            let Some(end) = h.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = std::str::from_utf8(&h[1..end]).ok();
+            if literal
+                .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
+                .is_none()
+            {
+                return false;
+            }
+            match &h[end + 1..] {
+                [] => (None, None),
+                [b':', port @ ..] => (None, Some(port)),
+                _ => return false,
+            }
+        }
+        _ => match h.iter().position(|&b| b == b':') {
+            Some(i) => (Some(&h[..i]), Some(&h[i + 1..])),
+            None => (Some(h), None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_none_or(|n| n <= 65535)
+    });
+    let name_ok = name.is_none_or(|n| {
+        let n = n.strip_suffix(b".").unwrap_or(n);
+        !n.is_empty()
+            && n.len() <= 253
+            && n.split(|&b| b == b'.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    });
+    port_ok && name_ok
+}
+
 /// Checks sizes, Host and framing headers.
 pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<Head, Reply> {
+    if req.method.as_str().len() > MAX_METHOD {
+        return Err(Reply::new(
+            Code::BadRequest,
+            format!("the method is longer than {MAX_METHOD} bytes"),
+        ));
+    }
     let line = req.method.as_str().len() + req.raw_path().len() + 11;
     if line > limits.request_line {
         return Err(Reply::new(
@@ -74,12 +132,7 @@ pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<Head, Reply> {
         ));
     }
     if let Some(h) = host {
-        let ok = !h.is_empty()
-            && h.len() <= 255
-            && h.as_bytes().iter().all(|&b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']' | b'_')
-            });
-        if !ok {
+        if !valid_host(h.as_bytes()) {
             return Err(Reply::new(
                 Code::BadRequest,
                 "the Host header is not a valid host",
@@ -121,13 +174,13 @@ pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<Head, Reply> {
         };
         let n =
             parse(first).ok_or_else(|| Reply::new(Code::BadRequest, "invalid Content-Length"))?;
-        for other in lengths {
-            if parse(other) != Some(n) {
-                return Err(Reply::new(
-                    Code::BadRequest,
-                    "conflicting Content-Length headers",
-                ));
-            }
+        // Even identical copies are refused, as nginx and Envoy do: a peer that merged them
+        // differently would frame the body differently.
+        if lengths.next().is_some() {
+            return Err(Reply::new(
+                Code::BadRequest,
+                "more than one Content-Length header",
+            ));
         }
         head.content_length = Some(n);
     }
@@ -280,7 +333,7 @@ mod tests {
             )),
             Some("bad_request")
         );
-        let ok = check_head(
+        let twice = check_head(
             &req(
                 "/",
                 &[
@@ -291,7 +344,14 @@ mod tests {
             ),
             &l,
         );
-        assert_eq!(ok.ok().and_then(|h| h.content_length), Some(5));
+        assert_eq!(code(twice), Some("bad_request"));
+        assert_eq!(
+            code(check_head(
+                &req("/", &[("host", "x"), ("content-length", "5")]),
+                &l
+            )),
+            None
+        );
     }
 
     #[test]
@@ -320,5 +380,30 @@ mod tests {
         ]));
         assert!(found(&[("transfer-encoding", "gzip")]));
         assert!(found(&[("transfer-encoding", "gzip, chunked")]));
+    }
+
+    #[test]
+    fn hosts_must_be_host_and_port() {
+        for ok in [
+            "a.example",
+            "A.Example:80",
+            "a.example.",
+            "a.example.:8080",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:443",
+            "my_host",
+            "x:",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "..", "a:1:2", "[::1", "a:99999", "a:-1", "", ".", "a..b", "[::1]x", "[zz]", ":80",
+            "a b", "a/b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+        let long = format!("{}.x", "a".repeat(64));
+        assert!(!valid_host(long.as_bytes()));
     }
 }
