@@ -144,11 +144,12 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (ol, nl) = (&o.limits, &n.limits);
     let (os, ns) = (&old.store, &new.store);
     let (oc, nc) = (&old.cache, &new.cache);
-    let checks: [(&str, bool); 32] = [
+    let checks: [(&str, bool); 33] = [
         ("analytics", old.analytics != new.analytics),
         ("cache.max_memory", oc.max_memory != nc.max_memory),
         ("cache.lock_timeout", oc.lock_timeout != nc.lock_timeout),
         ("cache.purge_channel", oc.purge_channel != nc.purge_channel),
+        ("cache.max_variants", oc.max_variants != nc.max_variants),
         ("store.path", os.path != ns.path),
         ("store.redis_url", os.redis_url != ns.redis_url),
         ("store.redis_prefix", os.redis_prefix != ns.redis_prefix),

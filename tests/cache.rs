@@ -706,3 +706,35 @@ async fn headers_that_rewrite_a_request_never_shape_a_shared_copy() {
     let again = get(&gw, "/nc/cached?p=2", &[("x-forwarded-scheme", "http")]).await;
     assert_eq!((again.cache(), again.n()), ("HIT", with.n()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_url_keeps_at_most_max_variants_copies() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&config(up.addr, "[cache]\nmax_variants = 4"));
+    let ask = |v: usize| {
+        let v = v.to_string();
+        let gw = &gw;
+        async move {
+            get(
+                gw,
+                "/nc/cached?vary=1",
+                &[("x-test-respond", "Vary=x-v"), ("x-v", &v)],
+            )
+            .await
+            .cache()
+            .to_string()
+        }
+    };
+    for v in 0..8 {
+        assert_eq!(ask(v).await, "MISS", "variant {v}");
+    }
+    let mut again = Vec::new();
+    for v in 0..8 {
+        again.push(ask(v).await);
+    }
+    assert_eq!(
+        again.iter().filter(|s| *s == "HIT").count(),
+        4,
+        "four variants kept, the others served uncached: {again:?}"
+    );
+}

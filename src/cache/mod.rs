@@ -141,7 +141,9 @@ impl EdgeCache {
         // One exact LRU over every copy (a sharded one evicts from random shards, which is not
         // least-recently-used when a small cache holds few objects).
         let eviction: &'static Manager = Box::leak(Box::new(Manager::new(limit)));
-        let storage: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(max, eviction)));
+        let storage: &'static MemoryStore = Box::leak(Box::new(
+            MemoryStore::new(max, eviction).with_max_variants(section.max_variants),
+        ));
         let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(section.lock_timeout.0));
         EdgeCache {
             storage,

@@ -14,6 +14,10 @@
 //! for an older copy of a key never removes a newer one, and the eviction manager forgets exactly
 //! the copies that leave the map. A purge also voids every write that started before it: a
 //! fetch in flight during a purge does not store what the purge meant to remove.
+//!
+//! Variants: the copies of one key that differ by the upstream's `Vary` are counted per key,
+//! and past `[cache] max_variants` a new variant is served but not stored, so that a client
+//! varying a header cannot push everything else out of the cache.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -137,7 +141,16 @@ pub struct MemoryStore {
     /// A serialized empty header, given to `CacheMeta::deserialize` before the object's parsed
     /// header replaces it.
     blank_header: Vec<u8>,
+    /// Stored secondary variants per primary key (only keys with some), and the most allowed:
+    /// pingora-cache keeps the first variant of a key in the key's own (primary) slot and the
+    /// others under the key plus their variance, so `max_variants` copies are the primary and
+    /// `max_variants - 1` secondaries. Taken after a shard's lock, never before one.
+    variants: std::sync::Mutex<HashMap<HashBinary, usize>>,
+    max_secondary: usize,
 }
+
+/// The default of `[cache] max_variants`.
+pub const MAX_VARIANTS: usize = 16;
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
@@ -157,6 +170,41 @@ impl MemoryStore {
             max,
             eviction,
             blank_header: blank_header(),
+            variants: std::sync::Mutex::new(HashMap::new()),
+            max_secondary: MAX_VARIANTS - 1,
+        }
+    }
+
+    /// At most `n` variants (by the upstream's `Vary`) of one key are stored.
+    pub fn with_max_variants(mut self, n: usize) -> Self {
+        self.max_secondary = n.saturating_sub(1);
+        self
+    }
+
+    fn variant_counts(&self) -> std::sync::MutexGuard<'_, HashMap<HashBinary, usize>> {
+        self.variants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether another variant of `primary` may be stored.
+    fn variant_room(&self, primary: &HashBinary) -> bool {
+        self.variant_counts()
+            .get(primary)
+            .is_none_or(|&n| n < self.max_secondary)
+    }
+
+    /// A stored object with a variance came (`+1`) or went (`-1`).
+    fn count_variant(&self, key: &CompactCacheKey, came: bool) {
+        if key.variance.is_none() {
+            return;
+        }
+        let mut counts = self.variant_counts();
+        let n = counts.entry(key.primary).or_insert(0);
+        match came {
+            true => *n += 1,
+            false => *n = n.saturating_sub(1),
+        }
+        if *n == 0 {
+            counts.remove(&key.primary);
         }
     }
 
@@ -207,6 +255,7 @@ impl MemoryStore {
         if let Some(o) = &gone {
             self.release(o.weight);
             self.objects.fetch_sub(1, Ordering::Relaxed);
+            self.count_variant(&o.key, false);
         }
         gone
     }
@@ -231,6 +280,7 @@ impl MemoryStore {
                 }
                 self.release(o.weight);
                 self.objects.fetch_sub(1, Ordering::Relaxed);
+                self.count_variant(&o.key, false);
                 self.forget(o);
                 removed += 1;
                 false
@@ -338,6 +388,13 @@ impl Storage for MemoryStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        let hash = key.combined_bin();
+        if key.variance_bin().is_some()
+            && !self.variant_room(&key.primary_bin())
+            && !read(self.shard(&hash)).contains_key(&hash)
+        {
+            return Err(storage_error("too many variants of this key"));
+        }
         let parts = split_meta(meta)?;
         let base = parts.counted + OBJECT_OVERHEAD;
         if !self.reserve(base) {
@@ -347,7 +404,7 @@ impl Storage for MemoryStore {
             store: self,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             purges: self.purges.load(Ordering::Acquire),
-            hash: key.combined_bin(),
+            hash,
             key: key.to_compact(),
             meta: Some(parts),
             labels: labels(key, meta),
@@ -523,9 +580,14 @@ impl HandleMiss for Writer {
             key: self.key.clone(),
             labels: self.labels.clone(),
         };
+        let mut map = write(self.store.shard(&self.hash));
+        let new_variant = self.key.variance.is_some() && !map.contains_key(&self.hash);
+        if new_variant && !self.store.variant_room(&self.key.primary) {
+            // Other writes filled the key's variants meanwhile: served, not stored.
+            return Ok(MissFinishType::Created(0));
+        }
         // The bytes now belong to the stored object.
         self.reserved = 0;
-        let mut map = write(self.store.shard(&self.hash));
         match map.insert(self.hash, Arc::new(object)) {
             Some(old) => {
                 self.store.release(old.weight);
@@ -533,6 +595,7 @@ impl HandleMiss for Writer {
             }
             None => {
                 self.store.objects.fetch_add(1, Ordering::Relaxed);
+                self.store.count_variant(&self.key, true);
             }
         }
         drop(map);
@@ -726,5 +789,53 @@ mod tests {
             Some(&b"234"[..])
         );
         assert!(hit.seek(11, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn variants_of_one_key_are_capped_and_slots_come_back() {
+        let s: &'static MemoryStore = Box::leak(Box::new(
+            MemoryStore::new(
+                1 << 20,
+                Box::leak(Box::new(Manager::<4>::with_capacity(1 << 20, 64))),
+            )
+            .with_max_variants(3),
+        ));
+        let variant = |url: &str, v: u8| {
+            let mut k = key(url, "api");
+            k.set_variance_key([v; 16]);
+            k
+        };
+        let span = Span::inactive().handle();
+        put(s, &variant("/a", 1), "", b"one")
+            .await
+            .expect("first variant");
+        put(s, &variant("/a", 2), "", b"two")
+            .await
+            .expect("second variant");
+        assert!(
+            put(s, &variant("/a", 3), "", b"three").await.is_err(),
+            "a third is not stored"
+        );
+        assert!(s
+            .lookup(&variant("/a", 3), &span)
+            .await
+            .expect("lookup")
+            .is_none());
+        // The stored ones are rewritten freely, and other keys are not affected.
+        put(s, &variant("/a", 2), "", b"two again")
+            .await
+            .expect("rewrite");
+        put(s, &variant("/b", 1), "", b"b")
+            .await
+            .expect("other key");
+        put(s, &key("/c", "api"), "", b"plain")
+            .await
+            .expect("no variance");
+        // A variant that goes makes room for another.
+        assert!(s.remove(&variant("/a", 1).combined_bin(), None).is_some());
+        put(s, &variant("/a", 3), "", b"three")
+            .await
+            .expect("room again");
+        assert_eq!(s.usage().0, 4, "/a twice, /b and /c");
     }
 }

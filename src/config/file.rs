@@ -58,6 +58,10 @@ pub struct CacheSection {
     /// the default list taken out of this one becomes part of the key instead (as `vary`).
     #[serde(default = "default_strip_unkeyed")]
     pub strip_unkeyed: Vec<String>,
+    /// Copies of one URL that differ by the upstream's `Vary`: past this many, a new one is
+    /// served but not stored.
+    #[serde(default = "default_max_variants")]
+    pub max_variants: usize,
 }
 
 impl Default for CacheSection {
@@ -67,12 +71,17 @@ impl Default for CacheSection {
             lock_timeout: default_cache_lock_timeout(),
             purge_channel: default_purge_channel(),
             strip_unkeyed: default_strip_unkeyed(),
+            max_variants: default_max_variants(),
         }
     }
 }
 
 fn default_admin_failures() -> String {
     "20/min".into()
+}
+
+fn default_max_variants() -> usize {
+    crate::cache::storage::MAX_VARIANTS
 }
 
 fn default_strip_unkeyed() -> Vec<String> {

@@ -460,6 +460,9 @@ fn cache(v: &mut Problems, c: &CacheSection) {
     if c.lock_timeout.0 < std::time::Duration::from_millis(100) {
         v.add("cache.lock_timeout", "at least 100ms");
     }
+    if c.max_variants == 0 {
+        v.add("cache.max_variants", "at least 1");
+    }
     if !is_name(&c.purge_channel) {
         v.add(
             "cache.purge_channel",
