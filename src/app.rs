@@ -150,6 +150,7 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
                 idle: l.idle_before_request.0,
                 head: l.head_timeout.0,
             },
+            connections: shared.connections.clone(),
         }));
     for addr in &s.listen {
         proxy.add_tcp(addr);

@@ -50,14 +50,24 @@ impl Removal {
     /// What `new` removes from `old`, when that is more than half of its APIs or of its config
     /// consumers.
     pub fn large(old: &FileConfig, new: &FileConfig) -> Option<Removal> {
-        fn gone<'a>(old: impl Iterator<Item = &'a String>, new: &[&String]) -> Vec<String> {
-            old.filter(|n| !new.contains(n)).cloned().collect()
+        fn gone(old: Vec<String>, new: &[String]) -> Vec<String> {
+            old.into_iter().filter(|n| !new.contains(n)).collect()
         }
-        let new_apis: Vec<&String> = new.apis.iter().map(|a| &a.name).collect();
-        let new_consumers: Vec<&String> = new.consumers.iter().map(|c| &c.id).collect();
+        // An API is its name and version ("orders v2"); consumers are their ids.
+        let apis = |f: &FileConfig| -> Vec<String> {
+            f.apis
+                .iter()
+                .map(|a| match &a.version {
+                    Some(v) => format!("{} {v}", a.name),
+                    None => a.name.clone(),
+                })
+                .collect()
+        };
+        let consumers =
+            |f: &FileConfig| -> Vec<String> { f.consumers.iter().map(|c| c.id.clone()).collect() };
         let removal = Removal {
-            apis: gone(old.apis.iter().map(|a| &a.name), &new_apis),
-            consumers: gone(old.consumers.iter().map(|c| &c.id), &new_consumers),
+            apis: gone(apis(old), &apis(new)),
+            consumers: gone(consumers(old), &consumers(new)),
         };
         let over_half = |gone: usize, had: usize| gone * 2 > had && gone > 0;
         (over_half(removal.apis.len(), old.apis.len())

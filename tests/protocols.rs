@@ -92,6 +92,41 @@ async fn silent_and_stalled_tls_clients_are_closed_in_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_in_flight_count_against_the_connection_cap() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start("app").await;
+    let (gw, _, tls_port, _certs) = tls_gateway(
+        &up,
+        "[server.limits]\nmax_connections = 5\nidle_before_request = \"30s\"",
+    );
+    let tls = std::net::SocketAddr::from(([127, 0, 0, 1], tls_port));
+    // Five connections that never finish (here: never start) their handshake fill the cap.
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tokio::net::TcpStream::connect(tls).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for addr in [tls, gw.addr] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut b = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "{addr}: closed at once, got {read:?}"
+        );
+    }
+    // Their slots come back as soon as they go.
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = support::client()
+        .get(gw.url("/app/x"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_termination_with_http2_by_alpn() {
     let up = Upstream::start("app").await;
     let (_gw, cert, tls_port, _certs) = tls_gateway(&up, "");

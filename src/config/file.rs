@@ -450,7 +450,7 @@ pub struct LimitsSection {
     #[serde(default = "d_idle_before_request")]
     pub idle_before_request: Dur,
     /// Client connections the proxy listeners hold at once; over it a new connection is
-    /// closed at once and counted. 0: three quarters of the open-file limit (`ulimit -n`).
+    /// closed at once and counted. 0: half of the open-file limit (`ulimit -n`).
     #[serde(default)]
     pub max_connections: usize,
     #[serde(default = "d_body")]
@@ -484,9 +484,8 @@ pub struct LimitsSection {
     pub h2_stream_window: Size,
     #[serde(default = "d_h2_conn_window")]
     pub h2_connection_window: Size,
-    /// Streams an HTTP/2 client may reset before its connection is closed with
-    /// GOAWAY(ENHANCE_YOUR_CALM), once resets are also more than half of its streams
-    /// (0: no budget).
+    /// Streams an HTTP/2 client may reset within 10 s before its connection is closed with
+    /// GOAWAY(ENHANCE_YOUR_CALM) (0: no budget).
     #[serde(default = "d_h2_max_resets")]
     pub h2_max_resets: u32,
     /// Failed authentications per client address before its requests to APIs with auth get

@@ -2,9 +2,21 @@
 //! once. A connection over the cap is closed as soon as it is accepted and counted, so that a
 //! flood of idle connections cannot use up the process's file descriptors and take `/health`,
 //! the admin listener, upstream connections and the store down with it.
+//!
+//! On TLS listeners the slot is taken before the handshake (which Pingora bounds by 60 s) and
+//! kept for the connection by its peer address ([`Connections::admit_handshake`],
+//! [`Connections::claim_handshake`]); a handshake that never completes gives its slot back
+//! after [`HANDSHAKE_BOUND`].
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a slot taken for a TLS handshake is kept without the connection claiming it:
+/// Pingora's own bound on a handshake, and a second.
+pub const HANDSHAKE_BOUND: Duration = Duration::from_secs(61);
 
 /// Open and refused client connections of the proxy listeners.
 #[derive(Debug)]
@@ -12,6 +24,8 @@ pub struct Connections {
     max: usize,
     open: AtomicUsize,
     refused: AtomicU64,
+    /// Slots taken for TLS handshakes in flight, by peer address, and when.
+    handshakes: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 /// A held connection slot, given back when dropped.
@@ -36,18 +50,53 @@ impl Connections {
             max,
             open: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
+            handshakes: Mutex::new(HashMap::new()),
         })
     }
 
     /// Takes a slot for a new connection, or counts it as refused when the cap is reached.
     pub fn admit(self: &Arc<Self>) -> Option<Slot> {
+        self.take().then(|| Slot(self.clone()))
+    }
+
+    fn handshakes(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
+        self.handshakes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a slot for a TLS connection from `peer` before its handshake; false (counted as
+    /// refused) when the cap is reached. Slots of handshakes that never completed are given
+    /// back first.
+    pub fn admit_handshake(&self, peer: SocketAddr, now: Instant) -> bool {
+        let mut pending = self.handshakes();
+        let before = pending.len();
+        pending.retain(|_, at| now.saturating_duration_since(*at) < HANDSHAKE_BOUND);
+        self.open
+            .fetch_sub(before - pending.len(), Ordering::AcqRel);
+        if !self.take() {
+            return false;
+        }
+        if pending.insert(peer, now).is_some() {
+            // A stale entry of an earlier connection from the same address and port.
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        true
+    }
+
+    /// The slot taken for `peer`'s handshake, now that it completed; `None` when there is
+    /// none (then the caller admits the connection as a new one).
+    pub fn claim_handshake(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
+        self.handshakes().remove(&peer).map(|_| Slot(self.clone()))
+    }
+
+    /// Counts one more open connection unless the cap is reached.
+    fn take(&self) -> bool {
         let taken = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             });
         match taken {
-            Ok(_) => Some(Slot(self.clone())),
+            Ok(_) => true,
             Err(_) => {
                 if self.refused.fetch_add(1, Ordering::Relaxed) == 0 {
                     log::warn!(
@@ -55,7 +104,7 @@ impl Connections {
                         self.max
                     );
                 }
-                None
+                false
             }
         }
     }
@@ -73,10 +122,11 @@ impl Connections {
     }
 }
 
-/// The automatic cap: three quarters of the open-file limit, keeping the last quarter for
-/// upstream connections, listeners, the store, logs and the admin listener.
+/// The automatic cap: half of the open-file limit, keeping the other half for upstream
+/// connections (a client connection may need one or, over HTTP/2, several), listeners, the
+/// store, logs and the admin listener.
 pub fn auto_max(open_files: u64) -> usize {
-    usize::try_from(open_files.saturating_mul(3) / 4)
+    usize::try_from(open_files / 2)
         .unwrap_or(usize::MAX)
         .max(16)
 }
@@ -123,7 +173,35 @@ mod tests {
     fn the_open_files_limit_is_read_from_proc() {
         let text = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1400                 524288               files\n";
         assert_eq!(parse_open_files(text), Some(1400));
-        assert_eq!(auto_max(1400), 1050);
+        assert_eq!(auto_max(1400), 700);
         assert!(open_files_limit() >= 16);
+    }
+
+    #[test]
+    fn tls_handshakes_hold_slots_until_claimed_or_timed_out() {
+        let c = Connections::new(2);
+        let t0 = Instant::now();
+        let (a, b, d): (SocketAddr, SocketAddr, SocketAddr) = (
+            ([127, 0, 0, 1], 1).into(),
+            ([127, 0, 0, 1], 2).into(),
+            ([127, 0, 0, 1], 3).into(),
+        );
+        assert!(c.admit_handshake(a, t0));
+        assert!(c.admit_handshake(b, t0));
+        assert!(
+            !c.admit_handshake(d, t0),
+            "two handshakes in flight fill the cap"
+        );
+        let claimed = c.claim_handshake(a);
+        assert!(claimed.is_some());
+        assert_eq!(c.open(), 2, "a claimed slot stays counted");
+        drop(claimed);
+        assert_eq!(c.open(), 1);
+        // b never completes: its slot comes back once Pingora's handshake bound has passed.
+        assert!(c.admit_handshake(d, t0 + Duration::from_secs(1)));
+        assert!(!c.admit_handshake(a, t0 + Duration::from_secs(2)));
+        assert!(c.admit_handshake(a, t0 + HANDSHAKE_BOUND + Duration::from_secs(1)));
+        assert!(c.claim_handshake(b).is_none(), "b was given back");
+        assert_eq!(c.open(), 2);
     }
 }

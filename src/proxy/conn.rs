@@ -23,7 +23,7 @@ use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Peek;
+use pingora::protocols::{GetSocketDigest, Peek};
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType};
@@ -47,8 +47,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _slot = self.connections.admit()?;
         let tls = stream.get_ssl_digest().is_some();
+        // A TLS connection took its slot before the handshake (`HelloDeadline`).
+        let handshake = peer_of(stream.get_socket_digest())
+            .filter(|_| tls)
+            .and_then(|peer| self.connections.claim_handshake(peer));
+        let _slot = handshake.or_else(|| self.connections.admit())?;
         let alpn_h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let mut watched = HeadDeadline::new(stream, self.timeouts);
         let h2 = alpn_h2 || (self.h2c && !tls && watched.sniff_h2_preface().await.ok()?);
@@ -126,17 +130,46 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for RequestEnd<A> {
     }
 }
 
-/// Deadlines for the ClientHello of a TLS connection (see the module doc).
+/// The client address of a connection, from its socket digest.
+fn peer_of(digest: Option<Arc<pingora::protocols::SocketDigest>>) -> Option<std::net::SocketAddr> {
+    digest.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+}
+
+/// Before a TLS handshake: the connection's slot under the cap (see `limits::conns`), and
+/// deadlines for the ClientHello (see the module doc).
 pub struct HelloDeadline {
     pub timeouts: Timeouts,
+    pub connections: Arc<Connections>,
 }
 
 /// A TLS record header: content type 22 (handshake), version, length.
 const RECORD_HEADER: usize = 5;
+/// The longest TLS record (2^14 bytes of plaintext plus the expansion TLS allows).
+const MAX_RECORD: usize = (1 << 14) + 2048;
 
 #[async_trait]
 impl PreTlsProcess for HelloDeadline {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let peer = peer_of(stream.get_socket_digest());
+        if let Some(peer) = peer {
+            if !self
+                .connections
+                .admit_handshake(peer, std::time::Instant::now())
+            {
+                return Error::e_explain(ErrorType::ConnectError, "max_connections reached");
+            }
+        }
+        let outcome = self.hello(stream).await;
+        if let (Err(_), Some(peer)) = (&outcome, peer) {
+            // This connection ends here: its slot comes back now.
+            drop(self.connections.claim_handshake(peer));
+        }
+        outcome
+    }
+}
+
+impl HelloDeadline {
+    async fn hello(&self, stream: &mut L4Stream) -> pingora::Result<()> {
         let mut header = [0u8; RECORD_HEADER];
         match tokio::time::timeout(self.timeouts.idle, stream.try_peek(&mut header)).await {
             Ok(Ok(_)) => {}
@@ -155,6 +188,10 @@ impl PreTlsProcess for HelloDeadline {
             return Ok(());
         }
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if len > MAX_RECORD {
+            // Not a valid TLS record: the TLS library refuses it.
+            return Ok(());
+        }
         let mut record = vec![0u8; RECORD_HEADER + len];
         match tokio::time::timeout(self.timeouts.head, stream.try_peek(&mut record)).await {
             Ok(Ok(_)) => Ok(()),

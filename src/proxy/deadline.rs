@@ -13,8 +13,11 @@
 //!   and reads fail with `TimedOut`, which closes the connection;
 //! - on HTTP/2 connections the head clock covers the 24-byte preface, and the frames the
 //!   client sends are counted for the reset budget (`h2conn::FrameCounter`);
-//! - upgraded (101) connections are left alone, as is the wait between keep-alive requests
-//!   (that is the keep-alive idle limit's job).
+//! - the proxy's first hook tells the stream that Pingora parsed a head (`head_parsed`), so
+//!   that the body of a request whose head came pipelined with the previous request is never
+//!   taken for a head;
+//! - upgraded (101) connections end no request, so their bytes are never taken for a head; the
+//!   wait between keep-alive requests is left alone too (the keep-alive idle limit's job).
 
 use super::h2conn::{FrameCounter, ResetBudget};
 use async_trait::async_trait;
@@ -25,7 +28,7 @@ use pingora::protocols::{
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -49,8 +52,14 @@ pub struct HeadDeadline {
     timeout: Duration,
     /// The next byte read starts a request head.
     expecting_head: bool,
-    /// Set from outside when a request ended and the connection waits for the next one.
-    request_ended: AtomicBool,
+    /// Requests ended on this connection (counted from outside, by `conn::RequestEnd`), and how
+    /// many of those ends the reader has taken into account.
+    ended: AtomicU64,
+    seen_ended: u64,
+    /// Request heads Pingora parsed on this connection (counted from outside, by the proxy's
+    /// first hook). More heads parsed than requests ended means the next request's head came
+    /// in a pipelined batch with the previous one: the bytes that follow are its body.
+    parsed: AtomicU64,
     /// The head timer, allocated on the first head and re-armed for later ones. It is only
     /// polled (and so only registered with the runtime's timer) when a head takes more than
     /// one read, which keeps the common one-read head free of timer work.
@@ -66,8 +75,6 @@ pub struct HeadDeadline {
     line_content: bool,
     /// Nothing read yet on this connection: `clock` runs for `idle_before_request`.
     fresh: bool,
-    /// Watching stopped for good (an upgraded connection).
-    off: bool,
     /// The 408 answer was written.
     answered: bool,
     /// An HTTP/2 connection: its frames are counted instead of looking for heads.
@@ -83,14 +90,15 @@ impl HeadDeadline {
             inner,
             timeout: timeouts.head,
             expecting_head: true,
-            request_ended: AtomicBool::new(false),
+            ended: AtomicU64::new(0),
+            seen_ended: 0,
+            parsed: AtomicU64::new(0),
             clock: Some(Box::pin(tokio::time::sleep(timeouts.idle))),
             running: true,
             polled: false,
             in_head: false,
             line_content: false,
             fresh: true,
-            off: false,
             answered: false,
             frames: None,
             replay: Vec::new(),
@@ -129,7 +137,12 @@ impl HeadDeadline {
 
     /// The current request is finished: the next bytes read start a new head.
     pub fn next_request(&self) {
-        self.request_ended.store(true, Ordering::Release);
+        self.ended.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Pingora parsed a request head read from this connection.
+    pub fn head_parsed(&self) {
+        self.parsed.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The first bytes of the connection: the head clock replaces the idle clock.
@@ -140,7 +153,7 @@ impl HeadDeadline {
     }
 
     fn saw_read(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() || self.off {
+        if bytes.is_empty() {
             return;
         }
         self.first_bytes();
@@ -151,9 +164,19 @@ impl HeadDeadline {
             }
             return;
         }
-        if self.request_ended.swap(false, Ordering::AcqRel) {
+        let ended = self.ended.load(Ordering::Acquire);
+        if ended > self.seen_ended {
+            self.seen_ended = ended;
             self.expecting_head = true;
             self.stop_clock();
+        }
+        if self.parsed.load(Ordering::Acquire) > ended {
+            // The head of the current request was parsed already (it came pipelined): these
+            // bytes are its body. (An upgraded connection never ends a request: its bytes are
+            // never taken for a head either.)
+            self.expecting_head = false;
+            self.stop_clock();
+            return;
         }
         if self.expecting_head && !self.running {
             self.start_clock();
@@ -182,13 +205,6 @@ impl HeadDeadline {
         // Bytes after the last line end start a line that the next read continues.
         if bytes[line_start..].iter().any(|&b| b != b'\r') {
             self.line_content = true;
-        }
-    }
-
-    fn saw_write(&mut self, bytes: &[u8]) {
-        if !self.off && (bytes.starts_with(b"HTTP/1.1 101") || bytes.starts_with(b"HTTP/1.0 101")) {
-            self.off = true;
-            self.stop_clock();
         }
     }
 
@@ -297,12 +313,7 @@ impl AsyncWrite for HeadDeadline {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = res {
-            this.saw_write(&buf[..n]);
-        }
-        res
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -310,14 +321,7 @@ impl AsyncWrite for HeadDeadline {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let (Poll::Ready(Ok(n)), Some(first)) = (&res, bufs.iter().find(|b| !b.is_empty())) {
-            if *n > 0 {
-                this.saw_write(&first[..(*n).min(first.len())]);
-            }
-        }
-        res
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -561,6 +565,34 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let err = s.sniff_h2_preface().await.err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::TimedOut));
+    }
+
+    #[tokio::test]
+    async fn the_body_of_a_pipelined_request_is_never_taken_for_a_head() {
+        let (mut s, mut c) = pair(Duration::from_millis(300)).await;
+        let mut buf = [0u8; 256];
+        c.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+        // Pingora parses the first head, serves it, and parses the second from what it read.
+        s.head_parsed();
+        s.next_request();
+        s.head_parsed();
+        // The body comes slowly, without a blank line: not a head, no deadline.
+        for part in [&b"abcd"[..], b"efgh"] {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            c.write_all(part).await.unwrap_or_else(|e| panic!("{e}"));
+            assert!(s.read(&mut buf).await.is_ok());
+        }
+        // The next request's head is timed again.
+        s.next_request();
+        c.write_all(b"GET /3 HT")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.read(&mut buf).await.is_ok());
+        let err = s.read(&mut buf).await.err().map(|e| e.kind());
         assert_eq!(err, Some(io::ErrorKind::TimedOut));
     }
 }

@@ -131,8 +131,10 @@ pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<Head, Reply> {
             "HTTP/1.1 requests need a Host header",
         ));
     }
-    if let Some(h) = host {
-        if !valid_host(h.as_bytes()) {
+    // Without a Host header (HTTP/2, HTTP/1.0) the authority of the target is the host.
+    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+    if let Some(h) = host.map(|h| h.as_bytes()).or(authority) {
+        if !valid_host(h) {
             return Err(Reply::new(
                 Code::BadRequest,
                 "the Host header is not a valid host",

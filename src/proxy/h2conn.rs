@@ -7,10 +7,13 @@
 //! upstream requests as fast as it can write frames, while the concurrent-stream limit never
 //! applies. This loop differs in two ways:
 //! - a stream that is already reset when it is accepted is dropped, never forwarded;
-//! - the connection's read side counts the client's RST_STREAM frames and the streams it opens
-//!   ([`FrameCounter`]); once resets pass `[server.limits] h2_max_resets` and are more than
-//!   half of the streams opened, the connection ends with GOAWAY(ENHANCE_YOUR_CALM), as nginx
-//!   and Envoy do. A browser that cancels now and then stays far below that.
+//! - the connection's read side counts the client's RST_STREAM frames ([`FrameCounter`]),
+//!   whatever the stream and whenever they come (before or after the stream was forwarded);
+//!   more than `[server.limits] h2_max_resets` of them within [`RESET_WINDOW`] (a token bucket
+//!   that refills at that pace) end the connection with GOAWAY(ENHANCE_YOUR_CALM), as nginx,
+//!   Envoy and the h2 crate bound resets. A rate, not a share of the streams: a client cannot
+//!   buy resets by also sending cheap requests. A browser that cancels now and then stays far
+//!   below it.
 
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::v2::server::{handshake, H2Accept, HttpSession};
@@ -25,10 +28,13 @@ use tokio::sync::Notify;
 /// Streams rejected as malformed by Pingora's checks before the connection is closed.
 const MAX_MALFORMED_STREAMS: usize = 32;
 
-/// The reset budget of one connection.
+/// The window over which `h2_max_resets` resets are allowed.
+pub const RESET_WINDOW: Duration = Duration::from_secs(10);
+
+/// The reset budget of one connection: counts for the log, and the signal to close.
 #[derive(Debug)]
 pub struct ResetBudget {
-    /// Resets allowed before the ratio is judged (0: no budget).
+    /// Resets allowed within `RESET_WINDOW` (0: no budget).
     max: u32,
     opened: AtomicU32,
     resets: AtomicU32,
@@ -49,13 +55,13 @@ impl ResetBudget {
 
     /// Adds what one read of the connection carried.
     fn add(&self, opened: u32, resets: u32) {
-        let opened = self.opened.fetch_add(opened, Ordering::Relaxed) + opened;
-        let resets = self.resets.fetch_add(resets, Ordering::Relaxed) + resets;
-        if self.max > 0
-            && resets > self.max
-            && u64::from(resets) * 2 > u64::from(opened)
-            && !self.tripped.swap(true, Ordering::AcqRel)
-        {
+        self.opened.fetch_add(opened, Ordering::Relaxed);
+        self.resets.fetch_add(resets, Ordering::Relaxed);
+    }
+
+    /// The budget is spent: the connection is to be closed.
+    fn trip(&self) {
+        if !self.tripped.swap(true, Ordering::AcqRel) {
             self.notify.notify_one();
         }
     }
@@ -79,6 +85,10 @@ impl ResetBudget {
 #[derive(Debug)]
 pub struct FrameCounter {
     budget: Arc<ResetBudget>,
+    /// Resets still allowed now (a token bucket refilled at `max` per `RESET_WINDOW`), and
+    /// when it was last refilled. Only the connection's reader touches it.
+    tokens: f64,
+    refilled: std::time::Instant,
     preface_left: usize,
     /// Payload bytes of the current frame still to skip.
     skip: usize,
@@ -90,6 +100,8 @@ pub struct FrameCounter {
 impl FrameCounter {
     pub fn new(budget: Arc<ResetBudget>) -> FrameCounter {
         FrameCounter {
+            tokens: f64::from(budget.max),
+            refilled: std::time::Instant::now(),
             budget,
             preface_left: 24,
             skip: 0,
@@ -138,6 +150,21 @@ impl FrameCounter {
         }
         if opened > 0 || resets > 0 {
             self.budget.add(opened, resets);
+        }
+        if resets > 0 && self.budget.max > 0 {
+            self.spend(resets, std::time::Instant::now());
+        }
+    }
+
+    /// Takes `resets` from the bucket at `now`; trips the budget when it runs dry.
+    fn spend(&mut self, resets: u32, now: std::time::Instant) {
+        let max = f64::from(self.budget.max);
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * max / RESET_WINDOW.as_secs_f64()).min(max);
+        self.tokens -= f64::from(resets);
+        if self.tokens < 0.0 {
+            self.budget.trip();
         }
     }
 }
@@ -214,7 +241,9 @@ pub async fn serve<A>(
             _ = budget.spent() => {
                 let (opened, resets) = budget.counts();
                 log::info!(
-                    "HTTP/2 client {peer} reset {resets} of {opened} streams: connection closed with ENHANCE_YOUR_CALM"
+                    "HTTP/2 client {peer} reset {resets} of {opened} streams, over h2_max_resets ({}) in {:?}: connection closed with ENHANCE_YOUR_CALM",
+                    budget.max,
+                    RESET_WINDOW
                 );
                 conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                 // Drive the connection until the GOAWAY is written and it closes.
@@ -258,7 +287,9 @@ pub async fn serve<A>(
         let guard = active.start();
         let app = app.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        // Like Pingora's own loop: on the current runtime's handle, so that with
+        // `work_stealing = false` streams spread over the worker threads.
+        pingora_runtime::current_handle().spawn(async move {
             let _guard = guard;
             app.process_new_http(ServerSession::new_http2(session), &shutdown)
                 .await;
@@ -302,24 +333,35 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_trips_on_many_resets_that_are_most_of_the_streams() {
+    fn the_budget_is_a_rate_of_resets() {
+        let tripped = |b: &ResetBudget| b.tripped.load(Ordering::Acquire);
+        let t0 = std::time::Instant::now();
         let b = ResetBudget::new(100);
-        b.add(1000, 100);
-        assert!(!b.tripped.load(Ordering::Acquire));
-        b.add(0, 300);
-        assert!(
-            !b.tripped.load(Ordering::Acquire),
-            "400 of 1000 is not half"
-        );
-        b.add(0, 101);
-        assert!(b.tripped.load(Ordering::Acquire));
-        let flood = ResetBudget::new(100);
-        flood.add(100, 100);
-        assert!(!flood.tripped.load(Ordering::Acquire));
-        flood.add(1, 1);
-        assert!(flood.tripped.load(Ordering::Acquire));
+        let mut c = FrameCounter::new(b.clone());
+        c.refilled = t0;
+        c.spend(100, t0);
+        assert!(!tripped(&b), "100 at once is within the budget");
+        // 10 per second is the pace the bucket refills at: sustainable for ever.
+        for s in 1..=60 {
+            c.spend(10, t0 + Duration::from_secs(s));
+        }
+        assert!(!tripped(&b));
+        c.spend(11, t0 + Duration::from_secs(61));
+        assert!(tripped(&b), "faster than 100 per 10 s");
+        // However many cheap streams come with them.
+        let b = ResetBudget::new(100);
+        let mut c = FrameCounter::new(b.clone());
+        b.add(1_000_000, 0);
+        c.spend(101, std::time::Instant::now());
+        assert!(tripped(&b));
         let off = ResetBudget::new(0);
-        off.add(10_000, 10_000);
-        assert!(!off.tripped.load(Ordering::Acquire));
+        let mut c = FrameCounter::new(off.clone());
+        let mut frames = Vec::new();
+        for id in (1..2000).step_by(2) {
+            frames.extend(frame(0x3, id, &[0, 0, 0, 8]));
+        }
+        c.feed(&[0u8; 24]);
+        c.feed(&frames);
+        assert!(!tripped(&off), "0 turns the budget off");
     }
 }

@@ -395,7 +395,10 @@ fn body_rate(headers: &http::HeaderMap) -> ctx::BodyRate {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
     {
         BodyRate::Off
-    } else if headers.contains_key(http::header::EXPECT) {
+    } else if headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
         BodyRate::FromFirstByte(None)
     } else {
         BodyRate::FromUpstream
@@ -411,7 +414,10 @@ fn slow_body(ctx: &RequestCtx, after_grace: bool) -> bool {
     let limits = &ctx.snapshot.limits;
     let since = match ctx.body_rate {
         _ if limits.body_min_rate == 0 => return false,
-        BodyRate::Off | BodyRate::FromFirstByte(None) => return false,
+        BodyRate::Off => return false,
+        // Still waiting for the go-ahead: not judged while the body may start; but an upstream
+        // that timed out waiting for a body that never began waited on the client.
+        BodyRate::FromFirstByte(None) => return !after_grace,
         BodyRate::FromFirstByte(Some(t)) => t,
         BodyRate::FromUpstream => ctx.upstream_start.unwrap_or(ctx.start),
     };
@@ -463,6 +469,20 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.shared.snapshot())
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(watch) = session
+            .stream()
+            .and_then(|s| s.as_any().downcast_ref::<deadline::HeadDeadline>())
+        {
+            watch.head_parsed();
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
