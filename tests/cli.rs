@@ -243,7 +243,7 @@ fn broken_tls_material_is_reported_by_check() {
     let good_key = write(dir.path(), "key.pem", &key_a.serialize_pem());
     let garbage = write(dir.path(), "garbage.pem", "not a certificate");
     let config = |cert: &str, key: &str| {
-        format!("[server]\nlisten = []\n[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"{cert}\"\nkey = \"{key}\"\n")
+        format!("[server]\nlisten = []\n[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"{cert}\"\nkey = \"{key}\"\n[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n[apis.respond]\n")
     };
     let f = write(dir.path(), "ok.toml", &config(&cert_path, &good_key));
     let (code, out, err) = run_cli(&["check", "-c", &f], None);

@@ -100,16 +100,43 @@ async fn read_until_closed(
     }
 }
 
+/// A raw HTTP/2 client connection (preface and windows sent): the writer, the GOAWAY error
+/// code seen (`u32::MAX`: none), the answers that ended, and the reader, finished once the
+/// gateway closed the connection.
+struct RawH2 {
+    w: tokio::net::tcp::OwnedWriteHalf,
+    goaway: Arc<AtomicU32>,
+    answered: Arc<AtomicU32>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl RawH2 {
+    async fn open(addr: SocketAddr) -> RawH2 {
+        let conn = TcpStream::connect(addr).await.expect("connect");
+        let (r, mut w) = conn.into_split();
+        let goaway = Arc::new(AtomicU32::new(u32::MAX));
+        let answered = Arc::new(AtomicU32::new(0));
+        let reader = tokio::spawn(read_until_closed(r, goaway.clone(), answered.clone()));
+        w.write_all(&hello()).await.expect("preface");
+        RawH2 {
+            w,
+            goaway,
+            answered,
+            reader,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_ends_in_goaway_and_cancelled_streams_never_reach_the_upstream() {
     let up = Upstream::start("app").await;
     let gw = Gateway::start_with("h2c = true", &config(&up));
-    let conn = TcpStream::connect(gw.addr).await.expect("connect");
-    let (r, mut w) = conn.into_split();
-    let goaway = Arc::new(AtomicU32::new(u32::MAX));
-    let answered = Arc::new(AtomicU32::new(0));
-    let reader = tokio::spawn(read_until_closed(r, goaway.clone(), answered.clone()));
-    w.write_all(&hello()).await.expect("preface");
+    let RawH2 {
+        mut w,
+        goaway,
+        answered: _,
+        reader,
+    } = RawH2::open(gw.addr).await;
 
     // 100 opened-and-cancelled streams per write, as the attack does, up to 10,000.
     let mut next = 1u32;
@@ -180,12 +207,12 @@ async fn rapid_reset_ends_in_goaway_and_cancelled_streams_never_reach_the_upstre
 async fn resets_of_streams_already_forwarded_are_counted_too() {
     let up = Upstream::start("app").await;
     let gw = Gateway::start_with("h2c = true", &config(&up));
-    let conn = TcpStream::connect(gw.addr).await.expect("connect");
-    let (r, mut w) = conn.into_split();
-    let goaway = Arc::new(AtomicU32::new(u32::MAX));
-    let answered = Arc::new(AtomicU32::new(0));
-    let reader = tokio::spawn(read_until_closed(r, goaway.clone(), answered));
-    w.write_all(&hello()).await.expect("preface");
+    let RawH2 {
+        mut w,
+        goaway,
+        answered: _,
+        reader,
+    } = RawH2::open(gw.addr).await;
     // Slow requests (the upstream waits 2 s), 50 at a time, each batch cancelled once it has
     // been forwarded, as a client that cancels in a later packet does: up to 2,000 streams.
     let mut next = 1u32;
@@ -236,12 +263,12 @@ async fn resets_of_streams_already_forwarded_are_counted_too() {
 async fn an_http2_client_that_cancels_now_and_then_keeps_its_connection() {
     let up = Upstream::start("app").await;
     let gw = Gateway::start_with("h2c = true", &config(&up));
-    let conn = TcpStream::connect(gw.addr).await.expect("connect");
-    let (r, mut w) = conn.into_split();
-    let goaway = Arc::new(AtomicU32::new(u32::MAX));
-    let answered = Arc::new(AtomicU32::new(0));
-    let reader = tokio::spawn(read_until_closed(r, goaway.clone(), answered.clone()));
-    w.write_all(&hello()).await.expect("preface");
+    let RawH2 {
+        mut w,
+        goaway,
+        answered,
+        reader,
+    } = RawH2::open(gw.addr).await;
     // 500 requests in rounds of 100, one in five cancelled at once: 100 resets in all, within
     // the budget (100 per 10 s).
     let mut next = 1u32;

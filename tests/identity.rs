@@ -489,7 +489,7 @@ keys = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_store_survives_kill_9_during_a_burst_of_admin_writes() {
-    let mut gw = Gateway::start("");
+    let mut gw = Gateway::start("[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n[apis.respond]\n");
     let started = Instant::now();
     while admin(&gw, "GET", "/consumers", None).await.0 != 200 {
         assert!(
