@@ -61,6 +61,9 @@ pub const OTHER_GATEWAYS: &[&str] = &[
 pub struct NameList {
     exact: Vec<HeaderName>,
     prefixes: Vec<String>,
+    /// The first bytes of every entry (a bit per byte value): most request headers are ruled
+    /// out by their first byte alone, without comparing names.
+    first: [u64; 4],
 }
 
 impl NameList {
@@ -76,6 +79,11 @@ impl NameList {
             };
             let name = HeaderName::from_bytes(bare.as_bytes())
                 .map_err(|_| format!("{n:?} is not a header name (or name prefix ending in *)"))?;
+            match name.as_str().as_bytes().first() {
+                Some(&b) => list.first[usize::from(b / 64)] |= 1 << (b % 64),
+                // An empty prefix ("*") matches every name.
+                None => list.first = [u64::MAX; 4],
+            }
             match prefix {
                 true => list.prefixes.push(name.as_str().to_string()),
                 false => list.exact.push(name),
@@ -90,6 +98,12 @@ impl NameList {
 
     /// Whether `name` (a lowercase header name) is on the list.
     pub fn contains(&self, name: &str) -> bool {
+        let Some(&b) = name.as_bytes().first() else {
+            return false;
+        };
+        if self.first[usize::from(b / 64)] & (1 << (b % 64)) == 0 {
+            return false;
+        }
         self.exact.iter().any(|e| e.as_str() == name)
             || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
     }

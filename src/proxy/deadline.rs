@@ -13,7 +13,7 @@
 //!   and reads fail with `TimedOut`, which closes the connection;
 //! - on HTTP/2 connections the head clock covers the 24-byte preface, and the frames the
 //!   client sends are counted for the reset budget (`h2conn::FrameCounter`);
-//! - the proxy's first hook tells the stream that Pingora parsed a head (`head_parsed`), so
+//! - the proxy's `request_filter` tells the stream that Pingora parsed a head (`head_parsed`), so
 //!   that the body of a request whose head came pipelined with the previous request is never
 //!   taken for a head;
 //! - upgraded (101) connections end no request, so their bytes are never taken for a head; the
@@ -57,7 +57,7 @@ pub struct HeadDeadline {
     ended: AtomicU64,
     seen_ended: u64,
     /// Request heads Pingora parsed on this connection (counted from outside, by the proxy's
-    /// first hook). More heads parsed than requests ended means the next request's head came
+    /// `request_filter`). More heads parsed than requests ended means the next request's head came
     /// in a pipelined batch with the previous one: the bytes that follow are its body.
     parsed: AtomicU64,
     /// The head timer, allocated on the first head and re-armed for later ones. It is only

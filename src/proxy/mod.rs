@@ -471,21 +471,14 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(self.shared.snapshot())
     }
 
-    async fn early_request_filter(
-        &self,
-        session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // The first hook after Pingora parsed the head (see `deadline::HeadDeadline`).
         if let Some(watch) = session
             .stream()
             .and_then(|s| s.as_any().downcast_ref::<deadline::HeadDeadline>())
         {
             watch.head_parsed();
         }
-        Ok(())
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.background = session.subrequest_ctx.is_some();
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
@@ -717,12 +710,11 @@ impl ProxyHttp for Gateway {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned);
-        let unkeyed = ctx.cache.as_ref().map(|c| &c.strip);
-        let lists: [&crate::headers::NameList; 2] = [
-            &ctx.snapshot.strip_request,
-            unkeyed.unwrap_or(&ctx.snapshot.strip_request),
-        ];
-        headers::strip_client_headers(upstream, &lists);
+        let server = &ctx.snapshot.strip_request;
+        match &ctx.cache {
+            Some(c) => headers::strip_client_headers(upstream, &[server, &c.strip]),
+            None => headers::strip_client_headers(upstream, &[server]),
+        }
         if let Some(policy) = ep.auth.as_ref().filter(|p| !p.forward_credentials) {
             strip_credentials(upstream, policy)?;
         }
