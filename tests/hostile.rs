@@ -581,6 +581,55 @@ async fn hosts_methods_and_lengths_follow_the_edge_rules() {
     assert_eq!(up.last().map(|s| s.uri), Some("/any/frag".to_string()));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sloppy_chunk_framing_is_refused() {
+    use std::io::{Read, Write};
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&config(&up));
+    let head = "POST /app/big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (name, body, why) in [
+        (
+            "size with a trailing space",
+            "2 \r\nab\r\n0\r\n\r\n",
+            "whitespace after a chunk size",
+        ),
+        (
+            "bare LF in an extension",
+            "2;a\nb\r\nab\r\n0\r\n\r\n",
+            "a bare LF in a chunk extension",
+        ),
+    ] {
+        let r = raw_exchange(gw.addr, format!("{head}{body}").as_bytes());
+        assert_eq!(status_of(&r), 400, "{name}: {r}");
+        let p = problem(body_of(&r), 400, "bad_request");
+        assert!(
+            p["detail"].as_str().unwrap_or("").contains(why),
+            "{name}: {p}"
+        );
+        assert!(
+            r.to_ascii_lowercase().contains("connection: close"),
+            "{name}: {r}"
+        );
+    }
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+    // The same with the bad chunk in a later packet than the head: still 400 and a close.
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    s.write_all(format!("{head}2\r\nab\r\n").as_bytes())
+        .expect("head");
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"2 \r\ncd\r\n0\r\n\r\n").expect("rest");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    // Well-framed bodies pass, with extensions and trailers.
+    let ok = raw_exchange(
+        gw.addr,
+        format!("{head}2;name=\"v\"\r\nab\r\n0\r\nX-T: 1\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status_of(&ok), 200, "{ok}");
+}
+
 /// Sends `head`, then `parts` one at a time every `every` (after `first_after`), reading the
 /// answer meanwhile; the answer and how long it took.
 fn paced(

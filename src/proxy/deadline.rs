@@ -19,6 +19,7 @@
 //! - upgraded (101) connections end no request, so their bytes are never taken for a head; the
 //!   wait between keep-alive requests is left alone too (the keep-alive idle limit's job).
 
+use super::chunks::{ChunkCheck, Refusal};
 use super::h2conn::{FrameCounter, ResetBudget};
 use async_trait::async_trait;
 use pingora::protocols::{
@@ -28,8 +29,9 @@ use pingora::protocols::{
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -81,6 +83,15 @@ pub struct HeadDeadline {
     frames: Option<FrameCounter>,
     /// Bytes read while telling HTTP/2 apart, served again by the next reads.
     replay: Vec<u8>,
+    /// Heads whose end the byte scan found, and the bytes that followed the last one in its
+    /// read (the start of its body, which Pingora keeps without reading again).
+    scanned: AtomicU64,
+    tail: Mutex<Vec<u8>>,
+    has_tail: bool,
+    /// The strict check of a chunked request body (`chunks`), armed by the proxy, and whether
+    /// it refused the body (the proxy answers 400).
+    chunks: Mutex<Option<ChunkCheck>>,
+    bad_framing: AtomicBool,
 }
 
 impl HeadDeadline {
@@ -102,7 +113,66 @@ impl HeadDeadline {
             answered: false,
             frames: None,
             replay: Vec::new(),
+            scanned: AtomicU64::new(0),
+            tail: Mutex::new(Vec::new()),
+            has_tail: false,
+            chunks: Mutex::new(None),
+            bad_framing: AtomicBool::new(false),
         }
+    }
+
+    /// Starts the strict check of the current request's chunked body (see `chunks`) with the
+    /// bytes that came with its head; `Err` when they already frame it wrongly. A head that
+    /// came pipelined (not seen ending by the scan) is left to Pingora's parser.
+    pub fn check_chunked_body(&self) -> Result<(), Refusal> {
+        if self.scanned.load(Ordering::Acquire) != self.parsed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut check = ChunkCheck::default();
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(why) = check.feed(&tail) {
+            self.bad_framing.store(true, Ordering::Release);
+            return Err(why);
+        }
+        if !check.done() {
+            *self.chunks.lock().unwrap_or_else(|e| e.into_inner()) = Some(check);
+        }
+        Ok(())
+    }
+
+    /// Whether the strict check refused the current request's body.
+    pub fn bad_framing(&self) -> bool {
+        self.bad_framing.load(Ordering::Acquire)
+    }
+
+    /// Feeds body bytes to an armed chunk check; `Err` fails the read.
+    fn check_body(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let slot = self.chunks.get_mut().unwrap_or_else(|e| e.into_inner());
+        let Some(check) = slot.as_mut() else {
+            return Ok(());
+        };
+        match check.feed(bytes) {
+            Ok(_) if check.done() => *slot = None,
+            Ok(_) => {}
+            Err(why) => {
+                *slot = None;
+                self.bad_framing.store(true, Ordering::Release);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the bytes that followed a head's end in its read.
+    fn keep_tail(&mut self, rest: &[u8]) {
+        self.scanned.fetch_add(1, Ordering::AcqRel);
+        if rest.is_empty() && !self.has_tail {
+            return;
+        }
+        let tail = self.tail.get_mut().unwrap_or_else(|e| e.into_inner());
+        tail.clear();
+        tail.extend_from_slice(rest);
+        self.has_tail = !rest.is_empty();
     }
 
     /// From now on the connection is HTTP/2: its frames are counted for `budget`, and the head
@@ -152,10 +222,16 @@ impl HeadDeadline {
         }
     }
 
-    fn saw_read(&mut self, bytes: &[u8]) {
+    fn saw_read(&mut self, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {
-            return;
+            return Ok(());
         }
+        self.check_body(bytes)?;
+        self.scan(bytes);
+        Ok(())
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
         self.first_bytes();
         if let Some(frames) = &mut self.frames {
             frames.feed(bytes);
@@ -199,6 +275,7 @@ impl HeadDeadline {
             } else if self.in_head {
                 self.stop_clock();
                 self.expecting_head = false;
+                self.keep_tail(&bytes[lf + 1..]);
                 return;
             }
         }
@@ -294,14 +371,13 @@ impl AsyncRead for HeadDeadline {
             let n = this.replay.len().min(buf.remaining());
             buf.put_slice(&this.replay[..n]);
             let replayed: Vec<u8> = this.replay.drain(..n).collect();
-            this.saw_read(&replayed);
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(this.saw_read(&replayed));
         }
         let before = buf.filled().len();
         let res = this.poll_timed(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             let filled = buf.filled();
-            this.saw_read(&filled[before..]);
+            return Poll::Ready(this.saw_read(&filled[before..]));
         }
         res
     }
@@ -469,7 +545,7 @@ mod tests {
                         &head[second_split..],
                     ];
                     for (i, part) in parts.iter().enumerate() {
-                        s.saw_read(part);
+                        assert!(s.saw_read(part).is_ok());
                         let done = i == 2 || parts[i + 1..].iter().all(|p| p.is_empty());
                         assert_eq!(
                             s.expecting_head,

@@ -3,6 +3,7 @@
 //! `headers` sets forwarding headers and `reply` writes every answer the gateway gives itself.
 
 pub mod caching;
+pub mod chunks;
 pub mod conn;
 pub mod ctx;
 pub mod deadline;
@@ -452,6 +453,13 @@ fn store_unavailable() -> Reply {
     .header("Retry-After", "1")
 }
 
+/// The deadline stream of the request's connection (HTTP/1 only).
+fn watch(session: &Session) -> Option<&deadline::HeadDeadline> {
+    session
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<deadline::HeadDeadline>())
+}
+
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
     session
         .client_addr()
@@ -473,10 +481,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // The first hook after Pingora parsed the head (see `deadline::HeadDeadline`).
-        if let Some(watch) = session
-            .stream()
-            .and_then(|s| s.as_any().downcast_ref::<deadline::HeadDeadline>())
-        {
+        if let Some(watch) = watch(session) {
             watch.head_parsed();
         }
         ctx.background = session.subrequest_ctx.is_some();
@@ -508,6 +513,17 @@ impl ProxyHttp for Gateway {
                 ctx.had_body = close;
                 if close {
                     ctx.body_rate = body_rate(&session.req_header().headers);
+                }
+                let chunked = session
+                    .req_header()
+                    .headers
+                    .contains_key(http::header::TRANSFER_ENCODING);
+                if let Some(Err(why)) = chunked
+                    .then(|| watch(session).map(|w| w.check_chunked_body()))
+                    .flatten()
+                {
+                    let reply = Reply::new(Code::BadRequest, format!("the chunked body has {why}"));
+                    return self.refuse(session, ctx, reply, true).await;
                 }
                 if let Err(reply) = self.check_caller(session, ctx).await {
                     return self.refuse(session, ctx, reply, close).await;
@@ -834,7 +850,12 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = match ctx.fail.or_else(|| classify(e)) {
+        let framing = watch(session).is_some_and(|w| w.bad_framing());
+        let code = match ctx
+            .fail
+            .or_else(|| framing.then_some(Code::BadRequest))
+            .or_else(|| classify(e))
+        {
             // The upstream waited for a body the client was too slow to send: the client's
             // failure (408), and no mark against the target.
             // (Not when the upstream stopped taking the body: then the client only looks slow.)
