@@ -20,6 +20,7 @@ pub mod path;
 pub mod proxy;
 pub mod reload;
 pub mod remote;
+pub mod reply;
 pub mod route;
 pub mod state;
 pub mod store;

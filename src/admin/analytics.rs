@@ -3,7 +3,7 @@
 
 use super::{blocking, json_response, problem, problem_or_json, query_param as param, Answer};
 use crate::analytics::report::{self, Ask};
-use crate::proxy::reply::Code;
+use crate::reply::Code;
 use crate::state::Shared;
 use crate::store::usage::{Filter, UsageRow};
 use serde_json::json;

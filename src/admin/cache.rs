@@ -3,7 +3,7 @@
 
 use super::{json_response, problem, Answer};
 use crate::cache::purge::{self, Target};
-use crate::proxy::reply::Code;
+use crate::reply::Code;
 use crate::state::Shared;
 use crate::store::Change;
 use serde_json::json;

@@ -15,7 +15,7 @@ use crate::config::file::ConsumerSection;
 use crate::config::identity::{is_consumer_id, is_label};
 use crate::identity::index::Index;
 use crate::identity::records::Records;
-use crate::proxy::reply::Code;
+use crate::reply::Code;
 use crate::state::Shared;
 use crate::store::consumers::{self as rows, ConsumerPatch, NewConsumer};
 use crate::store::StoreError;

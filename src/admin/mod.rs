@@ -2,9 +2,9 @@
 //! operators (`/upstreams`, `/status`, `POST /reload`). The token is compared in constant time; requests without
 //! it get 401 problem+json. The proxy listeners never serve these routes.
 
-use crate::proxy::headers::request_id;
-use crate::proxy::reply::{problem_body, problem_value, Code};
+use crate::headers::request_id;
 use crate::reload::ReloadError;
+use crate::reply::{problem_body, problem_value, Code};
 use crate::state::{constant_time_eq, Shared};
 use async_trait::async_trait;
 use http::{Response, StatusCode};

@@ -15,7 +15,7 @@ pub mod jwt;
 
 use crate::config::file::{AuthMethod, AuthSection};
 use crate::identity::{key, ConfigIdentities, Consumer, Identity, KeyLookup};
-use crate::proxy::reply::{Code, Reply};
+use crate::reply::{Code, Reply};
 use http::HeaderName;
 use jwt::JwtPolicy;
 use pingora::http::RequestHeader;

@@ -313,7 +313,7 @@ impl HeadDeadline {
 /// The 408 problem answer written when a head misses its deadline.
 fn timeout_answer() -> Vec<u8> {
     use super::reply::{problem_body, Code};
-    let request_id = super::headers::request_id(None);
+    let request_id = crate::headers::request_id(None);
     let body = problem_body(
         Code::RequestTimeout,
         "the request head was not received in time",

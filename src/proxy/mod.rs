@@ -11,9 +11,9 @@ pub mod edge;
 pub mod h2conn;
 pub mod headers;
 pub mod logging;
-pub mod reply;
 
 use crate::path::check_target;
+pub use crate::reply;
 use crate::route::Match;
 use crate::state::{Action, Shared};
 use async_trait::async_trait;
@@ -486,9 +486,10 @@ impl ProxyHttp for Gateway {
         }
         ctx.background = session.subrequest_ctx.is_some();
         let req = session.req_header();
-        ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.request_id =
+            crate::headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
         ctx.traceparent =
-            headers::traceparent(req.headers.get("traceparent").map(|v| v.as_bytes()));
+            crate::headers::traceparent(req.headers.get("traceparent").map(|v| v.as_bytes()));
         let limits = &ctx.snapshot.limits;
         // Only refresh the idle limit: Pingora turns keep-alive off when the request demands it
         // (Connection: close, HTTP/1.0, Content-Length with Transfer-Encoding) and that stays so.
