@@ -453,6 +453,22 @@ fn store_unavailable() -> Reply {
     .header("Retry-After", "1")
 }
 
+/// A chunked body whose first bytes (read with the head) are framed sloppily gets 400; the
+/// rest of the body is checked as it is read (see `deadline::HeadDeadline`).
+fn check_chunk_framing(session: &Session) -> Result<(), Reply> {
+    let headers = &session.req_header().headers;
+    if !headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    match watch(session).map(deadline::HeadDeadline::check_chunked_body) {
+        Some(Err(why)) => Err(Reply::new(
+            Code::BadRequest,
+            format!("the chunked body has {why}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The deadline stream of the request's connection (HTTP/1 only).
 fn watch(session: &Session) -> Option<&deadline::HeadDeadline> {
     session
@@ -515,15 +531,7 @@ impl ProxyHttp for Gateway {
                 if close {
                     ctx.body_rate = body_rate(&session.req_header().headers);
                 }
-                let chunked = session
-                    .req_header()
-                    .headers
-                    .contains_key(http::header::TRANSFER_ENCODING);
-                if let Some(Err(why)) = chunked
-                    .then(|| watch(session).map(|w| w.check_chunked_body()))
-                    .flatten()
-                {
-                    let reply = Reply::new(Code::BadRequest, format!("the chunked body has {why}"));
+                if let Err(reply) = check_chunk_framing(session) {
                     return self.refuse(session, ctx, reply, true).await;
                 }
                 if let Err(reply) = self.check_caller(session, ctx).await {
