@@ -26,6 +26,7 @@ fn record(api: &Arc<ApiInfo>, consumer: &Arc<Consumer>, i: u64) -> Record {
         status: 200,
         code: None,
         limited: None,
+        policy: None,
         duration_us: 800 + i % 400,
         upstream_us: Some(600),
         bytes_in: 0,

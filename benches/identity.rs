@@ -84,7 +84,6 @@ fn bench_keys(c: &mut Criterion) {
             futures::executor::block_on(authenticate(
                 black_box(&req),
                 &policy,
-                &[],
                 &config,
                 &identity,
                 now,

@@ -12,11 +12,13 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod forward;
 pub mod headers;
 pub mod identity;
 pub mod limits;
 pub mod offline;
 pub mod path;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod remote;
@@ -35,7 +37,11 @@ pub fn summary(snapshot: &state::Snapshot) -> String {
     format!(
         "ok: {} APIs, {} routes, {} upstreams with {} targets; listening on {}; admin on {}",
         f.apis.len(),
-        snapshot.endpoints.len(),
+        snapshot
+            .endpoints
+            .iter()
+            .filter(|e| !matches!(e.action, state::Action::Usage))
+            .count(),
         snapshot.pools.len(),
         targets,
         listeners.join(", "),

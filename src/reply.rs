@@ -3,6 +3,7 @@
 
 use crate::state::StaticReply;
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -28,6 +29,10 @@ pub enum Code {
     MissingCredentials,
     InvalidCredentials,
     Forbidden,
+    /// A CORS preflight from an origin, method or header the API's `cors` policy does not allow.
+    CorsRejected,
+    /// A JSON answer a `json_fields` policy must edit but cannot (encoded or too large).
+    UneditableResponse,
     NoPlan,
     LargeRemoval,
     NotFound,
@@ -58,6 +63,8 @@ impl Code {
             Code::MissingCredentials => "missing_credentials",
             Code::InvalidCredentials => "invalid_credentials",
             Code::Forbidden => "forbidden",
+            Code::CorsRejected => "cors_rejected",
+            Code::UneditableResponse => "uneditable_response",
             Code::NoPlan => "no_plan",
             Code::LargeRemoval => "large_removal",
             Code::NotFound => "not_found",
@@ -86,7 +93,8 @@ impl Code {
             Code::InvalidConfig => 422,
             Code::RestartRequired | Code::LargeRemoval => 409,
             Code::MissingCredentials | Code::InvalidCredentials => 401,
-            Code::Forbidden | Code::NoPlan => 403,
+            Code::Forbidden | Code::NoPlan | Code::CorsRejected => 403,
+            Code::UneditableResponse => 502,
             Code::NotFound => 404,
             Code::Conflict => 409,
             Code::InvalidRequest => 422,
@@ -114,6 +122,8 @@ impl Code {
             Code::MissingCredentials => "Credentials required",
             Code::InvalidCredentials => "Invalid credentials",
             Code::Forbidden => "Not allowed",
+            Code::CorsRejected => "Cross-origin request not allowed",
+            Code::UneditableResponse => "The answer could not be edited as policy requires",
             Code::NoPlan => "No plan",
             Code::LargeRemoval => "Large removal",
             Code::NotFound => "Not found",
@@ -137,6 +147,9 @@ pub struct Reply {
     /// The limit that refused the request (`rate`, `quota_hour`, `per_ip`, ...), recorded in
     /// analytics and `turnpike_limited_total`.
     pub limited: Option<&'static str>,
+    /// The policy that refused the request and its kind (`crate::policy`), recorded in
+    /// analytics, the access log and `turnpike_policy_refusals_total`.
+    pub by: Option<(std::sync::Arc<str>, &'static str)>,
 }
 
 impl Reply {
@@ -147,6 +160,7 @@ impl Reply {
             headers: Vec::new(),
             bad_credential: false,
             limited: None,
+            by: None,
         }
     }
 
@@ -195,7 +209,12 @@ pub fn problem_value(code: Code, detail: &str, request_id: &str) -> serde_json::
 }
 
 /// Builds the response header of a problem answer.
-pub fn problem_header(reply: &Reply, request_id: &str, len: usize) -> Result<ResponseHeader> {
+pub fn problem_header(
+    reply: &Reply,
+    request_id: &str,
+    len: usize,
+    answer: &[(HeaderName, HeaderValue)],
+) -> Result<ResponseHeader> {
     let mut h = ResponseHeader::build(reply.code.status(), Some(4 + reply.headers.len()))?;
     h.insert_header("Content-Type", "application/problem+json")?;
     h.insert_header("Content-Length", len.to_string())?;
@@ -203,6 +222,17 @@ pub fn problem_header(reply: &Reply, request_id: &str, len: usize) -> Result<Res
     h.insert_header("Cache-Control", "no-store")?;
     for (name, value) in &reply.headers {
         h.insert_header(*name, value.as_str())?;
+    }
+    // The answer headers of the policies that ran (CORS, RateLimit fields): the refusal's own
+    // fields win.
+    for (name, value) in answer {
+        if !reply
+            .headers
+            .iter()
+            .any(|(n, _)| name.as_str().eq_ignore_ascii_case(n))
+        {
+            h.append_header(name.clone(), value.clone())?;
+        }
     }
     Ok(h)
 }
@@ -214,9 +244,10 @@ pub async fn write_problem(
     reply: &Reply,
     request_id: &str,
     close: bool,
+    answer: &[(HeaderName, HeaderValue)],
 ) -> Result<()> {
     let body = problem_body(reply.code, &reply.detail, request_id);
-    let header = problem_header(reply, request_id, body.len())?;
+    let header = problem_header(reply, request_id, body.len(), answer)?;
     if close {
         session.set_keepalive(None);
     }
@@ -236,18 +267,20 @@ pub async fn write_static(
     reply: &StaticReply,
     request_id: &str,
     close: bool,
-    extra: Option<&(String, String)>,
+    answer: &[(HeaderName, HeaderValue)],
 ) -> Result<()> {
     let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 4))?;
     for (name, value) in &reply.headers {
         h.append_header(name.clone(), value.clone())?;
     }
-    // The RateLimit fields of the caller's plan, when one applied.
-    if let Some((policy, state)) = extra {
-        h.insert_header("RateLimit-Policy", policy.as_str())?;
-        h.insert_header("RateLimit", state.as_str())?;
+    // The answer headers of the policies that ran (RateLimit fields, CORS).
+    for (name, value) in answer {
+        h.append_header(name.clone(), value.clone())?;
     }
-    h.insert_header("Content-Length", reply.body.len().to_string())?;
+    // No length on answers that never have a body (RFC 9110 section 8.6).
+    if reply.status != 204 && reply.status != 304 {
+        h.insert_header("Content-Length", reply.body.len().to_string())?;
+    }
     h.insert_header("X-Request-Id", request_id)?;
     if close {
         session.set_keepalive(None);

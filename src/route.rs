@@ -117,7 +117,9 @@ pub fn template_segments(template: &str) -> Vec<Segment> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Match {
     Found(usize),
-    MethodNotAllowed(Methods),
+    /// The path matched but not the method: the methods allowed there, and the first
+    /// endpoint of that path (its API's policies, e.g. CORS, still answer).
+    MethodNotAllowed(Methods, usize),
     NotFound,
 }
 
@@ -255,7 +257,7 @@ impl Router {
             }
             here = here.union(m);
         }
-        Some(Match::MethodNotAllowed(here))
+        Some(Match::MethodNotAllowed(here, ids[0]))
     }
 }
 
@@ -354,7 +356,7 @@ mod tests {
         let r = table();
         // The root catch-all allows only GET, so DELETE on items is refused with the items' methods.
         match r.find(None, b"/catalog/v1/items", b"DELETE") {
-            Match::MethodNotAllowed(m) => assert_eq!(m.allow_header(), "GET, POST"),
+            Match::MethodNotAllowed(m, _) => assert_eq!(m.allow_header(), "GET, POST"),
             other => panic!("{other:?}"),
         }
         // Never a less specific route: the root catch-all allows DELETE here, but the items
@@ -363,7 +365,7 @@ mod tests {
         fall.insert(&[], &seg("/"), true, Methods::ANY, 7);
         assert!(matches!(
             fall.find(None, b"/catalog/v1/items/42", b"DELETE"),
-            Match::MethodNotAllowed(_)
+            Match::MethodNotAllowed(..)
         ));
         assert_eq!(
             fall.find(None, b"/catalog/v1/other", b"DELETE"),

@@ -3,7 +3,7 @@
 
 use crate::config::file::FileConfig;
 use crate::reload::ReloadReport;
-use crate::route::Router;
+use crate::route::{Match, Router};
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -47,6 +47,8 @@ pub struct StaticReply {
 pub enum Action {
     Proxy(Arc<Pool>),
     Respond(Arc<StaticReply>),
+    /// `[usage]`: the identified caller's own usage.
+    Usage,
 }
 
 /// The API a route belongs to.
@@ -75,6 +77,33 @@ pub struct Endpoint {
     pub per_ip: Option<Arc<crate::limits::ip::IpLimit>>,
     /// `[apis.cache]` (or the route's own block), on proxied endpoints.
     pub cache: Option<Arc<crate::cache::Policy>>,
+    /// The policy pipeline of this endpoint (`crate::policy`).
+    pub chain: crate::policy::Chain,
+}
+
+impl Endpoint {
+    /// The 413 answer when a declared body length is over the route's limit.
+    pub fn body_too_large(&self, content_length: Option<u64>) -> Option<crate::reply::Reply> {
+        content_length.filter(|n| *n > self.max_body).map(|_| {
+            crate::reply::Reply::new(
+                crate::reply::Code::PayloadTooLarge,
+                format!("the body limit of this route is {} bytes", self.max_body),
+            )
+        })
+    }
+}
+
+impl Snapshot {
+    /// The endpoint of a request: the usage endpoint for `GET [usage] path`, else the route
+    /// table's answer. `host` as sent (port allowed), `path` checked by `crate::path`.
+    pub fn route(&self, host: Option<&[u8]>, path: &[u8], method: &http::Method) -> Match {
+        if let Some((usage, ep)) = &self.usage {
+            if path == usage.as_bytes() && method == http::Method::GET {
+                return Match::Found(*ep);
+            }
+        }
+        self.router.find(host, path, method.as_str().as_bytes())
+    }
 }
 
 /// Edge limits in the form the hot path uses.
@@ -111,8 +140,10 @@ pub struct Snapshot {
     pub jwks: HashMap<String, Arc<crate::auth::jwt::JwksSource>>,
     /// `[plans.NAME]`, compiled.
     pub plans: Arc<crate::limits::Plans>,
-    /// The usage path and the endpoint whose auth identifies its callers.
+    /// The usage path and its endpoint (whose auth is borrowed from an API).
     pub usage: Option<(String, usize)>,
+    /// `[policies]`, the server's and groups' attachments, `[server] trusted_proxies`.
+    pub policies: Arc<crate::policy::compile::Catalog>,
     /// The failed-authentication guard (`[server.limits] auth_failures_per_ip`).
     pub auth_guard: Option<Arc<crate::limits::ip::IpLimit>>,
     /// `[admin] auth_failures_per_ip`: the wrong-token guard of the admin listener.

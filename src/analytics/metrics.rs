@@ -25,6 +25,7 @@ pub struct Metrics {
     duration: HistogramVec,
     upstream_duration: HistogramVec,
     limited: IntCounterVec,
+    refusals: IntCounterVec,
     cache: IntCounterVec,
     pub dropped: IntCounter,
     pub records: IntCounter,
@@ -71,6 +72,11 @@ impl Metrics {
                 "turnpike_limited_total",
                 "Requests refused by a limit (rate, quota_<period>, per_ip, auth_failures)",
                 &["api", "plan", "policy"],
+            )?,
+            refusals: counter_vec(
+                "turnpike_policy_refusals_total",
+                "Requests refused by a policy, by API, policy name and kind",
+                &["api", "policy", "kind"],
             )?,
             cache: counter_vec(
                 "turnpike_cache_requests_total",
@@ -141,6 +147,7 @@ impl Metrics {
         r.register(Box::new(m.duration.clone()))?;
         r.register(Box::new(m.upstream_duration.clone()))?;
         r.register(Box::new(m.limited.clone()))?;
+        r.register(Box::new(m.refusals.clone()))?;
         r.register(Box::new(m.cache.clone()))?;
         r.register(Box::new(m.dropped.clone()))?;
         r.register(Box::new(m.records.clone()))?;
@@ -178,6 +185,11 @@ impl Metrics {
         if let Some(policy) = r.limited {
             self.limited
                 .with_label_values(&[r.api_name(), r.plan().unwrap_or(""), policy])
+                .inc();
+        }
+        if let Some((policy, kind)) = &r.policy {
+            self.refusals
+                .with_label_values(&[r.api_name(), policy, kind])
                 .inc();
         }
         if let Some(status) = r.cache {

@@ -30,6 +30,8 @@ pub struct Record {
     pub code: Option<&'static str>,
     /// The limit that refused the request (`rate`, `quota_hour`, `per_ip`, ...).
     pub limited: Option<&'static str>,
+    /// The policy that refused the request and its kind (`office-only`, `ip_filter`).
+    pub policy: Option<(Arc<str>, &'static str)>,
     /// From the head being read to the end of the answer (for an upgraded connection, to its
     /// 101 answer).
     pub duration_us: u64,
@@ -108,6 +110,7 @@ impl Record {
         m.serialize_entry("status", &self.status)?;
         m.serialize_entry("code", &self.code)?;
         m.serialize_entry("limited", &self.limited)?;
+        m.serialize_entry("policy", &self.policy.as_ref().map(|p| &*p.0))?;
         m.serialize_entry("duration_ms", &(self.duration_us as f64 / 1000.0))?;
         m.serialize_entry("upstream_ms", &self.upstream_us.map(|u| u as f64 / 1000.0))?;
         m.serialize_entry("bytes_in", &self.bytes_in)?;
@@ -148,6 +151,7 @@ pub(crate) fn sample() -> Record {
         status: 200,
         code: None,
         limited: None,
+        policy: None,
         duration_us: 1_500,
         upstream_us: Some(1_000),
         bytes_in: 0,
@@ -176,7 +180,7 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["target"], "127.0.0.1:9000");
         assert_eq!(v["code"], serde_json::Value::Null);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(20));
+        assert_eq!(v.as_object().map(|o| o.len()), Some(21));
         assert_eq!(user_agent(&[b'a'; 1000]).len(), MAX_USER_AGENT);
     }
 }

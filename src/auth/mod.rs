@@ -156,11 +156,10 @@ pub fn strip_query_param(query: &str, name: &str) -> String {
         .join("&")
 }
 
-/// Identifies the caller of an API with `policy`; `scopes` are the route's required scopes.
+/// Identifies the caller of an API with `policy` (what it may call is `authorize`'s answer).
 pub async fn authenticate(
     req: &RequestHeader,
     policy: &AuthPolicy,
-    scopes: &[String],
     config: &ConfigIdentities,
     identity: &Identity,
     now: i64,
@@ -213,7 +212,12 @@ pub async fn authenticate(
             ))
         }
     };
-    if !policy.allows(&consumer) {
+    Ok(consumer)
+}
+
+/// Whether an identified consumer may call: the API's `allow_groups`, the route's `scopes`.
+pub fn authorize(policy: &AuthPolicy, consumer: &Consumer, scopes: &[String]) -> Result<(), Reply> {
+    if !policy.allows(consumer) {
         return Err(Reply::new(
             Code::Forbidden,
             "this consumer is not allowed to call this API",
@@ -225,7 +229,7 @@ pub async fn authenticate(
             format!("this route needs the scope {scope:?}"),
         ));
     }
-    Ok(consumer)
+    Ok(())
 }
 
 /// The consumer of an API key.

@@ -5,6 +5,7 @@
 use super::error::Problem;
 use super::file::{FileConfig, RespondSection};
 use crate::auth::jwt::JwksSource;
+use crate::policy::{Kind, Level, Policy};
 use crate::route::{template_segments, Methods, Router};
 use crate::state::{Action, ApiInfo, Endpoint, Limits, Secret, Snapshot, StaticReply};
 use crate::upstream::Pool;
@@ -24,6 +25,8 @@ struct Planned {
     /// Scopes the caller needs.
     scopes: Vec<String>,
     cache: Option<Arc<crate::cache::Policy>>,
+    /// The route's index (None: an API without routes).
+    route: Option<usize>,
 }
 
 /// Builds a snapshot; `previous` lends pools whose definition did not change.
@@ -60,6 +63,8 @@ pub fn compile(
             Arc::new(crate::limits::Plans::new())
         }
     };
+    let mut found = Vec::new();
+    let catalog = crate::policy::compile::Catalog::compile(file, &mut found);
     // JWKS sources by URL, kept from the previous generation so their keys carry over.
     let mut jwks: HashMap<String, Arc<JwksSource>> = HashMap::new();
     let mut router = Router::new();
@@ -171,6 +176,7 @@ pub fn compile(
                     action,
                     max_body: api_body,
                     scopes: Vec::new(),
+                    route: None,
                 });
             }
         }
@@ -186,7 +192,7 @@ pub fn compile(
                 None => match &api_action {
                     Some(Action::Proxy(p)) => Action::Proxy(p.clone()),
                     Some(Action::Respond(s)) => Action::Respond(s.clone()),
-                    None => continue,
+                    Some(Action::Usage) | None => continue,
                 },
             };
             let Some(methods) = Methods::from_names(&route.methods) else {
@@ -201,6 +207,7 @@ pub fn compile(
                 action,
                 max_body: route.max_body.map_or(api_body, |s| s.0),
                 scopes: route.scopes.clone(),
+                route: Some(r),
             });
         }
         for Planned {
@@ -211,8 +218,17 @@ pub fn compile(
             max_body,
             scopes,
             cache,
+            route,
         } in planned
         {
+            let chain = catalog.chain(
+                file,
+                Some(i),
+                route,
+                &template,
+                builtins(per_ip.as_ref(), auth.as_ref(), &scopes, limits.as_ref()),
+                &mut found,
+            );
             let id = endpoints.len();
             router.insert(
                 &api.hosts,
@@ -232,6 +248,7 @@ pub fn compile(
                 limits: limits.clone(),
                 per_ip: per_ip.clone(),
                 cache,
+                chain,
             });
         }
     }
@@ -240,14 +257,43 @@ pub fn compile(
         problems.push(p);
         None
     });
-    // The usage endpoint authenticates with the auth of the named API (or the first with auth).
+    // The usage endpoint authenticates with the auth of the named API (or the first with auth)
+    // and has the server's policies; nothing is counted.
     let usage = if file.usage.enabled {
         let named = file.usage.api.as_deref();
-        let found = endpoints
+        let found_auth = endpoints
             .iter()
-            .position(|e: &Endpoint| e.auth.is_some() && named.is_none_or(|n| e.api.name == n));
-        match (found, named) {
-            (Some(i), _) => Some((file.usage.path.clone(), i)),
+            .find(|e: &&Endpoint| e.auth.is_some() && named.is_none_or(|n| e.api.name == n))
+            .and_then(|e| e.auth.clone());
+        match (found_auth, named) {
+            (Some(auth), _) => {
+                let path = file.usage.path.clone();
+                let chain = catalog.chain(
+                    file,
+                    None,
+                    None,
+                    &path,
+                    builtins(None, Some(&auth), &[], None),
+                    &mut found,
+                );
+                endpoints.push(Endpoint {
+                    api: Arc::new(ApiInfo {
+                        name: USAGE_API.into(),
+                        version: None,
+                    }),
+                    template: Arc::from(path.as_str()),
+                    action: Action::Usage,
+                    strip: 0,
+                    max_body: default_body,
+                    auth: Some(auth),
+                    scopes: Vec::new(),
+                    limits: None,
+                    per_ip: None,
+                    cache: None,
+                    chain,
+                });
+                Some((path, endpoints.len() - 1))
+            }
             (None, Some(n)) => {
                 problems.push(Problem::at(
                     "usage.api",
@@ -289,6 +335,7 @@ pub fn compile(
         problems.push(p);
         None
     });
+    problems.extend(found.into_iter().map(|(k, m)| Problem::at(k, m)));
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -318,9 +365,50 @@ pub fn compile(
         jwks,
         plans,
         usage,
+        policies: Arc::new(catalog),
         auth_guard,
         admin_guard,
     })
+}
+
+/// The `api` of requests to the `[usage]` endpoint.
+pub const USAGE_API: &str = "[usage]";
+
+/// The built-in steps of an endpoint: the flood guard, identification, authorization and the
+/// plans, named after their config keys.
+fn builtins(
+    per_ip: Option<&Arc<crate::limits::ip::IpLimit>>,
+    auth: Option<&Arc<crate::auth::AuthPolicy>>,
+    scopes: &[String],
+    limits: Option<&Arc<crate::limits::EndpointLimits>>,
+) -> Vec<(Level, Arc<Policy>)> {
+    let step = |name: &str, kind: Kind| {
+        (
+            Level::Api,
+            Arc::new(Policy {
+                name: Arc::from(name),
+                kind,
+            }),
+        )
+    };
+    let mut out = Vec::new();
+    if let Some(l) = per_ip {
+        out.push(step("per_ip", Kind::PerIp(l.clone())));
+    }
+    if let Some(a) = auth {
+        out.push(step("auth", Kind::Identify(a.clone())));
+        out.push(step(
+            "auth",
+            Kind::Authorize {
+                auth: a.clone(),
+                scopes: scopes.to_vec(),
+            },
+        ));
+    }
+    if let Some(l) = limits {
+        out.push(step("plan", Kind::Plan(l.clone())));
+    }
+    out
 }
 
 fn static_reply(r: &RespondSection) -> Result<StaticReply, String> {

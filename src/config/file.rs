@@ -36,6 +36,12 @@ pub struct FileConfig {
     pub cache: CacheSection,
     #[serde(default)]
     pub analytics: super::analytics::AnalyticsSection,
+    /// `[policies.NAME]`: named, reusable policies (see `crate::policy`).
+    #[serde(default)]
+    pub policies: BTreeMap<String, super::policy::PolicySection>,
+    /// `[groups.NAME]`: what applies to every consumer in a group.
+    #[serde(default)]
+    pub groups: BTreeMap<String, super::policy::GroupSection>,
 }
 
 /// `[cache]`: the edge cache shared by every API with an `[apis.cache]` block.
@@ -388,6 +394,13 @@ pub struct ServerSection {
     pub strip_request_headers: Vec<String>,
     #[serde(default)]
     pub tls: Vec<TlsListener>,
+    /// Policies of every API (names of `[policies.NAME]`).
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// Peers (addresses or CIDR ranges) whose `X-Forwarded-For` is believed: behind them the
+    /// client is the right-most address of that header that is not itself trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Worker threads of the proxy service; 0 is rejected.
     #[serde(default = "default_threads")]
     pub threads: usize,
@@ -641,6 +654,9 @@ pub struct ApiSection {
     pub plans: BTreeMap<String, PlanOverride>,
     pub limits: Option<ApiLimitsSection>,
     pub cache: Option<ApiCacheSection>,
+    /// Policies of this API (names of `[policies.NAME]`).
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
 
 /// `[apis.limits]`: flood guards of an API.
@@ -666,6 +682,9 @@ pub struct RouteSection {
     pub scopes: Vec<String>,
     /// Replaces the API's `[apis.cache]` for this route.
     pub cache: Option<ApiCacheSection>,
+    /// Policies of this route, beside the API's (names of `[policies.NAME]`).
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
 
 /// `respond`: a static answer given by the gateway itself.

@@ -434,13 +434,23 @@ pub fn compile_identities(cfg: &FileConfig) -> ConfigIdentities {
     for c in &cfg.consumers {
         out.consumers.insert(
             c.id.clone(),
-            Arc::new(Consumer::new(
-                &c.id,
-                c.plan.clone(),
-                c.groups.clone(),
-                c.scopes.clone(),
-                true,
-            )),
+            Arc::new(
+                Consumer::new(
+                    &c.id,
+                    c.plan.clone(),
+                    c.groups.clone(),
+                    c.scopes.clone(),
+                    true,
+                )
+                .with_metadata(
+                    c.metadata
+                        .iter()
+                        .filter_map(|(k, v)| Some((k, serde_json::to_value(v).ok()?)))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(|(k, v)| (*k, v)),
+                ),
+            ),
         );
         for (k, ck) in c.keys.iter().enumerate() {
             if let Some(d) = from_hex(&ck.sha256) {

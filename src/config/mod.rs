@@ -8,6 +8,7 @@ pub mod error;
 pub mod file;
 pub mod hidden;
 pub mod identity;
+pub mod policy;
 pub mod units;
 pub mod validate;
 

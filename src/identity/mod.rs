@@ -39,6 +39,9 @@ pub struct Consumer {
     /// `X-Consumer-Id` and `X-Consumer-Groups` for the upstream, built once.
     pub id_header: Option<HeaderValue>,
     pub groups_header: Option<HeaderValue>,
+    /// The consumer's metadata as text (`{consumer.metadata.KEY}` in policy templates);
+    /// strings as they are, other values as JSON.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl Consumer {
@@ -59,7 +62,34 @@ impl Consumer {
             groups,
             scopes,
             from_config,
+            metadata: Vec::new(),
         }
+    }
+
+    /// The consumer with `metadata` (string values as they are, others as JSON text).
+    pub fn with_metadata<'a>(
+        mut self,
+        metadata: impl IntoIterator<Item = (&'a String, &'a serde_json::Value)>,
+    ) -> Consumer {
+        self.metadata = metadata
+            .into_iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect();
+        self
+    }
+
+    /// The text of metadata key `key`.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn from_row(r: &ConsumerRow, from_config: bool) -> Consumer {
@@ -70,6 +100,7 @@ impl Consumer {
             r.scopes.clone(),
             from_config,
         )
+        .with_metadata(&r.metadata)
     }
 
     pub fn in_any_group(&self, groups: &[String]) -> bool {

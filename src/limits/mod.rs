@@ -233,3 +233,43 @@ mod tests {
         assert!(big.is_err(), "over 15 digits cannot be sent in the headers");
     }
 }
+
+/// Why a plan could not be applied: the fleet's Redis is unreachable and the plan says
+/// `on_store_error = "deny"`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StoreUnavailable;
+
+/// The plan's verdict for one request: in this process, or with the fleet's Redis when the
+/// plan is strict or a quota has no lease left (see `cluster::counters`). One call: the round
+/// trip, and the fallback when Redis does not answer, happen here.
+pub async fn decide(
+    limiter: &limiter::Limiter,
+    cluster: Option<&crate::cluster::Cluster>,
+    key: &str,
+    plan: &Plan,
+) -> Result<limiter::Verdict, StoreUnavailable> {
+    use limiter::{Check, Mode};
+    let Some(cluster) = cluster else {
+        return Ok(limiter.check(key, plan, crate::clock::now_ns()));
+    };
+    let nodes = cluster.nodes;
+    let now = crate::clock::now_ns();
+    let mode = Mode::Cluster {
+        nodes,
+        up: cluster.is_up(),
+    };
+    let ask = match limiter.decide(key, plan, now, mode) {
+        Check::Done(v) => return Ok(v),
+        Check::Unavailable => return Err(StoreUnavailable),
+        Check::Ask(ask) => ask,
+    };
+    if let Some(answer) = crate::cluster::counters::take(cluster, key, &ask).await {
+        return Ok(limiter.answered(key, plan, now, nodes, &answer));
+    }
+    // Redis did not answer: the plan's on_store_error decides, now that Redis counts as down.
+    let mode = Mode::Cluster { nodes, up: false };
+    match limiter.decide(key, plan, crate::clock::now_ns(), mode) {
+        Check::Done(v) => Ok(v),
+        Check::Ask(_) | Check::Unavailable => Err(StoreUnavailable),
+    }
+}

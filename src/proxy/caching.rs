@@ -24,7 +24,6 @@ impl Gateway {
         };
         let method = &session.req_header().method;
         let usable = (method == http::Method::GET || method == http::Method::HEAD)
-            && !ctx.usage
             && !session.is_upgrade_req();
         let max_object = policy.max_object;
         ctx.cache = Some(policy);
@@ -61,7 +60,7 @@ impl Gateway {
             headers: &req.headers,
             credential_param: ep.auth.as_ref().and_then(|a| a.query_param.as_deref()),
         };
-        let consumer = ctx.consumer.as_ref().map(|c| key::Who {
+        let consumer = ctx.flow.consumer.as_ref().map(|c| key::Who {
             id: &c.id,
             groups: c.groups_header.as_ref().map_or(&b""[..], |g| g.as_bytes()),
         });

@@ -1,8 +1,9 @@
 //! The per-request context carried through the proxy hooks.
 
 use super::reply::Code;
-use crate::identity::Consumer;
+use crate::policy::Flow;
 use crate::state::Snapshot;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,19 +38,20 @@ pub struct RequestCtx {
     pub body_seen: u64,
     /// How the minimum body rate applies to this request's body (see `proxy::body_rate`).
     pub body_rate: BodyRate,
-    pub max_body: u64,
     /// Whether the current peer's outcome was already reported to passive health.
     pub reported: bool,
-    /// The identified caller, on APIs with auth.
-    pub consumer: Option<Arc<Consumer>>,
-    /// `RateLimit-Policy` and `RateLimit` for the response, when a plan applied.
-    pub ratelimit: Option<(String, String)>,
-    /// The request is for the caller's own usage (`[usage] path`).
-    pub usage: bool,
+    /// The policy state: the caller, answer headers, the body limit (`crate::policy`).
+    pub flow: Flow,
+    /// The client address (the peer, or behind trusted proxies `X-Forwarded-For`'s).
+    pub client_ip: Option<IpAddr>,
+    /// The policy that refused the request, and its kind.
+    pub refused_by: Option<(Arc<str>, &'static str)>,
     /// The endpoint's cache policy (set for every request to a cached endpoint).
     pub cache: Option<Arc<crate::cache::Policy>>,
     /// A stale copy was found for this request.
     pub stale_found: bool,
+    /// The request's declared body length.
+    pub content_length: Option<u64>,
     /// The request announced a body.
     pub had_body: bool,
     /// pingora-cache's background refresh of a stale copy (not a client's request).
@@ -80,13 +82,13 @@ impl RequestCtx {
             fail: None,
             body_seen: 0,
             body_rate: BodyRate::Off,
-            max_body: u64::MAX,
             reported: false,
-            consumer: None,
-            ratelimit: None,
-            usage: false,
+            flow: Flow::new(u64::MAX),
+            client_ip: None,
+            refused_by: None,
             cache: None,
             stale_found: false,
+            content_length: None,
             had_body: false,
             background: false,
             start: Instant::now(),
