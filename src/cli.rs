@@ -41,6 +41,44 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Show what the policy pipeline does with one request: the route, each stage's policies
+    /// and decisions, the upstream request and the answer headers. No upstream or network is
+    /// used; keys are looked up in the configured store, plans count from zero.
+    Explain {
+        /// The config file.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// The method and the URL, e.g. 'GET https://api.example.com/orders/v1/42'.
+        request: String,
+        /// A request header, 'Name: value' (repeat for more).
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// The client's address as the TCP peer (default 127.0.0.1).
+        #[arg(long = "client-ip", value_name = "IP")]
+        client_ip: Option<std::net::IpAddr>,
+        /// A declared request body length in bytes.
+        #[arg(long = "body-size", value_name = "BYTES")]
+        body_size: Option<u64>,
+        /// Count N identical requests right before this one (quotas, rates, guards).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        usage: u64,
+        /// Print JSON for tools.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run declarative policy test cases ([[case]] in TOML files) offline; exits 1 if any
+    /// case fails, printing expected against actual.
+    Test {
+        /// The config file.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// Case files.
+        #[arg(required = true, value_name = "CASES")]
+        files: Vec<PathBuf>,
+        /// Print every case's outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// API keys.
     #[command(subcommand)]
     Keys(KeysCommand),

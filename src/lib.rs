@@ -19,6 +19,7 @@ pub mod limits;
 pub mod offline;
 pub mod path;
 pub mod policy;
+pub mod policytest;
 pub mod proxy;
 pub mod reload;
 pub mod remote;

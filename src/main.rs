@@ -6,7 +6,9 @@ use turnpike::cli::{AuditCommand, Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The offline commands print reports: only warnings and errors besides.
+    let quiet = matches!(cli.command, Command::Explain { .. } | Command::Test { .. });
+    init_logging(if quiet { "warn" } else { "info" });
     match cli.command {
         Command::Check { config } => match turnpike::config::load_snapshot(&config, None) {
             Ok(snapshot) => {
@@ -19,6 +21,28 @@ fn main() -> ExitCode {
             }
         },
         Command::Reload { config, force } => turnpike::remote::reload(&config, force),
+        Command::Explain {
+            config,
+            request,
+            headers,
+            client_ip,
+            body_size,
+            usage,
+            json,
+        } => turnpike::policytest::explain::run(&turnpike::policytest::explain::Ask {
+            config: &config,
+            request: &request,
+            headers: &headers,
+            client_ip,
+            body_size,
+            usage,
+            json,
+        }),
+        Command::Test {
+            config,
+            files,
+            json,
+        } => turnpike::policytest::cases::run(&config, &files, json),
         Command::Keys(KeysCommand::Hash) => turnpike::offline::keys_hash(),
         Command::Keys(KeysCommand::Create {
             consumer,
@@ -64,10 +88,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr at `RUST_LOG` (default `info`). Pingora's own modules never log below info:
+/// Logs to stderr at `RUST_LOG` (default `default`). Pingora's own modules never log below info:
 /// at debug they print whole request headers, which carry credentials.
-fn init_logging() {
-    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+fn init_logging(default: &str) {
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_string());
     let capped = format!("{wanted},pingora_core=info,pingora_proxy=info,pingora_cache=info,pingora_load_balancing=info");
     let verbose = wanted.contains("debug") || wanted.contains("trace");
     let filters = if verbose {
