@@ -261,3 +261,19 @@ fn broken_tls_material_is_reported_by_check() {
         );
     }
 }
+
+#[test]
+fn the_quickstart_policy_cases_pass_offline() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, out, err) = run_cli(
+        &[
+            "test",
+            "-c",
+            "conf/quickstart.toml",
+            "conf/policytests/quickstart.toml",
+        ],
+        Some(root),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("6 passed, 0 failed"), "{out}");
+}
