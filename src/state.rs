@@ -104,6 +104,25 @@ impl Snapshot {
         }
         self.router.find(host, path, method.as_str().as_bytes())
     }
+
+    /// The endpoint a CORS preflight asks about: the route of the same path for the method
+    /// named in `Access-Control-Request-Method`.
+    pub fn preflight_endpoint(&self, req: &pingora::http::RequestHeader) -> Option<usize> {
+        let method = req
+            .headers
+            .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())?;
+        let target = crate::path::check_target(req.raw_path()).ok()?;
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        match self.route(host, target.path, &method) {
+            Match::Found(id) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// Edge limits in the form the hot path uses.

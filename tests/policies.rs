@@ -63,6 +63,18 @@ methods = ["api_key"]
 [[apis.routes]]
 path = "/{{id}}"
 methods = ["GET"]
+
+[[apis]]
+name = "notes"
+base_path = "/notes"
+upstream = "app"
+[[apis.routes]]
+path = "/items"
+methods = ["GET"]
+[[apis.routes]]
+path = "/items"
+methods = ["POST"]
+policies = ["partner-cors"]
 {consumers}
 "#,
         up = up.addr,
@@ -207,6 +219,37 @@ async fn cors_answers_preflights_before_identification_and_marks_allowed_origins
         .expect("get");
     assert_eq!(r.status(), 200, "CORS never blocks a server-side caller");
     assert!(header(&r, "access-control-allow-origin").is_none());
+
+    // The upstream's own CORS headers never pass a cors policy.
+    let r = c
+        .get(gw.url("/orders/42"))
+        .header("origin", "https://evil.example")
+        .header("x-api-key", PARTNER_KEY)
+        .header(
+            "x-test-respond",
+            "Access-Control-Allow-Origin=https://evil.example|Access-Control-Allow-Credentials=true",
+        )
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "access-control-allow-origin").is_none());
+    assert!(header(&r, "access-control-allow-credentials").is_none());
+
+    // A preflight is answered by the policy of the route for the method it asks about.
+    let ask = |method: &str| {
+        c.request(reqwest::Method::OPTIONS, gw.url("/notes/items"))
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", method)
+    };
+    let r = ask("POST").send().await.expect("preflight");
+    assert_eq!(r.status(), 204, "POST /notes/items has the cors policy");
+    let r = ask("GET").send().await.expect("preflight");
+    assert_eq!(
+        r.status(),
+        405,
+        "GET /notes/items has none (and OPTIONS is not a route)"
+    );
 
     // An OPTIONS that is not a preflight is still a wrong method.
     let r = c
@@ -600,6 +643,25 @@ async fn json_fields_follow_groups_and_leave_other_bodies_alone() {
     assert_eq!(
         v["headers"]["accept-encoding"][0], "gzip",
         "and their requests are unchanged"
+    );
+
+    // A range of an answer that is edited whole: the whole answer, edited.
+    let r = get("/orders/1", PARTNER_KEY)
+        .header("range", "bytes=1-")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200, "not 206");
+    assert_ne!(
+        header(&r, "connection"),
+        Some("close"),
+        "the connection stays open"
+    );
+    let v: serde_json::Value = r.json().await.expect("whole JSON");
+    assert!(v["headers"].get("x-secret").is_none());
+    assert!(
+        v["headers"].get("range").is_none(),
+        "the upstream got no Range"
     );
 
     // A body that is not valid JSON passes unchanged, with its length.

@@ -13,8 +13,8 @@
 use super::{blocking, json_response, problem, query_param, Answer};
 use crate::config::file::ConsumerSection;
 use crate::config::identity::{is_consumer_id, is_label};
-use crate::identity::index::Index;
 use crate::identity::records::Records;
+use crate::identity::Identity;
 use crate::reply::Code;
 use crate::state::Shared;
 use crate::store::consumers::{self as rows, ConsumerPatch, NewConsumer};
@@ -136,14 +136,13 @@ fn store_error(e: StoreError, rid: &str) -> Answer {
     }
 }
 
-/// Runs a change of the store and its index as one step, off the async workers (see
-/// `Identity::apply`).
+/// Runs one of the identity's operations (`identity::ops`) off the async workers.
 async fn change<T: Send + 'static>(
     shared: &Arc<Shared>,
-    f: impl FnOnce(Records<'_>, &Index) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(&Identity) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     let identity = shared.identity.clone();
-    blocking(move || identity.apply(f)).await
+    blocking(move || f(&identity)).await
 }
 
 /// Runs a read of the store off the async workers.
@@ -268,8 +267,8 @@ async fn create_consumer(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
         );
     }
     let actor = call.actor.to_string();
-    let result = change(shared, move |store, index| {
-        let row = store.create_consumer(
+    let result = change(shared, move |identity| {
+        identity.create_consumer(
             &actor,
             NewConsumer {
                 id: input.id,
@@ -278,9 +277,7 @@ async fn create_consumer(shared: &Arc<Shared>, call: &Call<'_>) -> Answer {
                 scopes: input.scopes,
                 metadata: input.metadata,
             },
-        )?;
-        index.put_consumer(&row);
-        Ok(row)
+        )
     })
     .await;
     match result {
@@ -362,8 +359,8 @@ async fn patch_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answ
     }
     let actor = call.actor.to_string();
     let key = id.to_string();
-    let result = change(shared, move |store, index| {
-        let row = store.update_consumer(
+    let result = change(shared, move |identity| {
+        identity.update_consumer(
             &actor,
             &key,
             ConsumerPatch {
@@ -372,9 +369,7 @@ async fn patch_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answ
                 scopes: input.scopes,
                 metadata: input.metadata,
             },
-        )?;
-        index.put_consumer(&row);
-        Ok(row)
+        )
     })
     .await;
     match result {
@@ -390,10 +385,8 @@ async fn delete_consumer(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Ans
     }
     let actor = call.actor.to_string();
     let key = id.to_string();
-    let result = change(shared, move |store, index| {
-        let keys = store.delete_consumer(&actor, &key)?;
-        index.remove_consumer(&key, &keys);
-        Ok(())
+    let result = change(shared, move |identity| {
+        identity.delete_consumer(&actor, &key)
     })
     .await;
     match result {
@@ -454,10 +447,8 @@ async fn create_key(shared: &Arc<Shared>, id: &str, call: &Call<'_>) -> Answer {
     };
     let actor = call.actor.to_string();
     let key = id.to_string();
-    let result = change(shared, move |store, index| {
-        let (row, new) = store.create_key(&actor, &key, input.label.as_deref(), expires_at)?;
-        index.put_key(&row);
-        Ok((row, new))
+    let result = change(shared, move |identity| {
+        identity.create_key(&actor, &key, input.label.as_deref(), expires_at)
     })
     .await;
     match result {
@@ -525,11 +516,8 @@ async fn rotate_key(shared: &Arc<Shared>, id: &str, key_id: &str, call: &Call<'_
     };
     let actor = call.actor.to_string();
     let (cid, kid) = (id.to_string(), key_id.to_string());
-    let result = change(shared, move |store, index| {
-        let (new_row, new, old) = store.rotate_key(&actor, &cid, &kid, grace.as_secs() as i64)?;
-        index.put_key(&new_row);
-        index.put_key(&old);
-        Ok((new_row, new, old))
+    let result = change(shared, move |identity| {
+        identity.rotate_key(&actor, &cid, &kid, grace.as_secs() as i64)
     })
     .await;
     let now = crate::clock::now();
@@ -551,10 +539,8 @@ async fn revoke_key(shared: &Arc<Shared>, id: &str, key_id: &str, call: &Call<'_
     }
     let actor = call.actor.to_string();
     let (cid, kid) = (id.to_string(), key_id.to_string());
-    let result = change(shared, move |store, index| {
-        let row = store.revoke_key(&actor, &cid, &kid)?;
-        index.put_key(&row);
-        Ok(())
+    let result = change(shared, move |identity| {
+        identity.revoke_key(&actor, &cid, &kid).map(|_| ())
     })
     .await;
     match result {

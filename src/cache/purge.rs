@@ -165,6 +165,78 @@ fn channel(cluster: &Cluster, name: &str) -> String {
     cluster.key(&[name])
 }
 
+/// What a purge did.
+#[derive(Debug)]
+pub struct Purged {
+    /// Copies removed on this node.
+    pub removed_here: usize,
+    /// How far the purge reached: "this node", "every node", "N of M nodes subscribed", or
+    /// "this node only" when Redis did not take it.
+    pub reached: String,
+    /// Why the fleet's Redis did not take the purge (the caller should retry).
+    pub fleet_error: Option<String>,
+}
+
+/// Purges `target` on this node, sends it to every node through Redis when the fleet shares
+/// one, and records it in the audit log as `actor`'s `cache.purge`.
+pub async fn purge(shared: &Arc<Shared>, target: &Target, actor: &str) -> Purged {
+    let snapshot = shared.snapshot();
+    let params = credential_params(&snapshot);
+    let removed_here = target.apply(shared.cache.storage, &params);
+    let fleet = match &shared.cluster {
+        None => None,
+        Some(c) => {
+            let (c, t) = (c.clone(), target.clone());
+            let channel = snapshot.file.cache.purge_channel.clone();
+            Some(
+                tokio::task::spawn_blocking(move || publish(&c, &channel, &t))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("publish task failed: {e}"))),
+            )
+        }
+    };
+    // PUBLISH answers how many subscribers got it (this node's own listener among them).
+    let nodes = shared.cluster.as_ref().map_or(1, |c| c.nodes);
+    let reached = match &fleet {
+        None => "this node".to_string(),
+        Some(Ok(n)) if *n >= nodes => "every node".to_string(),
+        Some(Ok(n)) => format!("{n} of {nodes} nodes subscribed"),
+        Some(Err(_)) => "this node only".to_string(),
+    };
+    let (what, value) = target.describe();
+    let change = crate::store::Change {
+        action: "cache.purge",
+        target: format!("{what}:{value}"),
+        before: None,
+        after: Some(serde_json::json!({"purged_here": removed_here, "reached": reached})),
+    };
+    let (identity, who) = (shared.identity.clone(), actor.to_string());
+    let audited = tokio::task::spawn_blocking(move || identity.records().record(&who, change))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = audited {
+        log::warn!("cache purge {what}:{value} done but not in the audit log: {e}");
+    }
+    Purged {
+        removed_here,
+        reached,
+        fleet_error: fleet.and_then(|f| f.err()),
+    }
+}
+
+impl Target {
+    /// What the target names and its value, e.g. ("url", "https://...").
+    pub fn describe(&self) -> (&'static str, &str) {
+        match self {
+            Target::Url(v) => ("url", v.as_str()),
+            Target::Api(v) => ("api", v.as_str()),
+            Target::Tag(v) => ("tag", v.as_str()),
+            Target::All => ("all", ""),
+        }
+    }
+}
+
 /// Sends a purge to every other node. `Err` is the Redis failure (the purge did not leave this
 /// node).
 pub fn publish(cluster: &Cluster, name: &str, target: &Target) -> Result<u64, String> {

@@ -261,19 +261,19 @@ pub fn compile(
     // and has the server's policies; nothing is counted.
     let usage = if file.usage.enabled {
         let named = file.usage.api.as_deref();
-        let found_auth = endpoints
+        let borrowed = endpoints
             .iter()
             .find(|e: &&Endpoint| e.auth.is_some() && named.is_none_or(|n| e.api.name == n))
-            .and_then(|e| e.auth.clone());
-        match (found_auth, named) {
-            (Some(auth), _) => {
+            .and_then(|e| Some((e.auth.clone()?, e.per_ip.clone())));
+        match (borrowed, named) {
+            (Some((auth, per_ip)), _) => {
                 let path = file.usage.path.clone();
                 let chain = catalog.chain(
                     file,
                     None,
                     None,
                     &path,
-                    builtins(None, Some(&auth), &[], None),
+                    builtins(per_ip.as_ref(), Some(&auth), &[], None),
                     &mut found,
                 );
                 endpoints.push(Endpoint {
@@ -288,7 +288,7 @@ pub fn compile(
                     auth: Some(auth),
                     scopes: Vec::new(),
                     limits: None,
-                    per_ip: None,
+                    per_ip,
                     cache: None,
                     chain,
                 });

@@ -12,6 +12,7 @@
 
 pub mod index;
 pub mod key;
+pub mod ops;
 pub mod records;
 
 use crate::store::{ConsumerRow, KeyRow, Store, StoreError};

@@ -27,6 +27,11 @@ pub struct Catalog {
 pub type Found = (String, String);
 
 impl Catalog {
+    /// Whether any group has policies (most configs have none: no lookup per request).
+    pub fn has_groups(&self) -> bool {
+        self.groups.values().any(|g| !g.is_empty())
+    }
+
     /// The policies of consumers in group `name`.
     pub fn group(&self, name: &str) -> &[Arc<Policy>] {
         self.groups.get(name).map_or(&[], |v| v.as_slice())

@@ -212,23 +212,29 @@ impl Rewrite {
     }
 
     /// The new path and query for an upstream request whose current ones are `path` and
-    /// `query`; `Err` says which variable had no value (the request then goes unrewritten).
-    pub fn apply(
-        &self,
-        path: &str,
-        query: Option<&str>,
-        vars: &Vars<'_>,
-    ) -> Result<String, String> {
+    /// `query`, and what could not be done. Removals always apply, and a name the policy sets
+    /// never keeps the client's value; a template without a value for this request leaves the
+    /// path as it is or the parameter unset.
+    pub fn apply(&self, path: &str, query: Option<&str>, vars: &Vars<'_>) -> (String, Vec<String>) {
+        let mut skipped = Vec::new();
         let path = match &self.path {
-            Some(t) => {
-                let p = t.render(vars)?;
-                if p.bytes()
-                    .any(|b| b <= b' ' || b == b'?' || b == b'#' || b >= 0x7f)
+            Some(t) => match t.render(vars) {
+                Ok(p)
+                    if !p
+                        .bytes()
+                        .any(|b| b <= b' ' || b == b'?' || b == b'#' || b >= 0x7f) =>
                 {
-                    return Err("a parameter value cannot be used in a path".into());
+                    p
                 }
-                p
-            }
+                Ok(_) => {
+                    skipped.push("path: a parameter value cannot be used in a path".to_string());
+                    path.to_string()
+                }
+                Err(why) => {
+                    skipped.push(format!("path: {why}"));
+                    path.to_string()
+                }
+            },
             None => path.to_string(),
         };
         let mut pairs: Vec<String> = query
@@ -244,13 +250,16 @@ impl Rewrite {
             .map(str::to_string)
             .collect();
         for (name, t) in &self.query_set {
-            let v = t.render(vars)?;
-            pairs.push(format!("{}={}", encode(name), encode(&v)));
+            match t.render(vars) {
+                Ok(v) => pairs.push(format!("{}={}", encode(name), encode(&v))),
+                Err(why) => skipped.push(format!("query {name}: {why}")),
+            }
         }
-        Ok(match pairs.is_empty() {
+        let target = match pairs.is_empty() {
             true => path,
             false => format!("{path}?{}", pairs.join("&")),
-        })
+        };
+        (target, skipped)
     }
 }
 
@@ -293,8 +302,23 @@ mod tests {
                 path: b"/orders/v1/42",
             },
         };
-        let out = r.apply("/orders/v1/42", Some("a=1&debug=2&source=x"), &vars);
-        assert_eq!(out.as_deref(), Ok("/legacy/items/42?a=1&source=gate%20way"));
+        let (out, skipped) = r.apply("/orders/v1/42", Some("a=1&debug=2&source=x"), &vars);
+        assert_eq!(out, "/legacy/items/42?a=1&source=gate%20way");
+        assert!(skipped.is_empty());
+        // A set without a value still removes the client's copy, and removals still apply.
+        let q = Edits {
+            remove: vec!["admin".into()],
+            set: [(
+                "tenant".to_string(),
+                "{consumer.metadata.tenant}".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let r = Rewrite::compile(&None, &Some(q)).unwrap_or_else(|e| panic!("{e:?}"));
+        let (out, skipped) = r.apply("/x", Some("admin=1&tenant=evil&k=v"), &vars);
+        assert_eq!(out, "/x?k=v");
+        assert_eq!(skipped.len(), 1);
     }
 
     #[test]

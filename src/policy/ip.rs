@@ -15,9 +15,9 @@ impl Ranges {
         let mut out = Vec::with_capacity(list.len());
         for (i, text) in list.iter().enumerate() {
             let net = match text.parse::<IpNet>() {
-                Ok(n) => n.trunc(),
+                Ok(n) => canonical(n.trunc()),
                 Err(_) => match text.parse::<IpAddr>() {
-                    Ok(ip) => IpNet::from(ip),
+                    Ok(ip) => IpNet::from(ip.to_canonical()),
                     Err(_) => {
                         return Err((
                             i,
@@ -40,6 +40,18 @@ impl Ranges {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// An IPv4-mapped IPv6 range (`::ffff:192.0.2.0/120`) as the IPv4 range it is: addresses
+/// are compared in their canonical form.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        other => other,
     }
 }
 
@@ -127,6 +139,14 @@ mod tests {
         assert!(f.admits(Some(ip("2001:db8::7"))));
         assert!(!f.admits(Some(ip("2001:db9::7"))));
         assert!(!f.admits(None));
+        let mapped = Filter {
+            allow: None,
+            deny: ranges(&["::ffff:203.0.113.0/120"]),
+        };
+        assert!(
+            !mapped.admits(Some(ip("203.0.113.9"))),
+            "a mapped range is its IPv4 range"
+        );
         assert!(Ranges::parse(&["10.0.0.300/8".into()]).is_err());
     }
 

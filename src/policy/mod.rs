@@ -200,6 +200,8 @@ pub struct Flow {
     /// The body limit of this request and the policy that set it, if a policy did.
     pub max_body: u64,
     pub max_body_by: Option<(Arc<str>, &'static str)>,
+    /// A `cors` policy handled this request (the upstream's CORS headers are replaced).
+    pub cors: bool,
     /// The policies of the consumer's groups (after identification).
     pub groups: Vec<Arc<Policy>>,
     /// The answer body being collected for `json_fields`.

@@ -60,8 +60,13 @@ pub async fn request(
                 return Ok(out);
             }
         }
-        if stage == Stage::Identify && !req.background {
+        if stage == Stage::Identify {
+            // (A background refresh needs the groups too: their Transform edits shape the
+            // copy it stores.)
             flow.groups = group_policies(snapshot, flow);
+            if req.background {
+                continue;
+            }
             // Group policies of Edge kinds run now that the consumer is known.
             let early: Vec<Arc<Policy>> = flow
                 .groups
@@ -102,7 +107,11 @@ fn push_text(out: &mut Vec<(HeaderName, HeaderValue)>, name: &'static str, value
 
 /// The policies of the consumer's groups, each once, in the order of the consumer's groups.
 fn group_policies(snapshot: &Snapshot, flow: &Flow) -> Vec<Arc<Policy>> {
-    let Some(c) = &flow.consumer else {
+    let Some(c) = flow
+        .consumer
+        .as_ref()
+        .filter(|_| snapshot.policies.has_groups())
+    else {
         return Vec::new();
     };
     let mut out: Vec<Arc<Policy>> = Vec::new();
@@ -169,6 +178,7 @@ async fn run_step(
                     Err(why) => Err(Reply::new(Code::CorsRejected, why)),
                 }
             } else {
+                flow.cors = true;
                 c.actual(req.head, &mut flow.answer);
                 Ok(None)
             }
@@ -273,27 +283,25 @@ pub fn upstream(
             Kind::Rewrite(r) => {
                 let current = upstream.uri.path().to_string();
                 let query = upstream.uri.query().map(str::to_string);
-                match r.apply(&current, query.as_deref(), &vars) {
-                    Ok(target) => {
-                        if let Some(c) = changes.as_mut() {
-                            c.push(super::edits::Change::Path(target.clone()));
-                        }
-                        replace_path_and_query(upstream, target.into_bytes())?;
-                    }
-                    Err(why) => {
-                        if let Some(c) = changes.as_mut() {
-                            c.push(super::edits::Change::Skipped("path".into(), why));
-                        }
-                    }
-                }
-            }
-            Kind::JsonFields(j)
-                if j.applies(vars.consumer)
-                    && upstream.headers.contains_key(header::ACCEPT_ENCODING) =>
-            {
-                upstream.remove_header(&header::ACCEPT_ENCODING);
+                let (target, skipped) = r.apply(&current, query.as_deref(), &vars);
                 if let Some(c) = changes.as_mut() {
-                    c.push(super::edits::Change::Removed("accept-encoding".into()));
+                    c.push(super::edits::Change::Path(target.clone()));
+                    c.extend(
+                        skipped
+                            .into_iter()
+                            .map(|why| super::edits::Change::Skipped("rewrite".into(), why)),
+                    );
+                }
+                replace_path_and_query(upstream, target.into_bytes())?;
+            }
+            Kind::JsonFields(j) if j.applies(vars.consumer) => {
+                // The answer must come whole and unencoded to be edited.
+                for name in [header::ACCEPT_ENCODING, header::RANGE, header::IF_RANGE] {
+                    if upstream.remove_header(&name).is_some() {
+                        if let Some(c) = changes.as_mut() {
+                            c.push(super::edits::Change::Removed(name.to_string()));
+                        }
+                    }
                 }
             }
             _ => {}
@@ -395,11 +403,27 @@ pub fn response(
             flow.note(Stage::Response, p, || text);
         }
     }
-    let is_json = resp
+    let content_type = resp
         .headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| super::json::is_json(v.as_bytes()));
-    if json.is_empty() || !is_json || !body_follows || resp.status == 204 || resp.status == 304 {
+        .map(|v| v.as_bytes().to_ascii_lowercase())
+        .unwrap_or_default();
+    let is_json = super::json::is_json(&content_type);
+    if json.is_empty() || !body_follows || resp.status == 204 || resp.status == 304 {
+        return Ok(());
+    }
+    // Part of a body cannot be edited: a range answer (Range is removed from requests these
+    // policies edit, but an upstream may answer one anyway) is refused, never passed.
+    if resp.status == 206 || content_type.starts_with(b"multipart/byteranges") {
+        let first = &json[0];
+        let mut r = Reply::new(
+            Code::UneditableResponse,
+            "the upstream sent part of an answer that a policy must edit whole",
+        );
+        r.by = Some((first.name.clone(), first.kind.as_str()));
+        return Err(r);
+    }
+    if !is_json {
         return Ok(());
     }
     let max = json
@@ -479,9 +503,31 @@ pub fn response_body(flow: &mut Flow, body: &mut Option<Bytes>, end: bool) -> Re
     Ok(())
 }
 
+/// Whether a `json_fields` policy edits this request's answer (then the client's `Range`
+/// must not cut the answer: the whole body is edited).
+pub fn edits_answer(chain: &Chain, flow: &Flow) -> bool {
+    (chain.responds || !flow.groups.is_empty())
+        && steps_at(chain, flow, Stage::Response)
+            .iter()
+            .any(|p| matches!(&p.kind, Kind::JsonFields(j) if j.applies(flow.consumer.as_deref())))
+}
+
 /// Applies the answer headers to a proxied or cached answer (`Vary` is added to, never
 /// replaced).
 pub fn answer_headers(flow: &Flow, resp: &mut ResponseHeader) -> pingora::Result<()> {
+    if flow.cors {
+        // The cors policy alone decides: an upstream's own CORS headers never reach the client.
+        for name in [
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::ACCESS_CONTROL_MAX_AGE,
+        ] {
+            resp.remove_header(&name);
+        }
+    }
     for (name, value) in &flow.answer {
         if name == header::VARY {
             resp.append_header(name.clone(), value.clone())?;

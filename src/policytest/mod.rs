@@ -209,7 +209,14 @@ impl Bench {
                 let detail = format!("{} is not allowed here; allowed: {allow}", head.method);
                 let reply =
                     Reply::new(crate::reply::Code::MethodNotAllowed, detail).header("Allow", allow);
-                (id, Some(reply))
+                // As live: only a CORS preflight goes on, with the route it asks about.
+                if !crate::policy::cors::is_preflight(&head) {
+                    return Ok(refused(out, reply));
+                }
+                (
+                    snapshot.preflight_endpoint(&head).unwrap_or(id),
+                    Some(reply),
+                )
             }
         };
         let ep = &snapshot.endpoints[id];
@@ -262,8 +269,11 @@ impl Bench {
             (other, _) => other,
         };
         match outcome {
-            Err(reply) => {
+            Err(mut reply) => {
                 out.answer_headers = headers_text(&flow.answer);
+                if ep.cache.is_some() {
+                    reply = reply.header("X-Cache-Status", "BYPASS");
+                }
                 let mut out = refused(out, reply);
                 out.stages = decisions(&mut flow);
                 return Ok(out);
@@ -359,7 +369,10 @@ fn response_edits(
             .map(|(n, _)| (n.clone(), "(removed)".to_string())),
     );
     if flow.json.take().is_some() {
-        out.push(("body".into(), "JSON fields removed by policy".into()));
+        out.push((
+            "body".into(),
+            "edited by json_fields (when JSON, whole and unencoded)".into(),
+        ));
     }
     out
 }

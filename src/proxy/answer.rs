@@ -44,6 +44,12 @@ impl Gateway {
             ctx.refused_by = refusal.by.take();
             return Error::e_explain(ErrorType::HTTPStatus(502), refusal.detail);
         }
+        if ctx.flow.json.is_some() && !session.is_http2() {
+            // The edited body has a new length: chunked, so the connection stays open (Pingora
+            // chose the framing before this hook).
+            resp.set_version(http::Version::HTTP_11);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
         Ok(())
     }
 

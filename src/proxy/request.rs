@@ -71,7 +71,15 @@ impl Gateway {
                 Ok(true)
             }
             Ok(Outcome::Continue) => match &ep.action {
-                Action::Proxy(_) => Ok(false),
+                Action::Proxy(_) => {
+                    if crate::policy::run::edits_answer(&ep.chain, &ctx.flow) {
+                        // The answer is edited whole: no range of it, from the cache either.
+                        let req = session.req_header_mut();
+                        req.remove_header(&http::header::RANGE);
+                        req.remove_header(&http::header::IF_RANGE);
+                    }
+                    Ok(false)
+                }
                 Action::Respond(r) => {
                     reply::write_static(session, r, &ctx.request_id, close, &ctx.flow.answer)
                         .await?;
@@ -136,8 +144,9 @@ impl Gateway {
         Ok(Routed::Found(id, close))
     }
 
-    /// A method the route does not allow: the endpoint's Edge and CORS stages still run, so
-    /// a CORS preflight to a GET-only route is answered by its CORS policy.
+    /// A method the route does not allow: 405, unless it is a CORS preflight, which the CORS
+    /// policy of the endpoint for the method it asks about answers (after that endpoint's
+    /// Edge stage), so a preflight to a GET-only route is answered.
     async fn wrong_method(
         &self,
         session: &mut Session,
@@ -146,8 +155,15 @@ impl Gateway {
         reply: Reply,
         close: bool,
     ) -> Result<bool> {
+        if !crate::policy::cors::is_preflight(session.req_header()) {
+            return self.refuse(session, ctx, reply, close).await;
+        }
         let snapshot = ctx.snapshot.clone();
+        let id = snapshot
+            .preflight_endpoint(session.req_header())
+            .unwrap_or(id);
         let ep = &snapshot.endpoints[id];
+        ctx.endpoint = Some(id);
         let outcome = {
             let services = self.services();
             let inbound = inbound(session, ctx);
@@ -161,7 +177,6 @@ impl Gateway {
             )
             .await
         };
-        ctx.endpoint = Some(id);
         match outcome {
             Ok(Outcome::Preflight(headers)) => {
                 preflight(session, ctx, headers, close).await?;
