@@ -132,6 +132,16 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
     opts.h2_idle_timeout = Some(l.keepalive_idle.0);
     proxy_app.server_options = Some(opts);
     proxy_app.h2_options = Some(h2_options(l));
+    let proxy_listeners = crate::proxy::conn::ProxyListeners {
+        plain: s.proxy_protocol,
+        tls: s
+            .tls
+            .iter()
+            .filter(|t| t.proxy_protocol)
+            .filter_map(|t| t.listen.parse().ok())
+            .collect(),
+        shared: shared.clone(),
+    };
     let edge = EdgeApp {
         inner: Arc::new(RequestEnd::new(proxy_app, s.keepalive_drain.0)),
         timeouts: Timeouts {
@@ -141,6 +151,7 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
         h2c: s.h2c,
         h2_max_resets: l.h2_max_resets,
         connections: shared.connections.clone(),
+        proxy: proxy_listeners.clone(),
     };
     let mut proxy = Service::new("turnpike proxy".to_string(), edge);
     proxy
@@ -151,6 +162,7 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
                 head: l.head_timeout.0,
             },
             connections: shared.connections.clone(),
+            proxy: proxy_listeners,
         }));
     for addr in &s.listen {
         proxy.add_tcp(addr);

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod limits;
 pub mod offline;
 pub mod path;
+pub mod peers;
 pub mod policy;
 pub mod policytest;
 pub mod proxy;

@@ -154,7 +154,7 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (ol, nl) = (&o.limits, &n.limits);
     let (os, ns) = (&old.store, &new.store);
     let (oc, nc) = (&old.cache, &new.cache);
-    let checks: [(&str, bool); 33] = [
+    let checks: [(&str, bool); 34] = [
         ("analytics", old.analytics != new.analytics),
         ("cache.max_memory", oc.max_memory != nc.max_memory),
         ("cache.lock_timeout", oc.lock_timeout != nc.lock_timeout),
@@ -175,6 +175,10 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
         ("server.threads", o.threads != n.threads),
         ("server.work_stealing", o.work_stealing != n.work_stealing),
         ("server.h2c", o.h2c != n.h2c),
+        (
+            "server.proxy_protocol",
+            o.proxy_protocol != n.proxy_protocol,
+        ),
         ("server.pid_file", o.pid_file != n.pid_file),
         ("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock),
         ("server.grace_period", o.grace_period != n.grace_period),

@@ -411,6 +411,10 @@ pub struct ServerSection {
     /// Accept HTTP/2 with prior knowledge (h2c) on the plaintext listeners.
     #[serde(default)]
     pub h2c: bool,
+    /// Every connection to the plaintext listeners starts with a PROXY protocol header (v1 or
+    /// v2) from a peer in `trusted_proxies`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
     #[serde(default = "default_upgrade_sock")]
@@ -442,6 +446,9 @@ pub struct TlsListener {
     pub key: PathBuf,
     #[serde(default = "yes")]
     pub h2: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a trusted proxy.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// `[server.limits]`: edge limits, each with the default from the hostile-input guide.

@@ -65,6 +65,23 @@ fn server(v: &mut Problems, cfg: &FileConfig) {
             }
         }
     }
+    if s.trusted_proxies.is_empty() {
+        if s.proxy_protocol {
+            v.add(
+                "server.proxy_protocol",
+                "needs server.trusted_proxies: the proxies allowed to send the header",
+            );
+        }
+        for (i, t) in s.tls.iter().enumerate().filter(|(_, t)| t.proxy_protocol) {
+            v.add(
+                format!("server.tls[{i}].proxy_protocol"),
+                format!(
+                    "needs server.trusted_proxies: the proxies allowed to send the header to {}",
+                    t.listen
+                ),
+            );
+        }
+    }
     if s.listen.is_empty() && s.tls.is_empty() {
         v.add(
             "server.listen",

@@ -13,6 +13,10 @@
 //! - on TLS listeners, [`HelloDeadline`] runs before the handshake (which Pingora bounds only
 //!   by a fixed 60 s): the ClientHello record must start within `idle_before_request` and
 //!   arrive whole within `head_timeout`. The rest of the handshake keeps Pingora's bound.
+//! - on listeners with `proxy_protocol = true`, the connection must start with a PROXY
+//!   protocol header (`crate::peers`) from a peer in `[server] trusted_proxies` (read before
+//!   the TLS handshake on TLS listeners); the client it names is kept for the connection's
+//!   requests. Anything else closes the connection.
 
 use super::deadline::{HeadDeadline, Timeouts};
 use super::h2conn::{self, ResetBudget};
@@ -27,6 +31,7 @@ use pingora::protocols::{GetSocketDigest, Peek};
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +43,64 @@ pub struct EdgeApp<A> {
     pub h2c: bool,
     pub h2_max_resets: u32,
     pub connections: Arc<Connections>,
+    pub proxy: ProxyListeners,
+}
+
+/// The listeners that speak PROXY protocol, and what checking a header needs.
+#[derive(Clone)]
+pub struct ProxyListeners {
+    /// The plaintext listeners (`[server] proxy_protocol`).
+    pub plain: bool,
+    /// TLS listeners with `proxy_protocol = true`.
+    pub tls: Vec<SocketAddr>,
+    pub shared: Arc<crate::state::Shared>,
+}
+
+impl ProxyListeners {
+    /// Whether the connection accepted on `local` starts with a PROXY header.
+    fn expects(&self, tls: bool, local: Option<SocketAddr>) -> bool {
+        if !tls {
+            return self.plain;
+        }
+        local.is_some_and(|local| {
+            self.tls.iter().any(|l| {
+                l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip())
+            })
+        })
+    }
+
+    /// Whether `peer` may send a PROXY header (it is a trusted proxy).
+    fn trusts(&self, peer: Option<SocketAddr>) -> bool {
+        peer.is_some_and(|p| self.shared.snapshot().policies.trusted.contains(p.ip()))
+    }
+
+    /// Keeps the client a header named for the connection from `peer`.
+    fn record(&self, peer: Option<SocketAddr>, header: crate::peers::Header) -> bool {
+        match header {
+            crate::peers::Header::Complete { source, .. } => {
+                if let (Some(peer), Some(source)) = (peer, source) {
+                    self.shared.proxied.insert(peer, source.ip());
+                }
+                true
+            }
+            crate::peers::Header::Invalid(why) => {
+                log::debug!("connection from {peer:?} closed: {why}");
+                false
+            }
+            crate::peers::Header::Incomplete(_) => false,
+        }
+    }
+}
+
+/// Forgets a connection's PROXY client when the connection ends.
+struct Forget<'a>(&'a crate::peers::Proxied, Option<SocketAddr>);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Some(peer) = self.1 {
+            self.0.remove(&peer);
+        }
+    }
 }
 
 #[async_trait]
@@ -52,9 +115,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         let handshake = peer_of(stream.get_socket_digest())
             .filter(|_| tls)
             .and_then(|peer| self.connections.claim_handshake(peer));
+        let peer = peer_of(stream.get_socket_digest());
+        let proxied = self
+            .proxy
+            .expects(tls, local_of(stream.get_socket_digest()));
+        let _forget = proxied.then(|| Forget(&self.proxy.shared.proxied, peer));
         let _slot = handshake.or_else(|| self.connections.admit())?;
         let alpn_h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let mut watched = HeadDeadline::new(stream, self.timeouts);
+        // (On TLS listeners the header came before the handshake: `HelloDeadline`.)
+        if proxied && !tls {
+            if !self.proxy.trusts(peer) {
+                log::debug!("PROXY protocol connection from an untrusted peer {peer:?} closed");
+                return None;
+            }
+            let header = watched.read_proxy_header().await.ok()?;
+            if !self.proxy.record(peer, header) {
+                return None;
+            }
+        }
         let h2 = alpn_h2 || (self.h2c && !tls && watched.sniff_h2_preface().await.ok()?);
         if h2 {
             let budget = ResetBudget::new(self.h2_max_resets);
@@ -135,11 +214,17 @@ fn peer_of(digest: Option<Arc<pingora::protocols::SocketDigest>>) -> Option<std:
     digest.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
 }
 
+/// The local (listener) address of a connection.
+fn local_of(digest: Option<Arc<pingora::protocols::SocketDigest>>) -> Option<SocketAddr> {
+    digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
+}
+
 /// Before a TLS handshake: the connection's slot under the cap (see `limits::conns`), and
 /// deadlines for the ClientHello (see the module doc).
 pub struct HelloDeadline {
     pub timeouts: Timeouts,
     pub connections: Arc<Connections>,
+    pub proxy: ProxyListeners,
 }
 
 /// A TLS record header: content type 22 (handshake), version, length.
@@ -159,7 +244,14 @@ impl PreTlsProcess for HelloDeadline {
                 return Error::e_explain(ErrorType::ConnectError, "max_connections reached");
             }
         }
-        let outcome = self.hello(stream).await;
+        let local = local_of(stream.get_socket_digest());
+        let outcome = match self.proxy.expects(true, local) {
+            true => match self.proxy_header(stream, peer).await {
+                Ok(()) => self.hello(stream).await,
+                Err(e) => Err(e),
+            },
+            false => self.hello(stream).await,
+        };
         if let (Err(_), Some(peer)) = (&outcome, peer) {
             // This connection ends here: its slot comes back now.
             drop(self.connections.claim_handshake(peer));
@@ -169,6 +261,58 @@ impl PreTlsProcess for HelloDeadline {
 }
 
 impl HelloDeadline {
+    /// Reads the PROXY protocol header of a TLS listener's connection, under the deadlines;
+    /// the bytes after it are put back for the handshake.
+    async fn proxy_header(
+        &self,
+        stream: &mut L4Stream,
+        peer: Option<SocketAddr>,
+    ) -> pingora::Result<()> {
+        use crate::peers::Header;
+        use tokio::io::AsyncReadExt;
+        if !self.proxy.trusts(peer) {
+            return Error::e_explain(
+                ErrorType::ConnectError,
+                "PROXY header from an untrusted peer",
+            );
+        }
+        let mut got: Vec<u8> = Vec::with_capacity(128);
+        let mut limit = self.timeouts.idle;
+        loop {
+            match crate::peers::parse(&got) {
+                Header::Incomplete(_) => {
+                    let mut chunk = [0u8; 256];
+                    let n = match tokio::time::timeout(limit, stream.read(&mut chunk)).await {
+                        Ok(Ok(n)) => n,
+                        Ok(Err(e)) => {
+                            return Error::e_because(ErrorType::ReadError, "PROXY header", e)
+                        }
+                        Err(_) => {
+                            return Error::e_explain(
+                                ErrorType::ReadTimedout,
+                                "the PROXY header was not received in time",
+                            )
+                        }
+                    };
+                    if n == 0 {
+                        return Error::e_explain(
+                            ErrorType::ReadError,
+                            "closed before the PROXY header",
+                        );
+                    }
+                    limit = self.timeouts.head;
+                    got.extend_from_slice(&chunk[..n]);
+                }
+                header @ Header::Complete { len, .. } => {
+                    stream.rewind(&got[len..]);
+                    self.proxy.record(peer, header);
+                    return Ok(());
+                }
+                Header::Invalid(why) => return Error::e_explain(ErrorType::ConnectError, why),
+            }
+        }
+    }
+
     async fn hello(&self, stream: &mut L4Stream) -> pingora::Result<()> {
         let mut header = [0u8; RECORD_HEADER];
         match tokio::time::timeout(self.timeouts.idle, stream.try_peek(&mut header)).await {

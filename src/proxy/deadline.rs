@@ -185,7 +185,8 @@ impl HeadDeadline {
     /// and head deadlines; the bytes are kept and served again by the next reads. Whether
     /// they are the preface.
     pub async fn sniff_h2_preface(&mut self) -> io::Result<bool> {
-        let mut got = Vec::with_capacity(H2_PREFACE.len());
+        // Bytes already read after a PROXY protocol header come first.
+        let mut got = std::mem::take(&mut self.replay);
         while got.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&got) {
             let mut chunk = [0u8; 24];
             let want = H2_PREFACE.len() - got.len();
@@ -203,6 +204,37 @@ impl HeadDeadline {
         let h2 = got == H2_PREFACE;
         self.replay = got;
         Ok(h2)
+    }
+
+    /// Reads the PROXY protocol header that starts the connection (`crate::peers`) under the
+    /// idle and head deadlines; the bytes after it are served again by the next reads.
+    pub async fn read_proxy_header(&mut self) -> io::Result<crate::peers::Header> {
+        use crate::peers::Header;
+        let mut got: Vec<u8> = Vec::with_capacity(128);
+        loop {
+            match crate::peers::parse(&got) {
+                Header::Incomplete(_) => {
+                    let mut chunk = [0u8; 256];
+                    let n = std::future::poll_fn(|cx| {
+                        let mut buf = ReadBuf::new(&mut chunk);
+                        self.poll_timed(cx, &mut buf)
+                            .map_ok(|()| buf.filled().len())
+                    })
+                    .await?;
+                    if n == 0 {
+                        return Ok(Header::Invalid(
+                            "the connection closed before its PROXY protocol header",
+                        ));
+                    }
+                    got.extend_from_slice(&chunk[..n]);
+                }
+                Header::Complete { len, source } => {
+                    self.replay = got.split_off(len);
+                    return Ok(Header::Complete { len, source });
+                }
+                invalid => return Ok(invalid),
+            }
+        }
     }
 
     /// The current request is finished: the next bytes read start a new head.
