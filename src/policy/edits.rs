@@ -120,38 +120,44 @@ impl HeaderEdits {
         out
     }
 
-    pub fn apply_request(
+    /// Applies the edits to a request or answer head.
+    pub fn apply<H: Head>(
         &self,
-        req: &mut RequestHeader,
+        head: &mut H,
         vars: &Vars<'_>,
         changes: &mut Option<Vec<Change>>,
     ) -> pingora::Result<()> {
         for (name, value) in self.plan(vars, changes) {
             match value {
-                None => {
-                    req.remove_header(&name);
-                }
-                Some(v) => req.insert_header(name, v)?,
+                None => head.unset(&name),
+                Some(v) => head.set(name, v)?,
             }
         }
         Ok(())
     }
+}
 
-    pub fn apply_response(
-        &self,
-        resp: &mut ResponseHeader,
-        vars: &Vars<'_>,
-        changes: &mut Option<Vec<Change>>,
-    ) -> pingora::Result<()> {
-        for (name, value) in self.plan(vars, changes) {
-            match value {
-                None => {
-                    resp.remove_header(&name);
-                }
-                Some(v) => resp.insert_header(name, v)?,
-            }
-        }
-        Ok(())
+/// A request or answer head, as header edits see it.
+pub trait Head {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()>;
+    fn unset(&mut self, name: &HeaderName);
+}
+
+impl Head for RequestHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+        self.insert_header(name, value)
+    }
+    fn unset(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Head for ResponseHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+        self.insert_header(name, value)
+    }
+    fn unset(&mut self, name: &HeaderName) {
+        self.remove_header(name);
     }
 }
 

@@ -278,7 +278,7 @@ pub fn upstream(
     for p in &policies {
         match &p.kind {
             Kind::Headers(h) => {
-                h.request.apply_request(upstream, &vars, &mut changes)?;
+                h.request.apply(upstream, &vars, &mut changes)?;
             }
             Kind::Rewrite(r) => {
                 let current = upstream.uri.path().to_string();
@@ -385,11 +385,7 @@ pub fn response(
         let vars = vars(chain, flow, request_id, client_ip, path);
         for p in &policies {
             match &p.kind {
-                Kind::Headers(h)
-                    if h.response
-                        .apply_response(resp, &vars, &mut changes)
-                        .is_err() =>
-                {
+                Kind::Headers(h) if h.response.apply(resp, &vars, &mut changes).is_err() => {
                     log::debug!("policy {}: an answer header could not be set", p.name);
                 }
                 Kind::JsonFields(j) if j.applies(vars.consumer) => json.push(p.clone()),

@@ -51,19 +51,7 @@ impl Gateway {
         }
         let snapshot = ctx.snapshot.clone();
         let ep = &snapshot.endpoints[id];
-        let outcome = {
-            let services = self.services();
-            let inbound = inbound(session, ctx);
-            crate::policy::run::request(
-                &snapshot,
-                &services,
-                ep,
-                &inbound,
-                &mut ctx.flow,
-                Stage::Limit,
-            )
-            .await
-        };
+        let outcome = self.stages(session, ctx, id, Stage::Limit).await;
         match outcome {
             Err(reply) => self.refuse(session, ctx, reply, close).await,
             Ok(Outcome::Preflight(headers)) => {
@@ -91,6 +79,28 @@ impl Gateway {
                 }
             },
         }
+    }
+
+    /// Runs the request stages of endpoint `id`, up to and including `last`.
+    async fn stages(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        id: usize,
+        last: Stage,
+    ) -> std::result::Result<Outcome, Reply> {
+        let snapshot = ctx.snapshot.clone();
+        let services = self.services();
+        let inbound = inbound(session, ctx);
+        crate::policy::run::request(
+            &snapshot,
+            &services,
+            &snapshot.endpoints[id],
+            &inbound,
+            &mut ctx.flow,
+            last,
+        )
+        .await
     }
 
     fn services(&self) -> Services<'_> {
@@ -162,21 +172,8 @@ impl Gateway {
         let id = snapshot
             .preflight_endpoint(session.req_header())
             .unwrap_or(id);
-        let ep = &snapshot.endpoints[id];
         ctx.endpoint = Some(id);
-        let outcome = {
-            let services = self.services();
-            let inbound = inbound(session, ctx);
-            crate::policy::run::request(
-                &snapshot,
-                &services,
-                ep,
-                &inbound,
-                &mut ctx.flow,
-                Stage::Cors,
-            )
-            .await
-        };
+        let outcome = self.stages(session, ctx, id, Stage::Cors).await;
         match outcome {
             Ok(Outcome::Preflight(headers)) => {
                 preflight(session, ctx, headers, close).await?;
