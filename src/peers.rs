@@ -1,14 +1,12 @@
 //! PROXY protocol (HAProxy's v1 text and v2 binary headers) on listeners with
 //! `proxy_protocol = true`: the header a trusted load balancer sends first on each connection,
-//! parsed here, and the client address it names, kept by connection (the TCP peer's address
-//! and port) until the connection ends. Pingora fixes a connection's peer address at accept,
-//! so the request path looks the connection up here instead.
+//! parsed here. The connection layer (`proxy::conn`) replaces the connection's socket digest
+//! with one whose peer is the client the header names (`client_digest`), so every request of
+//! the connection, HTTP/1 or HTTP/2, sees that client as its peer.
 
-use std::collections::HashMap;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::SocketDigest;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 /// The v2 signature.
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -124,56 +122,26 @@ fn parse_v2(buf: &[u8]) -> Header {
     Header::Complete { len, source }
 }
 
-/// Client addresses named by PROXY headers, by the connection's peer address (and port).
-#[derive(Default)]
-pub struct Proxied {
-    /// Any listener speaks PROXY protocol (else nothing is looked up per request).
-    active: AtomicBool,
-    by_peer: Mutex<HashMap<SocketAddr, (IpAddr, Instant)>>,
-}
-
-/// Entries of connections that ended without saying so (a TLS handshake that failed after
-/// the header) are dropped once this old, when the map is large.
-const STALE: Duration = Duration::from_secs(120);
-const SWEEP_ABOVE: usize = 4096;
-
-impl Proxied {
-    pub fn new(active: bool) -> Proxied {
-        Proxied {
-            active: AtomicBool::new(active),
-            by_peer: Mutex::new(HashMap::new()),
-        }
+/// The socket digest of a connection whose PROXY header named `client` (or nothing: LOCAL or
+/// UNKNOWN, then the client is unknown, `0.0.0.0` or `::` with the sender's port, which no
+/// trusted range and no allow list contains). `fd` is the connection's socket; `digest` its
+/// digest so far (its local address is kept).
+pub fn client_digest(
+    fd: i32,
+    digest: Option<&SocketDigest>,
+    sender: SocketAddr,
+    client: Option<SocketAddr>,
+) -> SocketDigest {
+    let peer = client.unwrap_or_else(|| match sender {
+        SocketAddr::V4(a) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), a.port()),
+        SocketAddr::V6(a) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), a.port()),
+    });
+    let out = SocketDigest::from_raw_fd(fd);
+    let _ = out.peer_addr.set(Some(PingoraAddr::Inet(peer)));
+    if let Some(local) = digest.and_then(|d| d.local_addr().cloned()) {
+        let _ = out.local_addr.set(Some(local));
     }
-
-    pub fn active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// Records the client of the connection from `peer`.
-    pub fn insert(&self, peer: SocketAddr, client: IpAddr) {
-        let mut map = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= SWEEP_ABOVE {
-            map.retain(|_, (_, at)| at.elapsed() < STALE);
-        }
-        map.insert(peer, (client, Instant::now()));
-    }
-
-    /// The client of the connection from `peer`, if its PROXY header named one.
-    pub fn get(&self, peer: &SocketAddr) -> Option<IpAddr> {
-        if !self.active() {
-            return None;
-        }
-        let map = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(peer).map(|(ip, _)| *ip)
-    }
-
-    /// The connection from `peer` ended.
-    pub fn remove(&self, peer: &SocketAddr) {
-        if self.active() {
-            let mut map = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
-            map.remove(peer);
-        }
-    }
+    out
 }
 
 #[cfg(test)]

@@ -184,8 +184,6 @@ pub struct Shared {
     pub analytics: Arc<crate::analytics::Analytics>,
     /// Client connections of the proxy listeners (`[server.limits] max_connections`).
     pub connections: Arc<crate::limits::conns::Connections>,
-    /// Client addresses from PROXY protocol headers, by connection (restart-only listeners).
-    pub proxied: Arc<crate::peers::Proxied>,
     pub config_path: PathBuf,
     pub started_at: SystemTime,
     /// Serialises reloads.
@@ -207,12 +205,7 @@ impl Shared {
         ));
         let connections =
             crate::limits::conns::Connections::new(snapshot.file.server.limits.max_connections);
-        let server = &snapshot.file.server;
-        let proxied = Arc::new(crate::peers::Proxied::new(
-            server.proxy_protocol || server.tls.iter().any(|t| t.proxy_protocol),
-        ));
         Arc::new(Shared {
-            proxied,
             cache,
             analytics,
             connections,

@@ -97,6 +97,16 @@ async fn plaintext_listeners_take_the_client_from_v1_and_v2_headers() {
     assert_eq!(a.matches("HTTP/1.1 200").count(), 2, "{a}");
     assert_eq!(a.matches("192.0.2.8").count(), 2, "{a}");
 
+    // A LOCAL header (a load balancer's own health check): the client is unknown, so the
+    // allow list refuses it, and its X-Forwarded-For is not believed.
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    local.extend_from_slice(
+        b"GET /app/x HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 192.0.2.1\r\nConnection: close\r\n\r\n",
+    );
+    let a = run(local).await.expect("local");
+    assert!(a.starts_with("HTTP/1.1 403"), "{a}");
+
     // No header, or a broken one: closed without an answer.
     for bad in [GET.to_vec(), b"PROXY TCP4 nonsense\r\n".to_vec()] {
         let a = run(bad).await.expect("bad");
@@ -177,4 +187,41 @@ async fn tls_listeners_read_the_header_before_the_handshake() {
     let answer = String::from_utf8_lossy(&out);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(forwarded_for(&answer).as_deref(), Some("192.0.2.9"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_after_the_header() {
+    use http_body_util::{BodyExt, Empty};
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start_with(
+        "h2c = true\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        &body(&up, ""),
+    );
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(b"PROXY TCP6 2001:db8::77 ::1 5555 80\r\n")
+        .await
+        .expect("header");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake after the PROXY header");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = hyper::Request::get(format!("http://{}/app/x", gw.addr))
+            .header("x-forwarded-for", "6.6.6.6")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("answer");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            v["headers"]["x-forwarded-for"][0], "2001:db8::77",
+            "every stream"
+        );
+    }
 }

@@ -82,6 +82,18 @@ impl Connections {
         true
     }
 
+    /// The handshake slot of `old` is now known by `new` (a PROXY protocol header named the
+    /// client before the handshake).
+    pub fn rekey_handshake(&self, old: SocketAddr, new: SocketAddr) {
+        let mut pending = self.handshakes();
+        if let Some(at) = pending.remove(&old) {
+            if pending.insert(new, at).is_some() {
+                // A stale entry of an earlier connection named alike.
+                self.open.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// The slot taken for `peer`'s handshake, now that it completed; `None` when there is
     /// none (then the caller admits the connection as a new one).
     pub fn claim_handshake(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {

@@ -66,15 +66,36 @@ pub fn is_json(content_type: &[u8]) -> bool {
         || (essence.starts_with(b"application/") && essence.ends_with(b"+json"))
 }
 
-/// Edits a whole body with `policies`; `None` when the body is not valid JSON or nothing was
-/// removed (the body then passes unchanged).
-pub fn edit_body(body: &[u8], policies: &[&JsonFields]) -> Option<Vec<u8>> {
-    let mut doc: Value = serde_json::from_slice(body).ok()?;
+/// A body the JSON parser refuses (not JSON, or beyond what it reads: nesting deeper than 128,
+/// a lone surrogate escape).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unparsed;
+
+/// Edits a whole body with `policies`: the edited body, `None` when nothing was removed (the
+/// body then passes unchanged).
+pub fn edit_body(body: &[u8], policies: &[&JsonFields]) -> Result<Option<Vec<u8>>, Unparsed> {
+    let mut doc: Value = serde_json::from_slice(body).map_err(|_| Unparsed)?;
     let removed: usize = policies.iter().map(|p| p.edit(&mut doc)).sum();
     if removed == 0 {
-        return None;
+        return Ok(None);
     }
-    serde_json::to_vec(&doc).ok()
+    serde_json::to_vec(&doc).map(Some).map_err(|_| Unparsed)
+}
+
+/// Whether a body could hold what `policies` remove: it names one of the removed members
+/// (as a quoted string), or a policy removes every member at some level (`*` last).
+pub fn mentions(body: &[u8], policies: &[&JsonFields]) -> bool {
+    policies.iter().flat_map(|p| p.remove.iter()).any(|tokens| {
+        match tokens.last().map(String::as_str) {
+            None | Some("*") => true,
+            Some(name) => {
+                let quoted = format!("\"{name}\"");
+                memchr::memmem::find(body, quoted.as_bytes()).is_some()
+                    // Any escape in the body could spell the name another way.
+                    || memchr::memchr(b'\\', body).is_some()
+            }
+        }
+    })
 }
 
 /// Splits an RFC 6901 pointer into unescaped tokens.
@@ -161,14 +182,23 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         let body = br#"{"customer":{"email":"x@y","name":"n"},"items":[{"secret":1,"k":2},{"k":3}],"a/b":1}"#;
-        let out = edit_body(body, &[&p]).unwrap_or_default();
+        let out = edit_body(body, &[&p]).ok().flatten().unwrap_or_default();
         let v: Value = serde_json::from_slice(&out).unwrap_or_default();
         assert_eq!(v["customer"], serde_json::json!({"name": "n"}));
         assert_eq!(v["items"], serde_json::json!([{"k": 2}, {"k": 3}]));
         assert!(v.get("a/b").is_none());
-        assert!(edit_body(b"not json", &[&p]).is_none());
+        assert!(edit_body(b"not json", &[&p]).is_err());
         assert!(
-            edit_body(br#"{"other":1}"#, &[&p]).is_none(),
+            !mentions(b"not json", &[&p]),
+            "cannot hold an email member: passes"
+        );
+        assert!(
+            mentions(br#"{"email": "\ud800"}"#, &[&p]),
+            "names a removed member: cut off"
+        );
+        assert_eq!(
+            edit_body(br#"{"other":1}"#, &[&p]),
+            Ok(None),
             "nothing removed: unchanged"
         );
         assert!(JsonFields::compile(&["customer".into()], &[], 10).is_err());

@@ -405,6 +405,10 @@ pub fn response(
         .map(|v| v.as_bytes().to_ascii_lowercase())
         .unwrap_or_default();
     let is_json = super::json::is_json(&content_type);
+    if !json.is_empty() && !body_follows && is_json {
+        // A HEAD answer's length would tell the size of what the policy removes.
+        resp.remove_header(&header::CONTENT_LENGTH);
+    }
     if json.is_empty() || !body_follows || resp.status == 204 || resp.status == 304 {
         return Ok(());
     }
@@ -492,7 +496,17 @@ pub fn response_body(flow: &mut Flow, body: &mut Option<Bytes>, end: bool) -> Re
             })
             .collect();
         let buf = std::mem::take(&mut edit.buf);
-        let out = super::json::edit_body(&buf, &policies).unwrap_or(buf);
+        let out = match super::json::edit_body(&buf, &policies) {
+            Ok(Some(edited)) => edited,
+            Ok(None) => buf,
+            // A body the parser refuses passes only when it cannot hold what the policies
+            // remove (it does not name those members); otherwise the answer is cut off.
+            Err(_) if !super::json::mentions(&buf, &policies) => buf,
+            Err(_) => {
+                flow.json = None;
+                return Err("a JSON answer that a policy must edit could not be parsed".to_string());
+            }
+        };
         *body = Some(Bytes::from(out));
         flow.json = None;
     }

@@ -44,7 +44,9 @@ impl Gateway {
             ctx.refused_by = refusal.by.take();
             return Error::e_explain(ErrorType::HTTPStatus(502), refusal.detail);
         }
-        if ctx.flow.json.is_some() && !session.is_http2() {
+        // (An HTTP/1.0 client cannot read chunks: its answer ends with the connection.)
+        let chunked = session.req_header().version >= http::Version::HTTP_11;
+        if ctx.flow.json.is_some() && !session.is_http2() && chunked {
             // The edited body has a new length: chunked, so the connection stays open (Pingora
             // chose the framing before this hook).
             resp.set_version(http::Version::HTTP_11);

@@ -32,6 +32,7 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType};
 use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,31 +75,12 @@ impl ProxyListeners {
         peer.is_some_and(|p| self.shared.snapshot().policies.trusted.contains(p.ip()))
     }
 
-    /// Keeps the client a header named for the connection from `peer`.
-    fn record(&self, peer: Option<SocketAddr>, header: crate::peers::Header) -> bool {
+    /// The client a complete header names, or why the connection is closed.
+    fn client(&self, header: crate::peers::Header) -> Result<Option<SocketAddr>, &'static str> {
         match header {
-            crate::peers::Header::Complete { source, .. } => {
-                if let (Some(peer), Some(source)) = (peer, source) {
-                    self.shared.proxied.insert(peer, source.ip());
-                }
-                true
-            }
-            crate::peers::Header::Invalid(why) => {
-                log::debug!("connection from {peer:?} closed: {why}");
-                false
-            }
-            crate::peers::Header::Incomplete(_) => false,
-        }
-    }
-}
-
-/// Forgets a connection's PROXY client when the connection ends.
-struct Forget<'a>(&'a crate::peers::Proxied, Option<SocketAddr>);
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        if let Some(peer) = self.1 {
-            self.0.remove(&peer);
+            crate::peers::Header::Complete { source, .. } => Ok(source),
+            crate::peers::Header::Invalid(why) => Err(why),
+            crate::peers::Header::Incomplete(_) => Err("an incomplete PROXY protocol header"),
         }
     }
 }
@@ -115,23 +97,27 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         let handshake = peer_of(stream.get_socket_digest())
             .filter(|_| tls)
             .and_then(|peer| self.connections.claim_handshake(peer));
-        let peer = peer_of(stream.get_socket_digest());
         let proxied = self
             .proxy
             .expects(tls, local_of(stream.get_socket_digest()));
-        let _forget = proxied.then(|| Forget(&self.proxy.shared.proxied, peer));
         let _slot = handshake.or_else(|| self.connections.admit())?;
         let alpn_h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let mut watched = HeadDeadline::new(stream, self.timeouts);
         // (On TLS listeners the header came before the handshake: `HelloDeadline`.)
         if proxied && !tls {
-            if !self.proxy.trusts(peer) {
-                log::debug!("PROXY protocol connection from an untrusted peer {peer:?} closed");
+            let sender = peer_of(watched.get_socket_digest());
+            if !self.proxy.trusts(sender) {
+                log::debug!("PROXY protocol connection from an untrusted peer {sender:?} closed");
                 return None;
             }
             let header = watched.read_proxy_header().await.ok()?;
-            if !self.proxy.record(peer, header) {
-                return None;
+            match (self.proxy.client(header), sender) {
+                (Ok(client), Some(sender)) => watched.set_client(sender, client),
+                (Err(why), _) => {
+                    log::debug!("connection from {sender:?} closed: {why}");
+                    return None;
+                }
+                (Ok(_), None) => return None,
             }
         }
         let h2 = alpn_h2 || (self.h2c && !tls && watched.sniff_h2_preface().await.ok()?);
@@ -245,13 +231,31 @@ impl PreTlsProcess for HelloDeadline {
             }
         }
         let local = local_of(stream.get_socket_digest());
-        let outcome = match self.proxy.expects(true, local) {
-            true => match self.proxy_header(stream, peer).await {
-                Ok(()) => self.hello(stream).await,
+        let mut slot_peer = peer;
+        let outcome = match (self.proxy.expects(true, local), peer) {
+            (true, Some(sender)) => match self.proxy_header(stream, sender).await {
+                Ok(client) => {
+                    // From here the connection's peer is the client the header named.
+                    let digest = crate::peers::client_digest(
+                        stream.as_raw_fd(),
+                        stream.get_socket_digest().as_deref(),
+                        sender,
+                        client,
+                    );
+                    let named = digest.peer_addr().and_then(|a| a.as_inet()).copied();
+                    stream.set_socket_digest(digest);
+                    if let Some(named) = named {
+                        self.connections.rekey_handshake(sender, named);
+                        slot_peer = Some(named);
+                    }
+                    self.hello(stream).await
+                }
                 Err(e) => Err(e),
             },
-            false => self.hello(stream).await,
+            (true, None) => Error::e_explain(ErrorType::ConnectError, "no peer address"),
+            (false, _) => self.hello(stream).await,
         };
+        let peer = slot_peer;
         if let (Err(_), Some(peer)) = (&outcome, peer) {
             // This connection ends here: its slot comes back now.
             drop(self.connections.claim_handshake(peer));
@@ -266,23 +270,25 @@ impl HelloDeadline {
     async fn proxy_header(
         &self,
         stream: &mut L4Stream,
-        peer: Option<SocketAddr>,
-    ) -> pingora::Result<()> {
+        sender: SocketAddr,
+    ) -> pingora::Result<Option<SocketAddr>> {
         use crate::peers::Header;
         use tokio::io::AsyncReadExt;
-        if !self.proxy.trusts(peer) {
+        if !self.proxy.trusts(Some(sender)) {
             return Error::e_explain(
                 ErrorType::ConnectError,
                 "PROXY header from an untrusted peer",
             );
         }
         let mut got: Vec<u8> = Vec::with_capacity(128);
-        let mut limit = self.timeouts.idle;
+        // The first byte within the idle deadline, the whole header within the head deadline
+        // of it.
+        let mut deadline = tokio::time::Instant::now() + self.timeouts.idle;
         loop {
             match crate::peers::parse(&got) {
                 Header::Incomplete(_) => {
                     let mut chunk = [0u8; 256];
-                    let n = match tokio::time::timeout(limit, stream.read(&mut chunk)).await {
+                    let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
                         Ok(Ok(n)) => n,
                         Ok(Err(e)) => {
                             return Error::e_because(ErrorType::ReadError, "PROXY header", e)
@@ -300,13 +306,14 @@ impl HelloDeadline {
                             "closed before the PROXY header",
                         );
                     }
-                    limit = self.timeouts.head;
+                    if got.is_empty() {
+                        deadline = tokio::time::Instant::now() + self.timeouts.head;
+                    }
                     got.extend_from_slice(&chunk[..n]);
                 }
-                header @ Header::Complete { len, .. } => {
+                Header::Complete { len, source } => {
                     stream.rewind(&got[len..]);
-                    self.proxy.record(peer, header);
-                    return Ok(());
+                    return Ok(source);
                 }
                 Header::Invalid(why) => return Error::e_explain(ErrorType::ConnectError, why),
             }

@@ -28,6 +28,7 @@ use pingora::protocols::{
 };
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,6 +84,8 @@ pub struct HeadDeadline {
     frames: Option<FrameCounter>,
     /// Bytes read while telling HTTP/2 apart, served again by the next reads.
     replay: Vec<u8>,
+    /// `idle_before_request`, re-armed after a PROXY protocol header.
+    idle: std::time::Duration,
     /// Heads whose end the byte scan found, and the bytes that followed the last one in its
     /// read (the start of its body, which Pingora keeps without reading again).
     scanned: AtomicU64,
@@ -100,6 +103,7 @@ impl HeadDeadline {
         HeadDeadline {
             inner,
             timeout: timeouts.head,
+            idle: timeouts.idle,
             expecting_head: true,
             ended: AtomicU64::new(0),
             seen_ended: 0,
@@ -201,7 +205,7 @@ impl HeadDeadline {
             }
             got.extend_from_slice(&chunk[..n]);
         }
-        let h2 = got == H2_PREFACE;
+        let h2 = got.starts_with(H2_PREFACE);
         self.replay = got;
         Ok(h2)
     }
@@ -230,11 +234,33 @@ impl HeadDeadline {
                 }
                 Header::Complete { len, source } => {
                     self.replay = got.split_off(len);
+                    // The request's own clocks start now: idle until its first byte.
+                    if self.replay.is_empty() {
+                        self.fresh = true;
+                        let deadline = tokio::time::Instant::now() + self.idle;
+                        if let Some(clock) = self.clock.as_mut() {
+                            clock.as_mut().reset(deadline);
+                        }
+                        self.running = true;
+                    }
                     return Ok(Header::Complete { len, source });
                 }
                 invalid => return Ok(invalid),
             }
         }
+    }
+
+    /// The connection's PROXY header came from `sender` and named `client`: from now on the
+    /// connection's peer is that client (see `crate::peers::client_digest`).
+    pub fn set_client(&mut self, sender: SocketAddr, client: Option<SocketAddr>) {
+        let fd = self.inner.id();
+        let digest = crate::peers::client_digest(
+            fd,
+            self.inner.get_socket_digest().as_deref(),
+            sender,
+            client,
+        );
+        self.inner.set_socket_digest(digest);
     }
 
     /// The current request is finished: the next bytes read start a new head.
@@ -491,6 +517,10 @@ impl GetProxyDigest for HeadDeadline {
 impl GetSocketDigest for HeadDeadline {
     fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
         self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
     }
 }
 

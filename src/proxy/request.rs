@@ -31,7 +31,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
-        prepare(session, ctx, &self.shared.proxied);
+        prepare(session, ctx);
         let routed = match self.admit(session, ctx) {
             Ok(r) => r,
             Err((reply, close)) => return self.refuse(session, ctx, reply, close).await,
@@ -235,7 +235,7 @@ impl Gateway {
 
 /// The session's settings for this request, and what is read from its head once: the request
 /// id, the trace context, the client address.
-fn prepare(session: &mut Session, ctx: &mut RequestCtx, proxied: &crate::peers::Proxied) {
+fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
     // The first hook after Pingora parsed the head (see `deadline::HeadDeadline`).
     if let Some(watch) = watch(session) {
         watch.head_parsed();
@@ -246,12 +246,11 @@ fn prepare(session: &mut Session, ctx: &mut RequestCtx, proxied: &crate::peers::
         crate::headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
     ctx.traceparent =
         crate::headers::traceparent(req.headers.get("traceparent").map(|v| v.as_bytes()));
-    let socket = session.client_addr().and_then(|a| a.as_inet()).copied();
-    // On PROXY protocol listeners the header named the peer.
-    let peer = match socket {
-        Some(s) if proxied.active() => proxied.get(&s).or(Some(s.ip())),
-        other => other.map(|s| s.ip()),
-    };
+    // (On PROXY protocol listeners the header named the peer: see `proxy::conn`.)
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
     ctx.client_ip = crate::policy::ip::client_address(
         peer,
         &ctx.snapshot.policies.trusted,
