@@ -390,6 +390,25 @@ def callgrind_total(work, name, cmd, port, requests, stop_signal, headers=()):
     die(f"{name}: no instruction total in {out}")
 
 
+def callgrind_idle(work, cmd, port, seconds, stop_signal):
+    """User-space instructions a process executes from start to exit when it sits idle for
+    `seconds` after its port opens (no request at all)."""
+    out = os.path.join(work, f"callgrind-idle-{seconds}.out")
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=120)
+        time.sleep(seconds)
+    finally:
+        proc.send_signal(stop_signal)
+        proc.wait(timeout=120)
+    with open(out) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    die(f"idle run: no instruction total in {out}")
+
+
 def instruction_counts(record):
     """Instructions per request for nginx-as-proxy, Turnpike's scenarios and the Pingora floor, each run
     under callgrind twice (1,000 and 5,000 requests) so that start-up and shutdown cancel out.
@@ -449,6 +468,10 @@ def instruction_counts(record):
             a = callgrind_total(work, slug, cmd, port, small, sig, headers)
             b = callgrind_total(work, slug, cmd, port, large, sig, headers)
             per_request[name] = (b - a) / (large - small)
+        # Idle: the plain-proxy config with no traffic, 3 s and 13 s after its port opens.
+        idle_a = callgrind_idle(work, [binary, "run", "-c", turnpike_path], TURNPIKE_PORT, 3, signal.SIGINT)
+        idle_b = callgrind_idle(work, [binary, "run", "-c", turnpike_path], TURNPIKE_PORT, 13, signal.SIGINT)
+        idle_per_second = (idle_b - idle_a) / 10
     finally:
         backend.send_signal(signal.SIGQUIT)
         backend.wait(timeout=10)
@@ -459,6 +482,8 @@ def instruction_counts(record):
              "| target | instructions/request | vs nginx |", "|---|---|---|"]
     for name, value in per_request.items():
         lines.append(f"| {name} | {value:,.0f} | {value / nginx:.2f} |")
+    lines.append(f"\nIdle (plain-proxy config, no traffic): {idle_per_second:,.0f} instructions per second "
+                 "((I(13 s) - I(3 s)) / 10).")
     report = (f"\n## {datetime.date.today().isoformat()} {platform.node()} (instruction counts)\n\n"
               f"- {subprocess.run(['valgrind', '--version'], capture_output=True, text=True).stdout.strip()}, "
               f"{subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}, "

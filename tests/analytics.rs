@@ -780,3 +780,21 @@ async fn a_graceful_stop_writes_every_record_out() {
     assert_eq!(log.lines().count(), 6);
     assert!(gw.log().contains("analytics written at exit"));
 }
+
+/// After a second without traffic the aggregator stops polling and waits on its channel (an
+/// idle gateway does not wake 100 times a second): the first requests after the pause are
+/// still counted, and so are the ones after a second pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_after_an_idle_pause_are_counted() {
+    let up = Upstream::start("app").await;
+    let gw = Gateway::start(&shapes_config(up.addr));
+    let c = client();
+    for round in 1..=2u64 {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        for _ in 0..3 {
+            let r = c.get(gw.url("/public/x")).send().await.expect("request");
+            assert_eq!(r.status(), 200);
+        }
+        records(&gw, 3 * round).await;
+    }
+}

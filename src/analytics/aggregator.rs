@@ -21,10 +21,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{interval, MissedTickBehavior};
 
-/// How often the channel is emptied. The aggregator polls instead of waiting on the channel:
-/// a waiting receiver would make every request's send wake it (a system call on the request
-/// path); polled, a send is a few atomic operations.
+/// How often the channel is emptied while requests come. The aggregator polls instead of
+/// waiting on the channel: a waiting receiver would make every request's send wake it (a system
+/// call on the request path); polled, a send is a few atomic operations.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// After this many empty drains in a row (one second without a request) the aggregator waits
+/// on the channel instead of polling: an idle gateway does not wake 100 times a second, and
+/// only the first request after the pause wakes it.
+pub const IDLE_AFTER: u32 = 100;
 /// How often rollups are written to the store.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// How often the consumer label cap follows traffic.
@@ -49,6 +53,19 @@ struct Work<'a> {
 }
 
 impl Work<'_> {
+    /// Takes every record waiting in the channel; how many there were.
+    fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while let Ok(r) = self.rx.try_recv() {
+            self.absorb(&r);
+            n += 1;
+        }
+        if n > 0 {
+            self.flush_log();
+        }
+        n
+    }
+
     fn absorb(&mut self, r: &Record) {
         let labels = self.names.labels(r);
         self.a.metrics.observe(r, &labels, &mut self.hists);
@@ -186,17 +203,25 @@ impl BackgroundService for Aggregator {
         window.tick().await;
         rebalance.tick().await;
         let mut drain = tick(DRAIN_EVERY);
+        let mut empty_drains = 0u32;
         loop {
+            let polling = empty_drains < IDLE_AFTER;
             tokio::select! {
-                _ = drain.tick() => {
-                    let mut n = 0;
-                    while let Ok(r) = w.rx.try_recv() {
-                        w.absorb(&r);
-                        n += 1;
+                _ = drain.tick(), if polling => {
+                    match w.drain() {
+                        0 => empty_drains += 1,
+                        _ => empty_drains = 0,
                     }
-                    if n > 0 {
+                }
+                first = w.rx.recv(), if !polling => {
+                    // Traffic again: back to polling.
+                    if let Some(r) = first {
+                        w.absorb(&r);
+                        w.drain();
                         w.flush_log();
                     }
+                    empty_drains = 0;
+                    drain.reset();
                 }
                 Some(()) = async { match &mut usr1 { Some(s) => s.recv().await, None => None } } => {
                     w.flush_log();

@@ -168,7 +168,10 @@ impl Store {
     /// index must be rebuilt.
     pub fn data_version(&self) -> Result<(u64, i64)> {
         self.read(|c| {
-            let v = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            // Cached: this runs every half second, idle or not.
+            let v = c
+                .prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))?;
             Ok((self.epoch.load(Ordering::Acquire), v))
         })
     }

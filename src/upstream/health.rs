@@ -76,7 +76,11 @@ pub struct HealthService {
     pub shared: Arc<Shared>,
 }
 
-const TICK: Duration = Duration::from_millis(100);
+/// The service sleeps until the next check is due, at least this long (a check still running
+/// when its next one is due is waited for) ...
+const MIN_SLEEP: Duration = Duration::from_millis(100);
+/// ... and at most this long, so that checks a reload adds start within a second.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl BackgroundService for HealthService {
@@ -100,10 +104,20 @@ impl BackgroundService for HealthService {
                     });
                 }
             }
+            // An idle gateway wakes once a second at most, not ten times.
+            let sleep = snapshot
+                .pools
+                .values()
+                .filter_map(|p| p.next_check_due())
+                .min()
+                .map_or(MAX_SLEEP, |due| {
+                    due.saturating_duration_since(Instant::now())
+                })
+                .clamp(MIN_SLEEP, MAX_SLEEP);
             drop(snapshot);
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(sleep) => {}
             }
         }
     }

@@ -213,6 +213,12 @@ impl Pool {
         Some(interval)
     }
 
+    /// When the next active check is due (None: this pool has none).
+    fn next_check_due(&self) -> Option<Instant> {
+        self.def.health.as_ref()?;
+        Some(*self.next_check.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     async fn run_check(&self) {
         match &self.lb {
             Lb::RoundRobin(lb) => lb.backends().run_health_check(true).await,
