@@ -60,6 +60,25 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
+/// The HTTP date (IMF-fixdate, RFC 9110 section 5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn imf_fixdate(secs: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs.div_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let s = secs.rem_euclid(86_400);
+    let weekday = DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)];
+    let month = MONTHS[usize::try_from(m - 1).unwrap_or(0).min(11)];
+    format!(
+        "{weekday}, {d:02} {month} {y:04} {:02}:{:02}:{:02} GMT",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 /// `2026-11-21T13:00:00.123Z` from milliseconds since the epoch.
 pub fn rfc3339_ms(ms: u64) -> String {
     let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
@@ -149,6 +168,13 @@ mod tests {
             month_bounds(dec).1,
             parse_rfc3339("2027-01-01T00:00:00Z").unwrap_or_default()
         );
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(imf_fixdate(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(imf_fixdate(1_814_400_000), "Thu, 01 Jul 2027 00:00:00 GMT");
     }
 
     #[test]

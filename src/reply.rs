@@ -29,6 +29,8 @@ pub enum Code {
     MissingCredentials,
     InvalidCredentials,
     Forbidden,
+    /// The API is retired (or past its sunset): 410.
+    ApiRetired,
     /// A CORS preflight from an origin, method or header the API's `cors` policy does not allow.
     CorsRejected,
     /// A JSON answer a `json_fields` policy must edit but cannot (encoded or too large).
@@ -63,6 +65,7 @@ impl Code {
             Code::MissingCredentials => "missing_credentials",
             Code::InvalidCredentials => "invalid_credentials",
             Code::Forbidden => "forbidden",
+            Code::ApiRetired => "api_retired",
             Code::CorsRejected => "cors_rejected",
             Code::UneditableResponse => "uneditable_response",
             Code::NoPlan => "no_plan",
@@ -95,6 +98,7 @@ impl Code {
             Code::MissingCredentials | Code::InvalidCredentials => 401,
             Code::Forbidden | Code::NoPlan | Code::CorsRejected => 403,
             Code::UneditableResponse => 502,
+            Code::ApiRetired => 410,
             Code::NotFound => 404,
             Code::Conflict => 409,
             Code::InvalidRequest => 422,
@@ -122,6 +126,7 @@ impl Code {
             Code::MissingCredentials => "Credentials required",
             Code::InvalidCredentials => "Invalid credentials",
             Code::Forbidden => "Not allowed",
+            Code::ApiRetired => "This API is retired",
             Code::CorsRejected => "Cross-origin request not allowed",
             Code::UneditableResponse => "The answer could not be edited as policy requires",
             Code::NoPlan => "No plan",

@@ -144,6 +144,21 @@ pub fn compile(
                 }
             }
         };
+        let lifecycle = api.catalog.as_ref().and_then(|c| {
+            // The successor's docs, or its base path.
+            let successor = c.successor.as_ref().and_then(|s| {
+                file.apis
+                    .iter()
+                    .find(|a| &crate::config::catalog::api_ref(&a.name, a.version.as_deref()) == s)
+                    .map(|a| {
+                        a.catalog
+                            .as_ref()
+                            .and_then(|c| c.docs_url.clone())
+                            .unwrap_or_else(|| a.base_path.clone())
+                    })
+            });
+            crate::policy::lifecycle::Lifecycle::compile(c, successor).map(Arc::new)
+        });
         let has_auth = api.auth.is_some();
         let api_cache = api
             .cache
@@ -226,7 +241,13 @@ pub fn compile(
                 Some(i),
                 route,
                 &template,
-                builtins(per_ip.as_ref(), auth.as_ref(), &scopes, limits.as_ref()),
+                builtins(
+                    lifecycle.as_ref(),
+                    per_ip.as_ref(),
+                    auth.as_ref(),
+                    &scopes,
+                    limits.as_ref(),
+                ),
                 &mut found,
             );
             let id = endpoints.len();
@@ -273,7 +294,7 @@ pub fn compile(
                     None,
                     None,
                     &path,
-                    builtins(per_ip.as_ref(), Some(&auth), &[], None),
+                    builtins(None, per_ip.as_ref(), Some(&auth), &[], None),
                     &mut found,
                 );
                 endpoints.push(Endpoint {
@@ -377,6 +398,7 @@ pub const USAGE_API: &str = "[usage]";
 /// The built-in steps of an endpoint: the flood guard, identification, authorization and the
 /// plans, named after their config keys.
 fn builtins(
+    lifecycle: Option<&Arc<crate::policy::lifecycle::Lifecycle>>,
     per_ip: Option<&Arc<crate::limits::ip::IpLimit>>,
     auth: Option<&Arc<crate::auth::AuthPolicy>>,
     scopes: &[String],
@@ -392,6 +414,9 @@ fn builtins(
         )
     };
     let mut out = Vec::new();
+    if let Some(l) = lifecycle {
+        out.push(step("lifecycle", Kind::Lifecycle(l.clone())));
+    }
     if let Some(l) = per_ip {
         out.push(step("per_ip", Kind::PerIp(l.clone())));
     }

@@ -42,6 +42,9 @@ pub struct FileConfig {
     /// `[groups.NAME]`: what applies to every consumer in a group.
     #[serde(default)]
     pub groups: BTreeMap<String, super::policy::GroupSection>,
+    /// `[teams.ID]`: the owners of catalogue entries.
+    #[serde(default)]
+    pub teams: BTreeMap<String, super::catalog::TeamSection>,
 }
 
 /// `[cache]`: the edge cache shared by every API with an `[apis.cache]` block.
@@ -664,6 +667,8 @@ pub struct ApiSection {
     /// Policies of this API (names of `[policies.NAME]`).
     #[serde(default)]
     pub policies: Vec<String>,
+    /// `[apis.catalog]`: owner, audience, lifecycle.
+    pub catalog: Option<super::catalog::CatalogSection>,
 }
 
 /// `[apis.limits]`: flood guards of an API.

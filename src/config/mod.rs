@@ -3,6 +3,7 @@
 //! `load_snapshot` all three.
 
 pub mod analytics;
+pub mod catalog;
 pub mod compile;
 pub mod error;
 pub mod file;

@@ -21,6 +21,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
     cache(&mut v, &cfg.cache);
     v.0.extend(super::analytics::validate(&cfg.analytics));
     v.0.extend(super::identity::validate(cfg));
+    v.0.extend(super::catalog::validate(cfg));
     v.0.extend(
         crate::policy::compile::check(cfg)
             .into_iter()

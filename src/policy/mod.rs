@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  request ──► Edge ──► Cors ──► Identify ──► Authorize ──► Limit ──► Transform ──► action ──► Response ──► answer
-//!              body_size  cors     [apis.auth]  groups,       plans     headers      proxy,     headers
+//!              lifecycle  cors     [apis.auth]  groups,       plans     headers      proxy,     headers
+//!              body_size
 //!              ip_filter  (pre-    failed-auth  scopes                  (request)    respond,   (response)
 //!              bot        flights) guard                                rewrite      usage      json_fields
 //!              per_ip              + group policies of Edge kinds                               answer headers
@@ -26,6 +27,7 @@ pub mod cors;
 pub mod edits;
 pub mod ip;
 pub mod json;
+pub mod lifecycle;
 pub mod run;
 pub mod template;
 
@@ -81,6 +83,9 @@ pub enum Level {
 /// Every kind of policy.
 #[derive(Debug)]
 pub enum Kind {
+    /// `[apis.catalog]` lifecycle: Deprecation, Sunset and Link on every answer, 410 once
+    /// retired.
+    Lifecycle(Arc<lifecycle::Lifecycle>),
     /// Bodies over this many bytes are refused (413).
     BodySize(u64),
     IpFilter(ip::Filter),
@@ -105,6 +110,7 @@ pub enum Kind {
 impl Kind {
     pub fn as_str(&self) -> &'static str {
         match self {
+            Kind::Lifecycle(_) => "lifecycle",
             Kind::BodySize(_) => "body_size",
             Kind::IpFilter(_) => "ip_filter",
             Kind::Bot(_) => "bot",
@@ -122,7 +128,11 @@ impl Kind {
     /// The stages this kind runs in (a `headers` policy edits the request and the answer).
     pub fn stages(&self) -> &'static [Stage] {
         match self {
-            Kind::BodySize(_) | Kind::IpFilter(_) | Kind::Bot(_) | Kind::PerIp(_) => &[Stage::Edge],
+            Kind::Lifecycle(_)
+            | Kind::BodySize(_)
+            | Kind::IpFilter(_)
+            | Kind::Bot(_)
+            | Kind::PerIp(_) => &[Stage::Edge],
             Kind::Cors(_) => &[Stage::Cors],
             Kind::Identify(_) => &[Stage::Identify],
             Kind::Authorize { .. } => &[Stage::Authorize],

@@ -139,6 +139,7 @@ async fn run_step(
         r
     };
     let result: Result<Option<Outcome>, Reply> = match &policy.kind {
+        Kind::Lifecycle(l) => l.check(crate::clock::now(), &mut flow.answer).map(|_| None),
         Kind::BodySize(max) => {
             if *max < flow.max_body {
                 flow.max_body = *max;

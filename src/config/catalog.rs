@@ -1,0 +1,207 @@
+//! The file model of the API catalogue: `[apis.catalog]` (what an API is, who owns it, where it
+//! is in its lifecycle) and `[teams.ID]`, with their checks (key paths, every problem at once).
+
+use super::error::Problem;
+use super::file::FileConfig;
+use serde::Deserialize;
+
+/// Where an API is in its lifecycle.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    Design,
+    Beta,
+    #[default]
+    Stable,
+    Deprecated,
+    Retired,
+}
+
+/// API-led layers.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKind {
+    System,
+    Process,
+    Experience,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    Internal,
+    Partner,
+    Public,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Classification {
+    Public,
+    Internal,
+    Confidential,
+    Restricted,
+}
+
+/// `[apis.catalog]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSection {
+    pub title: Option<String>,
+    pub summary: Option<String>,
+    /// A team id (`[teams.ID]`).
+    pub owner: Option<String>,
+    pub kind: Option<ApiKind>,
+    pub audience: Option<Audience>,
+    pub classification: Option<Classification>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub docs_url: Option<String>,
+    /// An OpenAPI document (used by contract validation; optional here).
+    pub openapi: Option<String>,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    /// RFC 3339; a future date announces the deprecation ahead of time (RFC 9745).
+    pub deprecated_at: Option<String>,
+    /// RFC 3339; from then on the API answers 410 `api_retired`.
+    pub sunset_at: Option<String>,
+    /// `name/version` of another catalogue entry.
+    pub successor: Option<String>,
+    pub migration_url: Option<String>,
+}
+
+/// `[teams.ID]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSection {
+    pub name: String,
+    #[serde(default)]
+    pub contacts: Vec<Contact>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub url: Option<String>,
+}
+
+/// `name/version` (or `name` for an API without a version) of an API.
+pub fn api_ref(name: &str, version: Option<&str>) -> String {
+    match version {
+        Some(v) => format!("{name}/{v}"),
+        None => name.to_string(),
+    }
+}
+
+/// Every problem of the catalogue entries and teams of `cfg`.
+pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let known: Vec<String> = cfg
+        .apis
+        .iter()
+        .map(|a| api_ref(&a.name, a.version.as_deref()))
+        .collect();
+    for (id, team) in &cfg.teams {
+        if team.name.trim().is_empty() {
+            out.push(Problem::at(
+                format!("teams.{id}.name"),
+                "a team needs a name",
+            ));
+        }
+        for (i, c) in team.contacts.iter().enumerate() {
+            if c.email.is_none() && c.url.is_none() {
+                out.push(Problem::at(
+                    format!("teams.{id}.contacts[{i}]"),
+                    "a contact needs an email or a url",
+                ));
+            }
+            if c.email.as_deref().is_some_and(|e| !e.contains('@')) {
+                out.push(Problem::at(
+                    format!("teams.{id}.contacts[{i}].email"),
+                    "not an email address",
+                ));
+            }
+        }
+    }
+    for (i, api) in cfg.apis.iter().enumerate() {
+        let Some(c) = &api.catalog else { continue };
+        let key = |k: &str| format!("apis[{i}].catalog.{k}");
+        if let Some(owner) = &c.owner {
+            if !cfg.teams.contains_key(owner) {
+                let teams: Vec<&str> = cfg.teams.keys().map(String::as_str).collect();
+                out.push(Problem::at(
+                    key("owner"),
+                    format!(
+                        "no team {owner:?}; defined: {}",
+                        if teams.is_empty() {
+                            "none ([teams.ID])".into()
+                        } else {
+                            teams.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        let date = |k: &str, v: &Option<String>, out: &mut Vec<Problem>| -> Option<i64> {
+            let text = v.as_deref()?;
+            let parsed = crate::clock::parse_rfc3339(text);
+            if parsed.is_none() {
+                out.push(Problem::at(
+                    key(k),
+                    format!("{text:?} is not an RFC 3339 time such as \"2027-06-30T00:00:00Z\""),
+                ));
+            }
+            parsed
+        };
+        let deprecated = date("deprecated_at", &c.deprecated_at, &mut out);
+        let sunset = date("sunset_at", &c.sunset_at, &mut out);
+        if let (Some(d), Some(s)) = (deprecated, sunset) {
+            if s < d {
+                out.push(Problem::at(
+                    key("sunset_at"),
+                    "is before deprecated_at (RFC 9745: a resource is deprecated before its sunset)",
+                ));
+            }
+        }
+        if let Some(successor) = &c.successor {
+            let me = api_ref(&api.name, api.version.as_deref());
+            if *successor == me || !known.contains(successor) {
+                out.push(Problem::at(
+                    key("successor"),
+                    format!(
+                        "no other API {successor:?} (name/version); known: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        for (k, v) in [
+            ("docs_url", &c.docs_url),
+            ("migration_url", &c.migration_url),
+        ] {
+            if let Some(u) = v {
+                let ok = (u.starts_with("https://") || u.starts_with("http://"))
+                    && http::HeaderValue::from_str(u).is_ok()
+                    && !u.contains(['<', '>', '"', ' ']);
+                if !ok {
+                    out.push(Problem::at(key(k), format!("{u:?} is not an http(s) URL")));
+                }
+            }
+        }
+        if c.lifecycle == Lifecycle::Design && api.upstream.is_some() {
+            out.push(Problem::at(
+                format!("apis[{i}].upstream"),
+                "an API in design has no upstream yet: answer with respond blocks (mocks)",
+            ));
+        }
+        if c.lifecycle == Lifecycle::Deprecated && c.deprecated_at.is_none() {
+            out.push(Problem::at(
+                key("deprecated_at"),
+                "a deprecated API says since when (RFC 3339)",
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,117 @@
+//! The lifecycle step of an API (`[apis.catalog] lifecycle`, `deprecated_at`, `sunset_at`):
+//! a deprecated API's answers all carry `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and `Link`
+//! (`rel="deprecation"`, `"sunset"`, `"successor-version"`); a retired API, or one past its
+//! sunset, answers 410 `api_retired` with the same links and sends nothing upstream. Dates are
+//! compared per request: no reload is needed when the sunset passes.
+
+use crate::config::catalog::{CatalogSection, Lifecycle as Stage};
+use crate::reply::{Code, Reply};
+use http::{HeaderName, HeaderValue};
+
+#[derive(Debug)]
+pub struct Lifecycle {
+    retired: bool,
+    sunset_at: Option<i64>,
+    /// The headers of every answer (Deprecation, Sunset, Link), in order.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    link: Option<String>,
+}
+
+impl Lifecycle {
+    /// The step of an API's catalogue entry; `None` when there is nothing to say (an API
+    /// neither deprecated nor retired nor with a sunset). `successor` is the link of the
+    /// successor version (its docs, or its base path).
+    pub fn compile(c: &CatalogSection, successor: Option<String>) -> Option<Lifecycle> {
+        let deprecated_at = c
+            .deprecated_at
+            .as_deref()
+            .and_then(crate::clock::parse_rfc3339);
+        let sunset_at = c.sunset_at.as_deref().and_then(crate::clock::parse_rfc3339);
+        let retired = c.lifecycle == Stage::Retired;
+        if !retired && deprecated_at.is_none() && sunset_at.is_none() {
+            return None;
+        }
+        let mut links = Vec::new();
+        if let Some(u) = &c.migration_url {
+            links.push(format!("<{u}>; rel=\"deprecation\"; type=\"text/html\""));
+            if sunset_at.is_some() {
+                links.push(format!("<{u}>; rel=\"sunset\"; type=\"text/html\""));
+            }
+        }
+        if let Some(s) = &successor {
+            links.push(format!("<{s}>; rel=\"successor-version\""));
+        }
+        let link = (!links.is_empty()).then(|| links.join(", "));
+        let mut headers = Vec::new();
+        if let Some(d) = deprecated_at {
+            if let Ok(v) = HeaderValue::from_str(&format!("@{d}")) {
+                headers.push((HeaderName::from_static("deprecation"), v));
+            }
+        }
+        if let Some(s) = sunset_at {
+            if let Ok(v) = HeaderValue::from_str(&crate::clock::imf_fixdate(s)) {
+                headers.push((HeaderName::from_static("sunset"), v));
+            }
+        }
+        if let Some(v) = link.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+            headers.push((http::header::LINK, v));
+        }
+        Some(Lifecycle {
+            retired,
+            sunset_at,
+            headers,
+            link,
+        })
+    }
+
+    /// At `now`: the answer headers, or the 410 of a retired API.
+    pub fn check(
+        &self,
+        now: i64,
+        answer: &mut Vec<(HeaderName, HeaderValue)>,
+    ) -> Result<(), Reply> {
+        answer.extend(self.headers.iter().cloned());
+        let past_sunset = self.sunset_at.is_some_and(|s| now >= s);
+        if !(self.retired || past_sunset) {
+            return Ok(());
+        }
+        let detail = match &self.link {
+            Some(_) => {
+                "this API is retired; see the Link header for its successor and the migration guide"
+            }
+            None => "this API is retired",
+        };
+        Err(Reply::new(Code::ApiRetired, detail))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(text: &str) -> CatalogSection {
+        toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn deprecated_then_retired_at_the_sunset() {
+        let c = section(
+            "lifecycle = \"deprecated\"\ndeprecated_at = \"2026-12-01T00:00:00Z\"\nsunset_at = \"2027-06-30T00:00:00Z\"\nmigration_url = \"https://wiki.example.com/m\"",
+        );
+        let l =
+            Lifecycle::compile(&c, Some("/orders/v2".into())).unwrap_or_else(|| panic!("a step"));
+        let mut answer = Vec::new();
+        assert!(l.check(1_795_000_000, &mut answer).is_ok());
+        let text: Vec<String> = answer
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or_default()))
+            .collect();
+        assert_eq!(text[0], "deprecation: @1796083200");
+        assert_eq!(text[1], "sunset: Wed, 30 Jun 2027 00:00:00 GMT");
+        assert!(text[2].contains("rel=\"successor-version\""));
+        let after = crate::clock::parse_rfc3339("2027-06-30T00:00:00Z").unwrap_or_default();
+        let refused = l.check(after, &mut Vec::new());
+        assert_eq!(refused.map_err(|r| r.code), Err(Code::ApiRetired));
+        assert!(Lifecycle::compile(&section("lifecycle = \"stable\""), None).is_none());
+    }
+}

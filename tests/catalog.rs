@@ -1,0 +1,205 @@
+//! The catalogue's lifecycle at the gateway: a deprecated API's answers carry Deprecation,
+//! Sunset and Link (proxied and refused alike); a retired API, or one past its sunset, answers
+//! 410 api_retired and sends nothing upstream; catalogue entries are checked with key paths.
+
+mod support;
+
+use support::upstream::Upstream;
+use support::{client, key_digest, problem, run_cli, Gateway};
+
+const KEY: &str = "tp_catalog_key_0123456789abcdef";
+
+fn config(up: &Upstream) -> String {
+    format!(
+        r#"
+[teams.fulfilment]
+name = "Fulfilment"
+contacts = [ {{ name = "Ana", email = "fulfilment@example.com" }} ]
+
+[upstreams.orders]
+targets = [ {{ addr = "{up}" }} ]
+
+[[apis]]
+name = "orders"
+version = "v1"
+base_path = "/orders/v1"
+upstream = "orders"
+[apis.auth]
+methods = ["api_key"]
+[apis.catalog]
+title = "Orders"
+owner = "fulfilment"
+audience = "partner"
+lifecycle = "deprecated"
+deprecated_at = "2026-12-01T00:00:00Z"
+sunset_at = "2099-06-30T00:00:00Z"
+successor = "orders/v2"
+migration_url = "https://wiki.example.com/orders/v1-to-v2"
+
+[[apis]]
+name = "orders"
+version = "v2"
+base_path = "/orders/v2"
+upstream = "orders"
+[apis.catalog]
+owner = "fulfilment"
+docs_url = "https://docs.example.com/orders/v2"
+
+[[apis]]
+name = "orders"
+version = "v0"
+base_path = "/orders/v0"
+upstream = "orders"
+[apis.catalog]
+lifecycle = "retired"
+successor = "orders/v2"
+
+[[apis]]
+name = "legacy"
+base_path = "/legacy"
+upstream = "orders"
+[apis.catalog]
+lifecycle = "deprecated"
+deprecated_at = "2020-01-01T00:00:00Z"
+sunset_at = "2021-01-01T00:00:00Z"
+
+[[consumers]]
+id = "acme"
+keys = [ {{ sha256 = "{digest}" }} ]
+"#,
+        up = up.addr,
+        digest = key_digest(KEY)
+    )
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deprecated_answers_carry_the_lifecycle_headers_and_retired_apis_answer_410() {
+    let up = Upstream::start("orders").await;
+    let gw = Gateway::start(&config(&up));
+    let c = client();
+
+    // Proxied and refused answers of a deprecated API alike.
+    let ok = c
+        .get(gw.url("/orders/v1/items"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(ok.status(), 200);
+    let refused = c.get(gw.url("/orders/v1/items")).send().await.expect("get");
+    assert_eq!(refused.status(), 401);
+    for r in [&ok, &refused] {
+        assert_eq!(header(r, "deprecation"), Some("@1796083200"));
+        assert_eq!(header(r, "sunset"), Some("Tue, 30 Jun 2099 00:00:00 GMT"));
+        let link = header(r, "link").unwrap_or_default();
+        assert!(
+            link.contains("<https://wiki.example.com/orders/v1-to-v2>; rel=\"deprecation\""),
+            "{link}"
+        );
+        assert!(
+            link.contains("<https://docs.example.com/orders/v2>; rel=\"successor-version\""),
+            "{link}"
+        );
+    }
+    // The successor is not deprecated.
+    let r = c.get(gw.url("/orders/v2/items")).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "deprecation").is_none());
+
+    // Retired, and past its sunset: 410, nothing upstream.
+    let hits = up.hits();
+    for path in ["/orders/v0/items", "/legacy/x"] {
+        let r = c.get(gw.url(path)).send().await.expect("get");
+        assert_eq!(r.status(), 410, "{path}");
+        let link = header(&r, "link").map(str::to_string);
+        problem(&r.text().await.expect("body"), 410, "api_retired");
+        if path == "/orders/v0/items" {
+            assert!(link
+                .unwrap_or_default()
+                .contains("rel=\"successor-version\""));
+        }
+    }
+    assert_eq!(up.hits(), hits, "a retired API sends nothing upstream");
+
+    // The offline runner shows the step.
+    let (code, out, err) = run_cli(
+        &[
+            "explain",
+            "-c",
+            &gw.config.to_string_lossy(),
+            "GET http://localhost/legacy/x",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lifecycle (lifecycle)"), "{out}");
+    assert!(out.contains("410 api_retired"), "{out}");
+}
+
+#[test]
+fn catalogue_entries_are_checked_with_key_paths() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+listen = ["127.0.0.1:1"]
+
+[teams.core]
+name = "Core"
+contacts = [ { name = "nobody" } ]
+
+[upstreams.app]
+targets = [ { addr = "127.0.0.1:9" } ]
+
+[[apis]]
+name = "a"
+version = "v1"
+base_path = "/a"
+upstream = "app"
+[apis.catalog]
+owner = "ghosts"
+lifecycle = "deprecated"
+deprecated_at = "2027-01-01T00:00:00Z"
+sunset_at = "2026-01-01T00:00:00Z"
+successor = "a/v9"
+
+[[apis]]
+name = "b"
+base_path = "/b"
+upstream = "app"
+[apis.catalog]
+lifecycle = "design"
+deprecated_at = "yesterday"
+"#,
+    )
+    .expect("write");
+    let (code, _, err) = run_cli(&["check", "-c", &path.to_string_lossy()], None);
+    assert_eq!(code, 1);
+    for expected in [
+        "teams.core.contacts[0]: a contact needs an email or a url",
+        "apis[0].catalog.owner: no team \"ghosts\"",
+        "apis[0].catalog.sunset_at: is before deprecated_at",
+        "apis[0].catalog.successor: no other API \"a/v9\"",
+        "apis[1].upstream: an API in design has no upstream yet",
+        "apis[1].catalog.deprecated_at: \"yesterday\" is not an RFC 3339 time",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n[apis.respond]\nbody = \"x\"\n[apis.catalog]\nlifecycle = \"sunsetting\"\n",
+    )
+    .expect("write");
+    let (code, _, err) = run_cli(&["check", "-c", &path.to_string_lossy()], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("lifecycle") && err.contains("sunsetting"),
+        "{err}"
+    );
+}
