@@ -27,6 +27,7 @@ fn record(api: &Arc<ApiInfo>, consumer: &Arc<Consumer>, i: u64) -> Record {
         code: None,
         limited: None,
         policy: None,
+        deprecated: false,
         duration_us: 800 + i % 400,
         upstream_us: Some(600),
         bytes_in: 0,

@@ -79,6 +79,9 @@ pub struct Endpoint {
     pub cache: Option<Arc<crate::cache::Policy>>,
     /// The policy pipeline of this endpoint (`crate::policy`).
     pub chain: crate::policy::Chain,
+    /// The API is deprecated or retired (`[apis.catalog]`): its requests are counted in
+    /// `turnpike_deprecated_requests_total`.
+    pub deprecated: bool,
 }
 
 impl Endpoint {

@@ -125,6 +125,36 @@ async fn deprecated_answers_carry_the_lifecycle_headers_and_retired_apis_answer_
     }
     assert_eq!(up.hits(), hits, "a retired API sends nothing upstream");
 
+    // Who still calls a deprecated version, in the metrics.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = client()
+            .get(gw.admin_url("/metrics"))
+            .bearer_auth(support::ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let acme =
+            r#"turnpike_deprecated_requests_total{api="orders",consumer="acme",version="v1"} 1"#;
+        let retired =
+            r#"turnpike_deprecated_requests_total{api="orders",consumer="",version="v0"} 1"#;
+        if text.contains(acme) && text.contains(retired) {
+            assert!(
+                !text
+                    .lines()
+                    .any(|l| l.starts_with("turnpike_deprecated_requests_total")
+                        && l.contains("version=\"v2\"")),
+                "the successor is not counted: {text}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // The offline runner shows the step.
     let (code, out, err) = run_cli(
         &[

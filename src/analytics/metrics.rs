@@ -26,6 +26,7 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     limited: IntCounterVec,
     refusals: IntCounterVec,
+    deprecated: IntCounterVec,
     cache: IntCounterVec,
     pub dropped: IntCounter,
     pub records: IntCounter,
@@ -77,6 +78,11 @@ impl Metrics {
                 "turnpike_policy_refusals_total",
                 "Requests refused by a policy, by API, policy name and kind",
                 &["api", "policy", "kind"],
+            )?,
+            deprecated: counter_vec(
+                "turnpike_deprecated_requests_total",
+                "Requests to deprecated or retired APIs, by API, version and consumer (capped like turnpike_requests_total)",
+                &["api", "version", "consumer"],
             )?,
             cache: counter_vec(
                 "turnpike_cache_requests_total",
@@ -148,6 +154,7 @@ impl Metrics {
         r.register(Box::new(m.upstream_duration.clone()))?;
         r.register(Box::new(m.limited.clone()))?;
         r.register(Box::new(m.refusals.clone()))?;
+        r.register(Box::new(m.deprecated.clone()))?;
         r.register(Box::new(m.cache.clone()))?;
         r.register(Box::new(m.dropped.clone()))?;
         r.register(Box::new(m.records.clone()))?;
@@ -180,8 +187,14 @@ impl Metrics {
         if let Some(u) = r.upstream_us {
             h.upstream.observe(u as f64 / 1e6);
         }
-        self.requests
+        let consumer = self
+            .requests
             .add(l, known_method(&r.method), r.status_class());
+        if r.deprecated {
+            self.deprecated
+                .with_label_values(&[&l.api, &l.version, &consumer])
+                .inc();
+        }
         if let Some(policy) = r.limited {
             self.limited
                 .with_label_values(&[r.api_name(), r.plan().unwrap_or(""), policy])

@@ -32,6 +32,8 @@ pub struct Record {
     pub limited: Option<&'static str>,
     /// The policy that refused the request and its kind (`office-only`, `ip_filter`).
     pub policy: Option<(Arc<str>, &'static str)>,
+    /// The API is deprecated or retired (`[apis.catalog]`).
+    pub deprecated: bool,
     /// From the head being read to the end of the answer (for an upgraded connection, to its
     /// 101 answer).
     pub duration_us: u64,
@@ -152,6 +154,7 @@ pub(crate) fn sample() -> Record {
         code: None,
         limited: None,
         policy: None,
+        deprecated: false,
         duration_us: 1_500,
         upstream_us: Some(1_000),
         bytes_in: 0,

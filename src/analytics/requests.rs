@@ -145,8 +145,9 @@ impl RequestCounts {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts one request; its consumer gets its label (`""` stays for anonymous requests).
-    pub fn add(&self, l: &Labels, method: http::Method, class: u8) {
+    /// Counts one request; its consumer gets its label (`""` stays for anonymous requests),
+    /// which is returned for other series that carry it.
+    pub fn add(&self, l: &Labels, method: http::Method, class: u8) -> Arc<str> {
         let mut c = self.lock();
         let consumer = if l.consumer.is_empty() {
             l.consumer.clone()
@@ -160,9 +161,10 @@ impl RequestCounts {
             route: l.route.clone(),
             method,
             class,
-            consumer,
+            consumer: consumer.clone(),
         };
         *c.series.entry(series).or_insert(0) += 1;
+        consumer
     }
 
     /// Ends a period of the consumer cap (see the module docs).

@@ -270,6 +270,7 @@ pub fn compile(
                 per_ip: per_ip.clone(),
                 cache,
                 chain,
+                deprecated: lifecycle.is_some(),
             });
         }
     }
@@ -312,6 +313,7 @@ pub fn compile(
                     per_ip,
                     cache: None,
                     chain,
+                    deprecated: false,
                 });
                 Some((path, endpoints.len() - 1))
             }

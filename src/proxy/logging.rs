@@ -43,6 +43,7 @@ pub fn record(session: &Session, ctx: &mut RequestCtx, with_user_agent: bool) ->
         code: ctx.code.map(|c| c.as_str()),
         limited: ctx.limited,
         policy: ctx.refused_by.clone(),
+        deprecated: endpoint.is_some_and(|e| e.deprecated),
         duration_us: duration,
         upstream_us: ctx.upstream_us,
         bytes_in: session.body_bytes_read() as u64,
