@@ -31,6 +31,8 @@ pub enum Code {
     Forbidden,
     /// The API is retired (or past its sunset): 410.
     ApiRetired,
+    /// A deprecated API in a scheduled brownout window: 410.
+    ApiBrownout,
     /// A CORS preflight from an origin, method or header the API's `cors` policy does not allow.
     CorsRejected,
     /// A JSON answer a `json_fields` policy must edit but cannot (encoded or too large).
@@ -66,6 +68,7 @@ impl Code {
             Code::InvalidCredentials => "invalid_credentials",
             Code::Forbidden => "forbidden",
             Code::ApiRetired => "api_retired",
+            Code::ApiBrownout => "api_brownout",
             Code::CorsRejected => "cors_rejected",
             Code::UneditableResponse => "uneditable_response",
             Code::NoPlan => "no_plan",
@@ -98,7 +101,7 @@ impl Code {
             Code::MissingCredentials | Code::InvalidCredentials => 401,
             Code::Forbidden | Code::NoPlan | Code::CorsRejected => 403,
             Code::UneditableResponse => 502,
-            Code::ApiRetired => 410,
+            Code::ApiRetired | Code::ApiBrownout => 410,
             Code::NotFound => 404,
             Code::Conflict => 409,
             Code::InvalidRequest => 422,
@@ -127,6 +130,7 @@ impl Code {
             Code::InvalidCredentials => "Invalid credentials",
             Code::Forbidden => "Not allowed",
             Code::ApiRetired => "This API is retired",
+            Code::ApiBrownout => "This API is in a scheduled brownout",
             Code::CorsRejected => "Cross-origin request not allowed",
             Code::UneditableResponse => "The answer could not be edited as policy requires",
             Code::NoPlan => "No plan",

@@ -10,6 +10,16 @@ use support::{client, key_digest, problem, run_cli, Gateway};
 const KEY: &str = "tp_catalog_key_0123456789abcdef";
 
 fn config(up: &Upstream) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // A brownout window around now, and one that ended an hour ago.
+    let rfc3339 = |secs: u64| turnpike::clock::rfc3339(secs as i64);
+    let brownouts = format!(
+        "[\"{}/PT1H\", \"{}/PT10M\"]",
+        rfc3339(now - 60),
+        rfc3339(now - 3_600)
+    );
     format!(
         r#"
 [teams.fulfilment]
@@ -63,6 +73,16 @@ lifecycle = "deprecated"
 deprecated_at = "2020-01-01T00:00:00Z"
 sunset_at = "2021-01-01T00:00:00Z"
 
+[[apis]]
+name = "brown"
+base_path = "/brown"
+upstream = "orders"
+[apis.catalog]
+lifecycle = "deprecated"
+deprecated_at = "2026-01-01T00:00:00Z"
+sunset_at = "2099-01-01T00:00:00Z"
+brownouts = {brownouts}
+
 [[consumers]]
 id = "acme"
 keys = [ {{ sha256 = "{digest}" }} ]
@@ -94,6 +114,14 @@ async fn deprecated_answers_carry_the_lifecycle_headers_and_retired_apis_answer_
     assert_eq!(refused.status(), 401);
     for r in [&ok, &refused] {
         assert_eq!(header(r, "deprecation"), Some("@1796083200"));
+        // A structured-field Date (RFC 9745 on RFC 9651).
+        let item = sfv::Parser::new(header(r, "deprecation").unwrap_or_default())
+            .parse_item::<sfv::Item>()
+            .expect("a structured field item");
+        assert_eq!(
+            item.bare_item.as_date().map(|d| d.unix_seconds()),
+            Some(sfv::Integer::constant(1_796_083_200))
+        );
         assert_eq!(header(r, "sunset"), Some("Tue, 30 Jun 2099 00:00:00 GMT"));
         let link = header(r, "link").unwrap_or_default();
         assert!(
@@ -124,6 +152,13 @@ async fn deprecated_answers_carry_the_lifecycle_headers_and_retired_apis_answer_
         }
     }
     assert_eq!(up.hits(), hits, "a retired API sends nothing upstream");
+
+    // A brownout window now: 410 api_brownout, with the lifecycle headers.
+    let r = c.get(gw.url("/brown/x")).send().await.expect("get");
+    assert_eq!(r.status(), 410);
+    assert_eq!(header(&r, "deprecation"), Some("@1767225600"));
+    problem(&r.text().await.expect("body"), 410, "api_brownout");
+    assert_eq!(up.hits(), hits, "nothing upstream in a brownout");
 
     // Who still calls a deprecated version, in the metrics.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

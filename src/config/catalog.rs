@@ -68,6 +68,61 @@ pub struct CatalogSection {
     /// `name/version` of another catalogue entry.
     pub successor: Option<String>,
     pub migration_url: Option<String>,
+    /// Windows before the sunset in which the API answers 410 `api_brownout`:
+    /// `"2027-05-01T10:00:00Z/PT1H"` (start and ISO 8601 duration: `PnD`, `PTnH`, `PTnM`, `PTnS`
+    /// or combinations).
+    #[serde(default)]
+    pub brownouts: Vec<String>,
+    /// A recurring brownout: `duration` out of every `every`, from `from`.
+    pub brownout: Option<RecurringBrownout>,
+}
+
+/// `brownout = { every = "1d", duration = "5m", from = "2027-05-01T00:00:00Z" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecurringBrownout {
+    pub every: super::units::Dur,
+    pub duration: super::units::Dur,
+    pub from: String,
+}
+
+/// A brownout window `START/DURATION` in Unix seconds (start, end).
+pub fn parse_window(text: &str) -> Result<(i64, i64), String> {
+    let bad = || format!("{text:?} is not START/DURATION such as \"2027-05-01T10:00:00Z/PT1H\"");
+    let (start, duration) = text.split_once('/').ok_or_else(bad)?;
+    let start = crate::clock::parse_rfc3339(start).ok_or_else(bad)?;
+    let secs = iso_duration(duration).ok_or_else(bad)?;
+    if secs <= 0 {
+        return Err(bad());
+    }
+    Ok((start, start.saturating_add(secs)))
+}
+
+/// `P1D`, `PT1H30M`, `P1DT2H`, `PT45S`: seconds.
+fn iso_duration(text: &str) -> Option<i64> {
+    let rest = text.strip_prefix('P')?;
+    let (days, time) = match rest.split_once('T') {
+        Some((d, t)) => (d, t),
+        None => (rest, ""),
+    };
+    let mut total: i64 = 0;
+    let mut take = |part: &str, units: &[(char, i64)]| -> Option<()> {
+        let mut num = String::new();
+        for ch in part.chars() {
+            if ch.is_ascii_digit() {
+                num.push(ch);
+                continue;
+            }
+            let (_, mult) = units.iter().find(|(u, _)| *u == ch)?;
+            let n: i64 = num.parse().ok()?;
+            total = total.checked_add(n.checked_mul(*mult)?)?;
+            num.clear();
+        }
+        num.is_empty().then_some(())
+    };
+    take(days, &[('D', 86_400), ('W', 7 * 86_400)])?;
+    take(time, &[('H', 3_600), ('M', 60), ('S', 1)])?;
+    (text != "P" && text != "PT").then_some(total)
 }
 
 /// `[teams.ID]`.
@@ -196,6 +251,33 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
                 "an API in design has no upstream yet: answer with respond blocks (mocks)",
             ));
         }
+        if !c.brownouts.is_empty() || c.brownout.is_some() {
+            if c.lifecycle != Lifecycle::Deprecated {
+                out.push(Problem::at(
+                    key("brownouts"),
+                    "brownouts are for deprecated APIs (lifecycle = \"deprecated\")",
+                ));
+            }
+            for (j, w) in c.brownouts.iter().enumerate() {
+                if let Err(e) = parse_window(w) {
+                    out.push(Problem::at(key(&format!("brownouts[{j}]")), e));
+                }
+            }
+            if let Some(b) = &c.brownout {
+                if b.duration.0 >= b.every.0 || b.duration.0.is_zero() {
+                    out.push(Problem::at(
+                        key("brownout.duration"),
+                        "must be longer than 0 and shorter than every",
+                    ));
+                }
+                if crate::clock::parse_rfc3339(&b.from).is_none() {
+                    out.push(Problem::at(
+                        key("brownout.from"),
+                        format!("{:?} is not an RFC 3339 time", b.from),
+                    ));
+                }
+            }
+        }
         if c.lifecycle == Lifecycle::Deprecated && c.deprecated_at.is_none() {
             out.push(Problem::at(
                 key("deprecated_at"),
@@ -204,4 +286,28 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brownout_windows() {
+        assert_eq!(
+            parse_window("2027-05-01T10:00:00Z/PT1H30M"),
+            Ok((1_809_165_600, 1_809_165_600 + 5_400))
+        );
+        assert_eq!(iso_duration("P1DT2H"), Some(93_600));
+        assert_eq!(iso_duration("PT45S"), Some(45));
+        for bad in [
+            "2027-05-01T10:00:00Z",
+            "2027-05-01T10:00:00Z/1h",
+            "x/PT1H",
+            "2027-05-01T10:00:00Z/PT",
+            "2027-05-01T10:00:00Z/PT1X",
+        ] {
+            assert!(parse_window(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! The lifecycle step of an API (`[apis.catalog] lifecycle`, `deprecated_at`, `sunset_at`):
 //! a deprecated API's answers all carry `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and `Link`
 //! (`rel="deprecation"`, `"sunset"`, `"successor-version"`); a retired API, or one past its
-//! sunset, answers 410 `api_retired` with the same links and sends nothing upstream. Dates are
-//! compared per request: no reload is needed when the sunset passes.
+//! sunset, answers 410 `api_retired` with the same links and sends nothing upstream; during a
+//! brownout window before the sunset it answers 410 `api_brownout`. Dates are compared per
+//! request: no reload is needed when a date passes.
 
 use crate::config::catalog::{CatalogSection, Lifecycle as Stage};
 use crate::reply::{Code, Reply};
@@ -12,6 +13,9 @@ use http::{HeaderName, HeaderValue};
 pub struct Lifecycle {
     retired: bool,
     sunset_at: Option<i64>,
+    /// Brownout windows (start, end) and the recurring one (from, every, duration), seconds.
+    windows: Vec<(i64, i64)>,
+    recurring: Option<(i64, i64, i64)>,
     /// The headers of every answer (Deprecation, Sunset, Link), in order.
     headers: Vec<(HeaderName, HeaderValue)>,
     link: Option<String>,
@@ -56,9 +60,22 @@ impl Lifecycle {
         if let Some(v) = link.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
             headers.push((http::header::LINK, v));
         }
+        let windows = c
+            .brownouts
+            .iter()
+            .filter_map(|w| crate::config::catalog::parse_window(w).ok())
+            .collect();
+        let recurring = c.brownout.as_ref().and_then(|b| {
+            let from = crate::clock::parse_rfc3339(&b.from)?;
+            let every = i64::try_from(b.every.0.as_secs()).ok().filter(|e| *e > 0)?;
+            let duration = i64::try_from(b.duration.0.as_secs()).ok()?;
+            Some((from, every, duration))
+        });
         Some(Lifecycle {
             retired,
             sunset_at,
+            windows,
+            recurring,
             headers,
             link,
         })
@@ -73,7 +90,16 @@ impl Lifecycle {
         answer.extend(self.headers.iter().cloned());
         let past_sunset = self.sunset_at.is_some_and(|s| now >= s);
         if !(self.retired || past_sunset) {
-            return Ok(());
+            return match self.brownout_until(now) {
+                None => Ok(()),
+                Some(until) => Err(Reply::new(
+                    Code::ApiBrownout,
+                    format!(
+                        "this deprecated API is in a scheduled brownout until {}; move to its successor before the sunset",
+                        crate::clock::rfc3339(until)
+                    ),
+                )),
+            };
         }
         let detail = match &self.link {
             Some(_) => {
@@ -82,6 +108,18 @@ impl Lifecycle {
             None => "this API is retired",
         };
         Err(Reply::new(Code::ApiRetired, detail))
+    }
+}
+
+impl Lifecycle {
+    /// The end of the brownout `now` falls in, if any.
+    fn brownout_until(&self, now: i64) -> Option<i64> {
+        if let Some((_, end)) = self.windows.iter().find(|(s, e)| (*s..*e).contains(&now)) {
+            return Some(*end);
+        }
+        let (from, every, duration) = self.recurring?;
+        let into = now.checked_sub(from)?;
+        (into >= 0 && into % every < duration).then(|| now - into % every + duration)
     }
 }
 
@@ -113,5 +151,19 @@ mod tests {
         let refused = l.check(after, &mut Vec::new());
         assert_eq!(refused.map_err(|r| r.code), Err(Code::ApiRetired));
         assert!(Lifecycle::compile(&section("lifecycle = \"stable\""), None).is_none());
+        let b = Lifecycle::compile(
+            &section(
+                "lifecycle = \"deprecated\"\ndeprecated_at = \"2026-12-01T00:00:00Z\"\nbrownouts = [\"2027-05-01T10:00:00Z/PT1H\"]\nbrownout = { every = \"1d\", duration = \"5m\", from = \"2027-06-01T00:00:00Z\" }",
+            ),
+            None,
+        )
+        .unwrap_or_else(|| panic!("a step"));
+        let at = |t: &str| crate::clock::parse_rfc3339(t).unwrap_or_default();
+        let code = |t: &str| b.check(at(t), &mut Vec::new()).map_err(|r| r.code);
+        assert_eq!(code("2027-05-01T10:30:00Z"), Err(Code::ApiBrownout));
+        assert_eq!(code("2027-05-01T11:00:00Z"), Ok(()));
+        assert_eq!(code("2027-06-03T00:04:59Z"), Err(Code::ApiBrownout));
+        assert_eq!(code("2027-06-03T00:05:00Z"), Ok(()));
+        assert_eq!(code("2027-05-31T23:59:59Z"), Ok(()));
     }
 }
