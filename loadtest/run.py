@@ -383,6 +383,11 @@ def callgrind_total(work, name, cmd, port, requests, stop_signal, headers=()):
     finally:
         proc.send_signal(stop_signal)
         proc.wait(timeout=120)
+    return callgrind_summary(out, name)
+
+
+def callgrind_summary(out, name):
+    """The instruction total of a callgrind output file."""
     with open(out) as f:
         for line in f:
             if line.startswith(("summary:", "totals:")):
@@ -402,11 +407,7 @@ def callgrind_idle(work, cmd, port, seconds, stop_signal):
     finally:
         proc.send_signal(stop_signal)
         proc.wait(timeout=120)
-    with open(out) as f:
-        for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    die(f"idle run: no instruction total in {out}")
+    return callgrind_summary(out, "idle run")
 
 
 def instruction_counts(record):

@@ -6,6 +6,15 @@
 
 use http::HeaderName;
 
+/// The host a request names: its Host header, or the authority of an absolute-form target
+/// (HTTP/2 carries it there). As sent, port included.
+pub fn request_host(req: &pingora::http::RequestHeader) -> Option<&[u8]> {
+    req.headers
+        .get(http::header::HOST)
+        .map(|h| h.as_bytes())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+}
+
 /// Request ids longer than this, or with other characters than `[A-Za-z0-9._:-]`, are replaced.
 const MAX_REQUEST_ID: usize = 128;
 

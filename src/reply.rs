@@ -173,6 +173,19 @@ impl Reply {
         }
     }
 
+    /// 404 `route_not_found` for a method and path.
+    pub fn no_route(method: &http::Method, path: &[u8]) -> Reply {
+        let detail = format!("no route for {method} {}", String::from_utf8_lossy(path));
+        Reply::new(Code::RouteNotFound, detail)
+    }
+
+    /// 405 `method_not_allowed` with the `Allow` header of the route's methods.
+    pub fn wrong_method(method: &http::Method, allowed: crate::route::Methods) -> Reply {
+        let allow = allowed.allow_header();
+        let detail = format!("{method} is not allowed here; allowed: {allow}");
+        Reply::new(Code::MethodNotAllowed, detail).header("Allow", allow)
+    }
+
     /// Marks the answer as refusing a wrong credential.
     pub fn bad_credential(mut self) -> Self {
         self.bad_credential = true;

@@ -116,11 +116,7 @@ impl Snapshot {
             .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
             .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())?;
         let target = crate::path::check_target(req.raw_path()).ok()?;
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .map(|h| h.as_bytes())
-            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let host = crate::headers::request_host(req);
         match self.route(host, target.path, &method) {
             Match::Found(id) => Some(id),
             _ => None,

@@ -186,29 +186,14 @@ impl Bench {
                 ))
             }
         };
-        let host = head
-            .headers
-            .get(http::header::HOST)
-            .map(|h| h.as_bytes())
-            .or_else(|| head.uri.authority().map(|a| a.as_str().as_bytes()));
+        let host = crate::headers::request_host(&head);
         let (id, wrong_method) = match snapshot.route(host, target.path, &head.method) {
             Match::Found(id) => (id, None),
             Match::NotFound => {
-                let detail = format!(
-                    "no route for {} {}",
-                    head.method,
-                    String::from_utf8_lossy(target.path)
-                );
-                return Ok(refused(
-                    out,
-                    Reply::new(crate::reply::Code::RouteNotFound, detail),
-                ));
+                return Ok(refused(out, Reply::no_route(&head.method, target.path)));
             }
             Match::MethodNotAllowed(allowed, id) => {
-                let allow = allowed.allow_header();
-                let detail = format!("{} is not allowed here; allowed: {allow}", head.method);
-                let reply =
-                    Reply::new(crate::reply::Code::MethodNotAllowed, detail).header("Allow", allow);
+                let reply = Reply::wrong_method(&head.method, allowed);
                 // As live: only a CORS preflight goes on, with the route it asks about.
                 if !crate::policy::cors::is_preflight(&head) {
                     return Ok(refused(out, reply));

@@ -119,25 +119,14 @@ impl Gateway {
         let close = head.may_have_body();
         let target = check_target(req.raw_path())
             .map_err(|e| (Reply::new(Code::BadRequest, e.detail()), close))?;
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .map(|h| h.as_bytes())
-            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let host = crate::headers::request_host(req);
         let id = match ctx.snapshot.route(host, target.path, &req.method) {
             Match::Found(id) => id,
             Match::NotFound => {
-                let detail = format!(
-                    "no route for {} {}",
-                    req.method,
-                    String::from_utf8_lossy(target.path)
-                );
-                return Err((Reply::new(Code::RouteNotFound, detail), close));
+                return Err((Reply::no_route(&req.method, target.path), close));
             }
             Match::MethodNotAllowed(allowed, id) => {
-                let allow = allowed.allow_header();
-                let detail = format!("{} is not allowed here; allowed: {allow}", req.method);
-                let reply = Reply::new(Code::MethodNotAllowed, detail).header("Allow", allow);
+                let reply = Reply::wrong_method(&req.method, allowed);
                 return Ok(Routed::WrongMethod(id, reply, close));
             }
         };
