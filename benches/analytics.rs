@@ -18,7 +18,7 @@ use turnpike::state::ApiInfo;
 fn record(api: &Arc<ApiInfo>, consumer: &Arc<Consumer>, i: u64) -> Record {
     Record {
         time_ms: 1_795_000_000_000 + i,
-        request_id: format!("{i:032x}"),
+        request_id: turnpike::headers::request_id(None),
         api: Some(api.clone()),
         route: Some(Arc::from("/orders/v1/items/{id}")),
         consumer: Some(consumer.clone()),

@@ -367,135 +367,6 @@ def start_redis(work):
             time.sleep(0.1)
 
 
-def callgrind_total(work, name, cmd, port, requests, stop_signal, headers=()):
-    """User-space instructions (callgrind's Ir) a process executes from start to exit when it
-    serves `requests` keep-alive requests (oha, 4 connections) and is then stopped."""
-    out = os.path.join(work, f"callgrind-{name}-{requests}.out")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, timeout=120)
-        extra = [arg for h in headers for arg in ("-H", h)]
-        res = subprocess.run([oha_path(), "-n", str(requests), "-c", "4", "--no-tui", *extra,
-                              f"http://127.0.0.1:{port}/items/42"], capture_output=True, text=True, timeout=900)
-        if res.returncode != 0 or "Success rate:\t100.00%" not in res.stdout:
-            die(f"{name}: the instruction-count run had failures:\n{res.stdout}{res.stderr}")
-    finally:
-        proc.send_signal(stop_signal)
-        proc.wait(timeout=120)
-    return callgrind_summary(out, name)
-
-
-def callgrind_summary(out, name):
-    """The instruction total of a callgrind output file."""
-    with open(out) as f:
-        for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    die(f"{name}: no instruction total in {out}")
-
-
-def callgrind_idle(work, cmd, port, seconds, stop_signal):
-    """User-space instructions a process executes from start to exit when it sits idle for
-    `seconds` after its port opens (no request at all)."""
-    out = os.path.join(work, f"callgrind-idle-{seconds}.out")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, timeout=120)
-        time.sleep(seconds)
-    finally:
-        proc.send_signal(stop_signal)
-        proc.wait(timeout=120)
-    return callgrind_summary(out, "idle run")
-
-
-def instruction_counts(record):
-    """Instructions per request for nginx-as-proxy, Turnpike's scenarios and the Pingora floor, each run
-    under callgrind twice (1,000 and 5,000 requests) so that start-up and shutdown cancel out.
-    Repeatable whatever else the machine is doing; kernel work (syscalls, TCP) is not counted."""
-    need("valgrind", "valgrind")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "turnpike", "--example", "pingora-floor"],
-                   cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="turnpike-instructions-")
-    backend_path = os.path.join(work, "backend.conf")
-    with open(backend_path, "w") as f:
-        f.write(backend_conf(work))
-    proxy_path = os.path.join(work, "nginx-proxy.conf")
-    with open(proxy_path, "w") as f:
-        f.write(proxy_conf(work))
-    turnpike_path = os.path.join(work, "turnpike.toml")
-    with open(turnpike_path, "w") as f:
-        f.write(scenario_config("plain-proxy"))
-    auth_path = os.path.join(work, "turnpike-api-key.toml")
-    with open(auth_path, "w") as f:
-        f.write(scenario_config("api-key-auth"))
-    chain_path = os.path.join(work, "turnpike-full-chain.toml")
-    with open(chain_path, "w") as f:
-        f.write(scenario_config("full-chain"))
-    cache_path = os.path.join(work, "turnpike-cache-hit.toml")
-    with open(cache_path, "w") as f:
-        f.write(scenario_config("cache-hit"))
-    static_path = os.path.join(work, "turnpike-static-respond.toml")
-    with open(static_path, "w") as f:
-        f.write(scenario_config("static-respond"))
-    # The same chain with a quota of 1 a month: every request but the first is a 429.
-    refused_path = os.path.join(work, "turnpike-429.toml")
-    with open(refused_path, "w") as f:
-        refused = scenario_config("full-chain").replace(
-            'quotas = ["1000000000/hour", "1000000000/month"]', 'quotas = ["1/month"]')
-        f.write(refused.replace("/tmp/turnpike-loadtest.db", os.path.join(work, "refused.db")))
-    binary = os.path.join(ROOT, "target", "release", "turnpike")
-    floor = os.path.join(ROOT, "target", "release", "examples", "pingora-floor")
-    key = (f"x-api-key: {LOADTEST_KEY}",)
-    targets = {
-        "nginx-proxy": (["nginx", "-c", proxy_path, "-p", work], PROXY_PORT, signal.SIGQUIT, ()),
-        "turnpike": ([binary, "run", "-c", turnpike_path], TURNPIKE_PORT, signal.SIGINT, ()),
-        "turnpike (api-key auth)": ([binary, "run", "-c", auth_path], TURNPIKE_PORT, signal.SIGINT, key),
-        "turnpike (full chain)": ([binary, "run", "-c", chain_path], TURNPIKE_PORT, signal.SIGINT, key),
-        "turnpike (full chain, 429 answers)": ([binary, "run", "-c", refused_path], TURNPIKE_PORT, signal.SIGINT, key),
-        "turnpike (cache hits)": ([binary, "run", "-c", cache_path], TURNPIKE_PORT, signal.SIGINT, ()),
-        "turnpike (static answer)": ([binary, "run", "-c", static_path], TURNPIKE_PORT, signal.SIGINT, ()),
-        "pingora floor (static answer)": ([floor, f"127.0.0.1:{FLOOR_PORT}"], FLOOR_PORT, signal.SIGINT, ()),
-    }
-    backend = subprocess.Popen(["nginx", "-c", backend_path, "-p", work],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    small, large = 1000, 5000
-    per_request = {}
-    try:
-        wait_port(BACKEND_PORT)
-        for name, (cmd, port, sig, headers) in targets.items():
-            slug = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
-            a = callgrind_total(work, slug, cmd, port, small, sig, headers)
-            b = callgrind_total(work, slug, cmd, port, large, sig, headers)
-            per_request[name] = (b - a) / (large - small)
-        # Idle: the plain-proxy config with no traffic, 3 s and 13 s after its port opens.
-        idle_a = callgrind_idle(work, [binary, "run", "-c", turnpike_path], TURNPIKE_PORT, 3, signal.SIGINT)
-        idle_b = callgrind_idle(work, [binary, "run", "-c", turnpike_path], TURNPIKE_PORT, 13, signal.SIGINT)
-        idle_per_second = (idle_b - idle_a) / 10
-    finally:
-        backend.send_signal(signal.SIGQUIT)
-        backend.wait(timeout=10)
-        remove_access_log()
-    nginx = per_request["nginx-proxy"]
-    lines = [f"\n### instructions per request (callgrind)\n",
-             f"`GET /items/42` over 4 keep-alive connections; (I(5,000 requests) - I(1,000)) / 4,000; user space only.\n",
-             "| target | instructions/request | vs nginx |", "|---|---|---|"]
-    for name, value in per_request.items():
-        lines.append(f"| {name} | {value:,.0f} | {value / nginx:.2f} |")
-    lines.append(f"\nIdle (plain-proxy config, no traffic): {idle_per_second:,.0f} instructions per second "
-                 "((I(13 s) - I(3 s)) / 10).")
-    report = (f"\n## {datetime.date.today().isoformat()} {platform.node()} (instruction counts)\n\n"
-              f"- {subprocess.run(['valgrind', '--version'], capture_output=True, text=True).stdout.strip()}, "
-              f"{subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}, "
-              f"turnpike {subprocess.run([binary, '--version'], capture_output=True, text=True).stdout.strip()} (release)\n"
-              + "\n".join(lines) + "\n")
-    print(report)
-    if record:
-        with open(os.path.join(ROOT, "loadtest", "RESULTS.md"), "a") as f:
-            f.write(report)
-
-
 def fmt_row(target, r, base):
     cpu = r["cpu_us"]
     own = cpu.get(target, cpu["backend"])
@@ -531,8 +402,8 @@ def main():
         write_routes_file()
         return
     if args.instructions:
-        need("nginx", "nginx-light")
-        instruction_counts(args.record)
+        import instructions
+        instructions.main(args.record)
         return
     need("nginx", "nginx-light")
     need("wrk", "wrk")

@@ -1,4 +1,4 @@
-//! Command-line interface: `run`, `check`, `keys hash|create`, `audit verify`, `report`,
+//! Command-line interface: `run`, `check`, `lint`, `keys hash|create`, `audit verify`, `report`,
 //! `--version`.
 
 use clap::{Parser, Subcommand};
@@ -26,11 +26,22 @@ pub enum Command {
         #[arg(short = 'u', long)]
         upgrade: bool,
     },
-    /// Check a config file: print a one-line summary and exit 0, or every problem and exit 1.
+    /// Check a config file: print a one-line summary (and governance warnings) and exit 0, or
+    /// every problem and exit 1.
     Check {
         /// The config file.
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Print every problem and governance finding of a config file with its rule id, severity,
+    /// key path and line; exit 1 when any is an error (for CI pipelines).
+    Lint {
+        /// The config file.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// text, json or sarif (SARIF 2.1.0, for code-review tools).
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        format: String,
     },
     /// Ask the gateway running on a config file to reload it (through its admin listener).
     Reload {
@@ -79,6 +90,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The API catalogue: every API of a config file as a table (or JSON), or a report.
+    Catalog(CatalogArgs),
     /// API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -139,5 +152,39 @@ pub enum AuditCommand {
         /// The config file (for [store] path).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
+    },
+}
+
+/// `turnpike catalog -c FILE [--json]`, or `turnpike catalog consumers ...`.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CatalogArgs {
+    #[command(subcommand)]
+    pub command: Option<CatalogCommand>,
+    /// The config file.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON (as GET /catalog answers, every entry).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCommand {
+    /// Who still calls an API version: every consumer with requests to it in the window, with
+    /// counts, last call and contacts, from the store's usage rollups (a running gateway writes
+    /// them every 5 seconds).
+    Consumers {
+        /// NAME/VERSION, or NAME for an API without a version.
+        api: String,
+        /// The config file (for the API, [store] path and the consumers).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// The window before now, e.g. 30d or 12h (at most 400d).
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        since: String,
+        /// Print JSON (as the admin API answers).
+        #[arg(long)]
+        json: bool,
     },
 }

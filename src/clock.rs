@@ -79,13 +79,28 @@ pub fn imf_fixdate(secs: i64) -> String {
     )
 }
 
-/// `2026-11-21T13:00:00.123Z` from milliseconds since the epoch.
-pub fn rfc3339_ms(ms: u64) -> String {
+/// Appends `2026-11-21T13:00:00.123Z` for `ms` since the epoch (digits written by hand: the
+/// access log writes one per request). Years past 9999 are written with more digits.
+pub fn push_rfc3339_ms(out: &mut Vec<u8>, ms: u64) {
     let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
-    let mut text = rfc3339(secs);
-    text.pop();
-    text.push_str(&format!(".{:03}Z", ms % 1000));
-    text
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    let mut digits = itoa::Buffer::new();
+    let year = digits.format(y);
+    out.extend(std::iter::repeat_n(b'0', 4usize.saturating_sub(year.len())));
+    out.extend_from_slice(year.as_bytes());
+    let two = |out: &mut Vec<u8>, sep: u8, n: i64| {
+        out.push(sep);
+        out.push(b'0' + (n / 10 % 10) as u8);
+        out.push(b'0' + (n % 10) as u8);
+    };
+    two(out, b'-', m);
+    two(out, b'-', d);
+    two(out, b'T', s / 3600);
+    two(out, b':', s / 60 % 60);
+    two(out, b':', s % 60);
+    crate::text::push_thousandths(out, ms);
+    out.push(b'Z');
 }
 
 /// Reads `YYYY-MM-DDTHH:MM:SS` with an optional fraction and a `Z` or `±HH:MM` offset.
@@ -168,6 +183,18 @@ mod tests {
             month_bounds(dec).1,
             parse_rfc3339("2027-01-01T00:00:00Z").unwrap_or_default()
         );
+    }
+
+    #[test]
+    fn milliseconds_are_written_like_rfc3339_with_a_fraction() {
+        for ms in [0, 7, 951_782_400_050, 1_795_000_000_123, 4_102_444_799_999] {
+            let mut out = Vec::new();
+            push_rfc3339_ms(&mut out, ms);
+            let secs = i64::try_from(ms / 1000).unwrap_or_default();
+            let whole = rfc3339(secs);
+            let expected = format!("{}.{:03}Z", &whole[..whole.len() - 1], ms % 1000);
+            assert_eq!(String::from_utf8_lossy(&out), expected);
+        }
     }
 
     #[test]

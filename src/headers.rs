@@ -4,7 +4,8 @@
 //! identity and client-address headers that other gateways and CDNs set (`[server]
 //! strip_request_headers`), and compiled name lists with `prefix-*` entries.
 
-use http::HeaderName;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 
 /// The host a request names: its Host header, or the authority of an absolute-form target
 /// (HTTP/2 carries it there). As sent, port included.
@@ -18,30 +19,86 @@ pub fn request_host(req: &pingora::http::RequestHeader) -> Option<&[u8]> {
 /// Request ids longer than this, or with other characters than `[A-Za-z0-9._:-]`, are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The client's request id if acceptable, else a new random one.
-pub fn request_id(client: Option<&[u8]>) -> String {
-    if let Some(id) = client {
-        if !id.is_empty()
-            && id.len() <= MAX_REQUEST_ID
-            && id
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        {
-            // Checked ASCII above.
-            return String::from_utf8_lossy(id).into_owned();
-        }
+/// A request id, as sent (`X-Request-Id` upstream and to the client) and logged: 1 to 128
+/// characters of `[A-Za-z0-9._:-]`, so it is both a header value and text. Made once per
+/// request in its own small buffer (a client's id is copied out of its request head); clones
+/// share it, so putting it on the upstream request, the answer and the record allocates
+/// nothing more.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id as a header value.
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
     }
-    let mut id = String::with_capacity(32);
-    push_hex(&mut id, rand::random::<u128>(), 32);
-    id
+
+    /// A fixed id (the offline policy runner's).
+    pub fn from_static(id: &'static str) -> Self {
+        RequestId(HeaderValue::from_static(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ids of the characters above are made.
+        self.0.to_str().unwrap_or_default()
+    }
 }
 
-/// Appends the low `digits` hex digits of `n`, lower case, zero-padded (no `fmt` machinery:
-/// this runs for every request).
-fn push_hex(out: &mut String, n: u128, digits: u32) {
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// A header value of bytes the caller checked to be visible ASCII, in one allocation that
+/// clones share.
+fn shared_value<const N: usize>(bytes: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(bytes))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The client's request id if acceptable, else a new random one.
+pub fn request_id(client: Option<&HeaderValue>) -> RequestId {
+    if let Some(id) = client {
+        let b = id.as_bytes();
+        if !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID
+            && b.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        {
+            // A copy: the client's value shares the buffer of its whole request head, which the
+            // analytics record would otherwise keep alive while it waits in the channel.
+            if let Ok(own) = HeaderValue::from_bytes(b) {
+                return RequestId(own);
+            }
+        }
+    }
+    let mut id = [0u8; 32];
+    put_hex(&mut id, rand::random::<u128>());
+    RequestId(shared_value(id))
+}
+
+/// Writes the low `out.len()` hex digits of `n` into `out`, lower case, zero-padded (no `fmt`
+/// machinery: this runs for every request).
+fn put_hex(out: &mut [u8], n: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[((n >> (i * 4)) & 0xf) as usize]));
+    let digits = out.len();
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = HEX[((n >> ((digits - 1 - i) * 4)) & 0xf) as usize];
     }
 }
 
@@ -52,13 +109,15 @@ fn is_lower_hex(s: &[u8]) -> bool {
 
 /// The `traceparent` to send upstream: the client's trace continued with a fresh parent id, or a
 /// new trace when the client sent none or an invalid one.
-pub fn traceparent(client: Option<&[u8]>) -> String {
-    let span = u128::from(rand::random::<u64>().max(1));
-    let mut out = String::with_capacity(55);
+pub fn traceparent(client: Option<&[u8]>) -> HeaderValue {
+    // version(2) - trace-id(32) - parent-id(16) - flags(2)
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    put_hex(&mut out[36..52], u128::from(rand::random::<u64>().max(1)));
     if let Some(tp) = client {
-        // version(2) - trace-id(32) - parent-id(16) - flags(2)
-        let parts: Vec<&[u8]> = tp.split(|&b| b == b'-').collect();
-        if let [ver, trace, parent, flags, ..] = parts[..] {
+        let mut parts = tp.split(|&b| b == b'-');
+        if let (Some(ver), Some(trace), Some(parent), Some(flags)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
             let valid = ver.len() == 2
                 && ver != b"ff"
                 && is_lower_hex(ver)
@@ -70,25 +129,23 @@ pub fn traceparent(client: Option<&[u8]>) -> String {
                 && parent.iter().any(|&b| b != b'0')
                 && flags.len() == 2
                 && is_lower_hex(flags)
-                && (ver != b"00" || parts.len() == 4);
+                && (ver != b"00" || parts.next().is_none());
             if valid {
-                // Checked lower-case hex above.
-                out.push_str("00-");
-                out.push_str(&String::from_utf8_lossy(trace));
-                out.push('-');
-                push_hex(&mut out, span, 16);
-                out.push('-');
-                out.push_str(&String::from_utf8_lossy(flags));
-                return out;
+                out[3..35].copy_from_slice(trace);
+                // Only the flags this gateway knows (sampled, and Level 2's random trace id)
+                // are passed on; the reserved bits are sent as zero, as Trace Context asks.
+                let low = match flags[1] {
+                    d @ b'0'..=b'9' => d - b'0',
+                    h => h - b'a' + 10,
+                };
+                out[53] = b'0';
+                out[54] = b'0' + (low & 0x3);
+                return shared_value(out);
             }
         }
     }
-    out.push_str("00-");
-    push_hex(&mut out, rand::random::<u128>().max(1), 32);
-    out.push('-');
-    push_hex(&mut out, span, 16);
-    out.push_str("-01");
-    out
+    put_hex(&mut out[3..35], rand::random::<u128>().max(1));
+    shared_value(out)
 }
 
 /// Request headers a client may not set for the upstream: the gateway sets them itself.
@@ -220,38 +277,68 @@ mod tests {
 
     #[test]
     fn request_ids() {
-        assert_eq!(request_id(Some(b"abc-123_x.y:z")), "abc-123_x.y:z");
-        for bad in [
-            &b""[..],
-            b"a b",
-            b"a\r\nX-Evil: 1",
-            &[b'a'; 129][..],
-            "é".as_bytes(),
-        ] {
-            let id = request_id(Some(bad));
-            assert_eq!(id.len(), 32, "{bad:?}");
-            assert!(is_lower_hex(id.as_bytes()));
+        let id = |b: &[u8]| request_id(Some(&HeaderValue::from_bytes(b).expect("value")));
+        assert_eq!(&*id(b"abc-123_x.y:z"), "abc-123_x.y:z");
+        for bad in [&b""[..], b"a b", b"a\tb", &[b'a'; 129][..], "é".as_bytes()] {
+            let made = id(bad);
+            assert_eq!(made.len(), 32, "{bad:?}");
+            assert!(is_lower_hex(made.as_bytes()));
+            assert_eq!(made.header().as_bytes(), made.as_bytes());
         }
-        assert_ne!(request_id(None), request_id(None));
+        assert_ne!(request_id(None).as_str(), request_id(None).as_str());
+        // The client's id is copied out of the request head it came in.
+        let head = bytes::Bytes::from_static(b"abc-123");
+        let value = HeaderValue::from_maybe_shared(head.clone()).expect("value");
+        let kept = request_id(Some(&value));
+        assert_ne!(kept.as_bytes().as_ptr(), head.as_ptr());
+        assert_eq!(kept.as_str(), "abc-123");
     }
 
     #[test]
     fn traceparent_continues_valid_traces_only() {
         let client = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let out = traceparent(Some(client));
+        let out = out.to_str().expect("ascii");
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(out.ends_with("-01"));
         assert!(!out.contains("00f067aa0ba902b7"), "the parent id is ours");
+        assert!(is_lower_hex(&out.as_bytes()[36..52]) && out[36..52] != *"0000000000000000");
+        let sampled_off = traceparent(Some(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra",
+        ));
+        assert!(
+            sampled_off.to_str().expect("ascii").ends_with("-00"),
+            "later versions may add fields"
+        );
+        for (flags, sent) in [
+            ("01", "01"),
+            ("03", "03"),
+            ("ff", "03"),
+            ("09", "01"),
+            ("f0", "00"),
+        ] {
+            let client = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            let out = traceparent(Some(client.as_bytes()));
+            let out = out.to_str().expect("ascii");
+            assert!(
+                out.ends_with(&format!("-{sent}")),
+                "{flags}: reserved bits are zeroed"
+            );
+        }
         for bad in [
             &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
             b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             b"garbage",
         ] {
             let out = traceparent(Some(bad));
+            let out = out.to_str().expect("ascii");
             assert!(!out.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{bad:?}");
             assert_eq!(out.len(), 55);
+            assert!(out.starts_with("00-") && out.ends_with("-01"));
+            assert!(out[3..35].bytes().any(|b| b != b'0'));
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod cache;
+pub mod catalogue;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
@@ -16,6 +17,7 @@ pub mod forward;
 pub mod headers;
 pub mod identity;
 pub mod limits;
+pub mod lint;
 pub mod offline;
 pub mod path;
 pub mod peers;
@@ -28,6 +30,7 @@ pub mod reply;
 pub mod route;
 pub mod state;
 pub mod store;
+pub mod text;
 pub mod upstream;
 
 /// A one-line summary of a valid config, printed by `turnpike check`.

@@ -2,17 +2,23 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use turnpike::cli::{AuditCommand, Cli, Command, KeysCommand};
+use turnpike::cli::{AuditCommand, CatalogArgs, CatalogCommand, Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The offline commands print reports: only warnings and errors besides.
-    let quiet = matches!(cli.command, Command::Explain { .. } | Command::Test { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Explain { .. } | Command::Test { .. } | Command::Lint { .. } | Command::Catalog(_)
+    );
     init_logging(if quiet { "warn" } else { "info" });
     match cli.command {
         Command::Check { config } => match turnpike::config::load_snapshot(&config, None) {
             Ok(snapshot) => {
                 println!("{}: {}", config.display(), turnpike::summary(&snapshot));
+                for w in turnpike::lint::warnings(&config) {
+                    eprintln!("{w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -20,6 +26,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Lint { config, format } => turnpike::lint::run(&config, &format),
         Command::Reload { config, force } => turnpike::remote::reload(&config, force),
         Command::Explain {
             config,
@@ -43,6 +50,25 @@ fn main() -> ExitCode {
             files,
             json,
         } => turnpike::policytest::cases::run(&config, &files, json),
+        Command::Catalog(CatalogArgs {
+            command:
+                Some(CatalogCommand::Consumers {
+                    api,
+                    config,
+                    since,
+                    json,
+                }),
+            ..
+        }) => turnpike::offline::catalog_consumers(&config, &api, &since, json),
+        Command::Catalog(CatalogArgs {
+            command: None,
+            config: Some(config),
+            json,
+        }) => turnpike::offline::catalog(&config, json),
+        Command::Catalog(CatalogArgs { .. }) => {
+            eprintln!("turnpike catalog -c FILE [--json], or turnpike catalog consumers NAME/VERSION -c FILE");
+            ExitCode::from(2)
+        }
         Command::Keys(KeysCommand::Hash) => turnpike::offline::keys_hash(),
         Command::Keys(KeysCommand::Create {
             consumer,

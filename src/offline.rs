@@ -1,5 +1,5 @@
-//! The commands that work on the store without a running gateway: `keys hash`, `keys create`
-//! and `audit verify`. Messages go to stderr; only the requested value goes to stdout.
+//! The commands that work on the store without a running gateway: `keys hash`, `keys create`,
+//! `audit verify`, `report`, `catalog` and `catalog consumers`. Messages go to stderr; only the requested value goes to stdout.
 
 use crate::identity::Identity;
 use crate::store::consumers::NewConsumer;
@@ -156,4 +156,73 @@ pub fn report(config: &Path, ask: &crate::analytics::report::Ask) -> ExitCode {
         }
         Err(e) => fail(format!("{}: {e}", path.display())),
     }
+}
+
+/// `turnpike catalog consumers NAME[/VERSION] -c FILE [--since D] [--json]`.
+pub fn catalog_consumers(config: &Path, api: &str, since: &str, json: bool) -> ExitCode {
+    let snapshot = match crate::config::load_snapshot(config, None) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let (name, version) = api.split_once('/').unwrap_or((api, ""));
+    let Some(entry) = crate::catalogue::find(
+        &snapshot.file,
+        name,
+        Some(version).filter(|v| !v.is_empty()),
+    ) else {
+        return fail(format!(
+            "no API {api:?} in {} (NAME/VERSION)",
+            config.display()
+        ));
+    };
+    let window = match crate::admin::since_seconds(Some(since)) {
+        Ok(w) => w,
+        Err(why) => return fail(format!("--since: {why}")),
+    };
+    let identity = match open_store(config) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    let now = crate::clock::now();
+    let report = match identity
+        .store()
+        .read(|c| crate::analytics::callers::gather(c, name, version, window, now))
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot read the usage rollups: {e}")),
+    };
+    let contacts_of = |id: &str| {
+        crate::analytics::callers::contacts(identity.consumer(&snapshot.identities, id).as_deref())
+    };
+    if json {
+        let lifecycle = crate::analytics::callers::lifecycle(entry.catalog.as_ref());
+        let body =
+            crate::analytics::callers::to_json(name, version, &lifecycle, &report, contacts_of);
+        println!("{body:#}");
+    } else {
+        print!(
+            "{}",
+            crate::analytics::callers::to_table(api, &report, contacts_of)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `turnpike catalog -c FILE [--json]`: every API of the file, as a table or as JSON.
+pub fn catalog(config: &Path, json: bool) -> ExitCode {
+    let file = match crate::config::load(config) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    if json {
+        let all = crate::catalogue::Query {
+            limit: usize::MAX,
+            ..Default::default()
+        };
+        let mut page = crate::catalogue::list(&file, &all);
+        println!("{:#}", page["items"].take());
+    } else {
+        print!("{}", crate::catalogue::table(&file));
+    }
+    ExitCode::SUCCESS
 }

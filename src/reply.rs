@@ -1,6 +1,7 @@
 //! Local answers: the problem+json error edge (RFC 9457) and static `respond` replies. Every
 //! answer the gateway writes itself goes through `write`, with `X-Request-Id` and a length.
 
+use crate::headers::RequestId;
 use crate::state::StaticReply;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -33,6 +34,8 @@ pub enum Code {
     ApiRetired,
     /// A deprecated API in a scheduled brownout window: 410.
     ApiBrownout,
+    /// A `beta` API called by a consumer outside its `beta_groups`: 403.
+    ApiBeta,
     /// A CORS preflight from an origin, method or header the API's `cors` policy does not allow.
     CorsRejected,
     /// A JSON answer a `json_fields` policy must edit but cannot (encoded or too large).
@@ -69,6 +72,7 @@ impl Code {
             Code::Forbidden => "forbidden",
             Code::ApiRetired => "api_retired",
             Code::ApiBrownout => "api_brownout",
+            Code::ApiBeta => "api_beta",
             Code::CorsRejected => "cors_rejected",
             Code::UneditableResponse => "uneditable_response",
             Code::NoPlan => "no_plan",
@@ -99,7 +103,7 @@ impl Code {
             Code::InvalidConfig => 422,
             Code::RestartRequired | Code::LargeRemoval => 409,
             Code::MissingCredentials | Code::InvalidCredentials => 401,
-            Code::Forbidden | Code::NoPlan | Code::CorsRejected => 403,
+            Code::Forbidden | Code::NoPlan | Code::CorsRejected | Code::ApiBeta => 403,
             Code::UneditableResponse => 502,
             Code::ApiRetired | Code::ApiBrownout => 410,
             Code::NotFound => 404,
@@ -131,6 +135,7 @@ impl Code {
             Code::Forbidden => "Not allowed",
             Code::ApiRetired => "This API is retired",
             Code::ApiBrownout => "This API is in a scheduled brownout",
+            Code::ApiBeta => "This API is in beta for invited consumers",
             Code::CorsRejected => "Cross-origin request not allowed",
             Code::UneditableResponse => "The answer could not be edited as policy requires",
             Code::NoPlan => "No plan",
@@ -233,15 +238,18 @@ pub fn problem_value(code: Code, detail: &str, request_id: &str) -> serde_json::
 /// Builds the response header of a problem answer.
 pub fn problem_header(
     reply: &Reply,
-    request_id: &str,
+    request_id: &RequestId,
     len: usize,
     answer: &[(HeaderName, HeaderValue)],
 ) -> Result<ResponseHeader> {
     let mut h = ResponseHeader::build(reply.code.status(), Some(4 + reply.headers.len()))?;
-    h.insert_header("Content-Type", "application/problem+json")?;
+    h.insert_header(
+        "Content-Type",
+        HeaderValue::from_static("application/problem+json"),
+    )?;
     h.insert_header("Content-Length", len.to_string())?;
-    h.insert_header("X-Request-Id", request_id)?;
-    h.insert_header("Cache-Control", "no-store")?;
+    h.insert_header("X-Request-Id", request_id.header())?;
+    h.insert_header("Cache-Control", HeaderValue::from_static("no-store"))?;
     for (name, value) in &reply.headers {
         h.insert_header(*name, value.as_str())?;
     }
@@ -264,7 +272,7 @@ pub fn problem_header(
 pub async fn write_problem(
     session: &mut Session,
     reply: &Reply,
-    request_id: &str,
+    request_id: &RequestId,
     close: bool,
     answer: &[(HeaderName, HeaderValue)],
 ) -> Result<()> {
@@ -287,7 +295,7 @@ pub async fn write_problem(
 pub async fn write_static(
     session: &mut Session,
     reply: &StaticReply,
-    request_id: &str,
+    request_id: &RequestId,
     close: bool,
     answer: &[(HeaderName, HeaderValue)],
 ) -> Result<()> {
@@ -303,7 +311,7 @@ pub async fn write_static(
     if reply.status != 204 && reply.status != 304 {
         h.insert_header("Content-Length", reply.body.len().to_string())?;
     }
-    h.insert_header("X-Request-Id", request_id)?;
+    h.insert_header("X-Request-Id", request_id.header())?;
     if close {
         session.set_keepalive(None);
     }

@@ -268,3 +268,145 @@ deprecated_at = "yesterday"
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beta_api_answers_its_beta_groups_only() {
+    let early = "tp_catalog_beta_early_0123456789";
+    let late = "tp_catalog_beta_late_01234567890";
+    let body = format!(
+        r#"
+[[apis]]
+name = "preview"
+base_path = "/preview"
+[apis.respond]
+body = "preview"
+[apis.auth]
+methods = ["api_key"]
+[apis.catalog]
+lifecycle = "beta"
+beta_groups = ["early-access"]
+
+[[consumers]]
+id = "early"
+groups = ["early-access"]
+keys = [ {{ sha256 = "{}" }} ]
+
+[[consumers]]
+id = "late"
+keys = [ {{ sha256 = "{}" }} ]
+"#,
+        key_digest(early),
+        key_digest(late)
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let r = c
+        .get(gw.url("/preview"))
+        .header("x-api-key", early)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("body"), "preview");
+    let r = c
+        .get(gw.url("/preview"))
+        .header("x-api-key", late)
+        .send()
+        .await
+        .expect("get");
+    problem(&r.text().await.expect("body"), 403, "api_beta");
+    let r = c.get(gw.url("/preview")).send().await.expect("get");
+    assert_eq!(r.status(), 401);
+
+    // beta_groups belong to a beta API with [apis.auth].
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("beta.toml");
+    std::fs::write(
+        &path,
+        "[[apis]]\nname = \"a\"\nbase_path = \"/a\"\n[apis.respond]\nbody = \"x\"\n[apis.catalog]\nlifecycle = \"stable\"\nbeta_groups = [\"early\"]\n",
+    )
+    .expect("write");
+    let (code, _, err) = run_cli(&["check", "-c", &path.to_string_lossy()], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("apis[0].catalog.beta_groups: beta_groups are for APIs in beta")
+            && err.contains("apis[0].catalog.beta_groups: beta_groups need [apis.auth]"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalogue_is_listed_filtered_and_paged_from_the_running_config() {
+    let up = Upstream::start("orders").await;
+    let gw = Gateway::start(&config(&up));
+    let c = client();
+    let get = |path: &str| {
+        let c = c.clone();
+        let url = gw.admin_url(path);
+        async move {
+            let r = c
+                .get(url)
+                .bearer_auth(support::ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("admin");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        }
+    };
+    let refs = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["ref"].as_str().map(String::from))
+            .collect()
+    };
+    let (status, body) = get("/catalog").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        refs(&body),
+        ["brown", "legacy", "orders/v0", "orders/v1", "orders/v2"]
+    );
+    let (_, body) = get("/catalog?owner=fulfilment&lifecycle=deprecated").await;
+    assert_eq!(refs(&body), ["orders/v1"]);
+    let (_, body) = get("/catalog?audience=partner").await;
+    assert_eq!(refs(&body), ["orders/v1"]);
+    let (_, body) = get("/catalog?q=orders&limit=2").await;
+    assert_eq!(refs(&body), ["orders/v0", "orders/v1"]);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["next"], "orders/v1");
+    let (_, body) = get("/catalog?q=orders&limit=2&after=orders%2Fv1").await;
+    assert_eq!(refs(&body), ["orders/v2"]);
+    let (status, body) = get("/catalog?limit=0").await;
+    assert_eq!(status, 422, "{body}");
+
+    let (status, body) = get("/catalog/apis/orders").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["versions"].as_array().map(Vec::len), Some(3));
+    assert_eq!(v["versions"][1]["successor"], "orders/v2");
+    assert_eq!(get("/catalog/apis/nothing").await.0, 404);
+    let (status, body) = get("/catalog/teams/fulfilment").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["apis"], serde_json::json!(["orders/v1", "orders/v2"]));
+    assert_eq!(v["contacts"][0]["email"], "fulfilment@example.com");
+    assert_eq!(get("/catalog/teams/nobody").await.0, 404);
+    let r = c.get(gw.admin_url("/catalog")).send().await.expect("admin");
+    assert_eq!(r.status(), 401);
+
+    let file = gw.config.display().to_string();
+    let (code, out, err) = run_cli(&["catalog", "-c", &file], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("orders/v1")
+            && l.contains("deprecated")
+            && l.contains("fulfilment")),
+        "{out}"
+    );
+    let (code, out, _) = run_cli(&["catalog", "-c", &file, "--json"], None);
+    assert_eq!(code, 0);
+    let all: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(all.as_array().map(Vec::len), Some(5));
+}

@@ -126,12 +126,30 @@ methods = ["FETCH"]
         "admin.listen: address 127.0.0.1:8080 is already used by server.listen[0]",
         "apis[1].routes[2].methods: unknown method \"FETCH\"",
     ] {
+        // file:line:col: key path: message, the line being where that key is written.
+        let line = err
+            .lines()
+            .find(|l| l.ends_with(expected) || l.contains(&format!(": {expected}")))
+            .unwrap_or_else(|| panic!("missing {expected:?} in:\n{err}"));
+        let place = line
+            .strip_prefix(&format!("{f}:"))
+            .and_then(|rest| rest.split_once(": "))
+            .map(|(place, _)| place)
+            .unwrap_or_else(|| panic!("no file:line:col in {line:?}"));
         assert!(
-            err.contains(&format!("{f}:{expected}")),
-            "missing {expected:?} in:\n{err}"
+            place.split(':').count() == 2 && place.split(':').all(|n| n.parse::<usize>().is_ok()),
+            "{line}"
         );
     }
     assert!(err.contains("8 problems"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}:18:1: apis[0].upstream: unknown upstream \"catalgo\""
+        )),
+        "{err}"
+    );
+    // No source text beside problems found by meaning: a refused value may be a secret.
+    assert!(!err.contains("    | "), "{err}");
 
     // `run` refuses the same file with the same report.
     let (code, _, err) = run_cli(&["run", "-c", &f], None);
@@ -255,8 +273,9 @@ fn broken_tls_material_is_reported_by_check() {
         let f = write(dir.path(), &format!("{name}.toml"), &config(cert, key));
         let (code, _, err) = run_cli(&["check", "-c", &f], None);
         assert_eq!(code, 1, "{name}");
+        // Found when compiling, and placed at the [[server.tls]] entry's line.
         assert!(
-            err.contains(&format!("{f}:server.tls[0]: ")),
+            err.contains(&format!("{f}:3:1: server.tls[0]: ")),
             "{name}: {err}"
         );
     }

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod analytics;
 mod cache;
+mod catalog;
+pub use catalog::since_seconds;
 mod consumers;
 
 /// Largest request body the admin API reads.
@@ -264,6 +266,7 @@ impl AdminApp {
                 "last_reload": last,
                 "store": self.store_status(),
                 "cache": self.shared.cache.status(),
+                "governance": governance_warnings(&s.file),
             }),
             "application/json",
             rid,
@@ -389,7 +392,7 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let rid = request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        let rid = request_id(req.headers.get("x-request-id"));
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
@@ -449,6 +452,10 @@ impl ServeHttp for AdminApp {
             };
             return consumers::handle(&self.shared, call).await;
         }
+        if path == "/catalog" || path.starts_with("/catalog/") {
+            return catalog::handle(&self.shared, method.as_str(), &path, query.as_deref(), &rid)
+                .await;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/upstreams") => self.upstreams(&rid),
             ("GET", "/metrics") => analytics::metrics(&self.shared, &rid),
@@ -470,6 +477,25 @@ impl ServeHttp for AdminApp {
             _ => problem(Code::RouteNotFound, "no such admin route", &rid),
         }
     }
+}
+
+/// The governance findings at severity warn of the running config (errors never load).
+fn governance_warnings(file: &crate::config::file::FileConfig) -> serde_json::Value {
+    use crate::config::governance::{evaluate, Severity};
+    serde_json::Value::Array(
+        evaluate(file)
+            .into_iter()
+            .filter(|f| f.severity == Severity::Warn)
+            .map(|f| {
+                json!({
+                    "rule": f.rule,
+                    "severity": f.severity.as_str(),
+                    "key_path": f.key_path,
+                    "message": f.message,
+                })
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@
 use super::names::Labels;
 use super::record::Record;
 use crate::config::analytics::AlertsSection;
+use foldhash::HashMap;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// An API and a consumer (`""` for the API as a whole).
@@ -71,8 +71,8 @@ impl Detector {
     pub fn new(cfg: AlertsSection) -> Detector {
         Detector {
             cfg,
-            current: HashMap::new(),
-            baselines: HashMap::new(),
+            current: HashMap::default(),
+            baselines: HashMap::default(),
             all: Arc::from(""),
         }
     }

@@ -6,11 +6,11 @@ use super::names::Labels;
 use super::record::Record;
 use super::requests::RequestCounts;
 use crate::state::Shared;
+use foldhash::HashMap;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 

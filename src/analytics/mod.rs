@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod aggregator;
 pub mod anomaly;
+pub mod callers;
 pub mod metrics;
 pub mod names;
 pub mod record;

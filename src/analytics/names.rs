@@ -2,9 +2,13 @@
 //! version or consumer name, so keys clone cheaply. A record's labels are interned once
 //! (`labels`) and shared by the metrics, the rollups and the anomaly detector. Bounded: cleared
 //! when it grows past `MAX_NAMES` (reloads and consumer churn bring new names).
+//!
+//! The aggregator's maps hash with foldhash (randomly seeded per process): their keys are
+//! names from config, the admin API and the `sub`-like claims of tokens an operator's issuer
+//! signed, never free text from an anonymous client, and every map is bounded.
 
 use super::record::Record;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 /// A record's label strings.

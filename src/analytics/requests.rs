@@ -7,9 +7,9 @@
 //! spike in `rate()`), and its later requests count as `other`.
 
 use super::names::Labels;
+use foldhash::HashMap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The label value for consumers without a label of their own.
@@ -42,8 +42,8 @@ impl ConsumerCap {
     pub fn new(limit: usize) -> ConsumerCap {
         ConsumerCap {
             limit,
-            labelled: HashMap::new(),
-            waiting: HashMap::new(),
+            labelled: HashMap::default(),
+            waiting: HashMap::default(),
         }
     }
 
@@ -129,13 +129,13 @@ impl RequestCounts {
             .iter()
             .map(|s| s.to_string())
             .collect(),
-            HashMap::new(),
+            std::collections::HashMap::new(),
         )?;
         Ok(RequestCounts {
             desc,
             counts: Mutex::new(Counts {
                 cap: ConsumerCap::new(limit),
-                series: HashMap::new(),
+                series: HashMap::default(),
                 other: Arc::from(OTHER),
             }),
         })

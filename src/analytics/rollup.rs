@@ -7,7 +7,7 @@ use super::names::Labels;
 use super::record::Record;
 use crate::store::usage::{self, UsageKey, UsageTotals};
 use crate::store::Store;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 /// Keys (minute × API × version × consumer × class) held between two flushes.
@@ -32,7 +32,7 @@ pub struct Rollups {
 impl Default for Rollups {
     fn default() -> Self {
         Rollups {
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             overflow: Arc::from(OVERFLOW),
         }
     }

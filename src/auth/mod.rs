@@ -29,6 +29,8 @@ pub struct AuthPolicy {
     pub header: HeaderName,
     pub query_param: Option<String>,
     pub allow_groups: Vec<String>,
+    /// `[apis.catalog] beta_groups` of an API in beta: only these groups may call it.
+    pub beta_groups: Vec<String>,
     pub forward_credentials: bool,
     pub jwt: Option<JwtPolicy>,
     /// The `WWW-Authenticate` challenges of 401 answers, one per method.
@@ -57,6 +59,7 @@ impl AuthPolicy {
             header,
             query_param: a.api_key.query_param.clone(),
             allow_groups: a.allow_groups.clone(),
+            beta_groups: Vec::new(),
             forward_credentials: a.forward_credentials,
             jwt,
             challenges,
@@ -215,12 +218,19 @@ pub async fn authenticate(
     Ok(consumer)
 }
 
-/// Whether an identified consumer may call: the API's `allow_groups`, the route's `scopes`.
+/// Whether an identified consumer may call: the API's `allow_groups` and `beta_groups`, the
+/// route's `scopes`.
 pub fn authorize(policy: &AuthPolicy, consumer: &Consumer, scopes: &[String]) -> Result<(), Reply> {
     if !policy.allows(consumer) {
         return Err(Reply::new(
             Code::Forbidden,
             "this consumer is not allowed to call this API",
+        ));
+    }
+    if !policy.beta_groups.is_empty() && !consumer.in_any_group(&policy.beta_groups) {
+        return Err(Reply::new(
+            Code::ApiBeta,
+            "this API is in beta and open to invited consumers only",
         ));
     }
     if let Some(scope) = consumer.missing_scope(scopes) {

@@ -17,6 +17,18 @@ pub enum Lifecycle {
     Retired,
 }
 
+impl Lifecycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Design => "design",
+            Lifecycle::Beta => "beta",
+            Lifecycle::Stable => "stable",
+            Lifecycle::Deprecated => "deprecated",
+            Lifecycle::Retired => "retired",
+        }
+    }
+}
+
 /// API-led layers.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -41,6 +53,37 @@ pub enum Classification {
     Internal,
     Confidential,
     Restricted,
+}
+
+impl ApiKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::System => "system",
+            ApiKind::Process => "process",
+            ApiKind::Experience => "experience",
+        }
+    }
+}
+
+impl Audience {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::Internal => "internal",
+            Audience::Partner => "partner",
+            Audience::Public => "public",
+        }
+    }
+}
+
+impl Classification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Public => "public",
+            Classification::Internal => "internal",
+            Classification::Confidential => "confidential",
+            Classification::Restricted => "restricted",
+        }
+    }
 }
 
 /// `[apis.catalog]`.
@@ -75,6 +118,9 @@ pub struct CatalogSection {
     pub brownouts: Vec<String>,
     /// A recurring brownout: `duration` out of every `every`, from `from`.
     pub brownout: Option<RecurringBrownout>,
+    /// A `beta` API only for consumers in one of these groups (others get 403 `api_beta`).
+    #[serde(default)]
+    pub beta_groups: Vec<String>,
 }
 
 /// `brownout = { every = "1d", duration = "5m", from = "2027-05-01T00:00:00Z" }`.
@@ -274,6 +320,28 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
                     out.push(Problem::at(
                         key("brownout.from"),
                         format!("{:?} is not an RFC 3339 time", b.from),
+                    ));
+                }
+            }
+        }
+        if !c.beta_groups.is_empty() {
+            if c.lifecycle != Lifecycle::Beta {
+                out.push(Problem::at(
+                    key("beta_groups"),
+                    "beta_groups are for APIs in beta (lifecycle = \"beta\")",
+                ));
+            }
+            if api.auth.is_none() {
+                out.push(Problem::at(
+                    key("beta_groups"),
+                    "beta_groups need [apis.auth]: consumers are known by their credentials",
+                ));
+            }
+            for (j, g) in c.beta_groups.iter().enumerate() {
+                if g.trim().is_empty() {
+                    out.push(Problem::at(
+                        key(&format!("beta_groups[{j}]")),
+                        "an empty group name",
                     ));
                 }
             }

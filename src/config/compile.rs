@@ -135,7 +135,13 @@ pub fn compile(
                         })
                         .clone()
                 };
-                match super::identity::compile_auth(a, &mut source) {
+                let beta = api
+                    .catalog
+                    .as_ref()
+                    .filter(|c| c.lifecycle == super::catalog::Lifecycle::Beta)
+                    .map(|c| c.beta_groups.clone())
+                    .unwrap_or_default();
+                match super::identity::compile_auth(a, beta, &mut source) {
                     Ok(policy) => Some(policy),
                     Err((k, m)) => {
                         problems.push(Problem::at(format!("apis[{i}].auth.{k}"), m));

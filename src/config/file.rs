@@ -45,6 +45,9 @@ pub struct FileConfig {
     /// `[teams.ID]`: the owners of catalogue entries.
     #[serde(default)]
     pub teams: BTreeMap<String, super::catalog::TeamSection>,
+    /// `[governance]`: rules over the catalogue, each with a severity.
+    #[serde(default)]
+    pub governance: super::governance::GovernanceSection,
 }
 
 /// `[cache]`: the edge cache shared by every API with an `[apis.cache]` block.

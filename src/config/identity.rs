@@ -478,6 +478,7 @@ pub fn compile_identities(cfg: &FileConfig) -> ConfigIdentities {
 /// source of a JWKS URL. Errors are (key under `[apis.auth]`, message).
 pub fn compile_auth(
     auth: &AuthSection,
+    beta_groups: Vec<String>,
     jwks: &mut dyn FnMut(&str, std::time::Duration) -> Arc<JwksSource>,
 ) -> Result<Arc<AuthPolicy>, (String, String)> {
     let jwt = match &auth.jwt {
@@ -486,7 +487,11 @@ pub fn compile_auth(
         }
         _ => None,
     };
-    AuthPolicy::new(auth, jwt).map(Arc::new).ok_or_else(|| {
+    let policy = AuthPolicy::new(auth, jwt).map(|mut p| {
+        p.beta_groups = beta_groups;
+        p
+    });
+    policy.map(Arc::new).ok_or_else(|| {
         (
             "api_key.header".to_string(),
             "not a header name".to_string(),

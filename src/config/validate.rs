@@ -8,8 +8,26 @@ use crate::route::{template_segments, Methods, Segment};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-/// Returns every problem in `cfg`; empty means the config is valid.
+/// Returns every problem in `cfg`; empty means the config is valid. Governance rules at
+/// severity error are problems too.
 pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
+    let mut out = validate_base(cfg);
+    out.extend(
+        super::governance::evaluate(cfg)
+            .into_iter()
+            .filter(|f| f.severity == super::governance::Severity::Error)
+            .map(|f| {
+                Problem::at(
+                    f.key_path,
+                    format!("{} (governance rule {}, severity error)", f.message, f.rule),
+                )
+            }),
+    );
+    out
+}
+
+/// Every problem of `cfg` but the governance findings (which `turnpike lint` reports by rule).
+pub fn validate_base(cfg: &FileConfig) -> Vec<Problem> {
     let mut v = Problems::default();
     server(&mut v, cfg);
     admin(&mut v, &cfg.admin);
@@ -22,6 +40,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
     v.0.extend(super::analytics::validate(&cfg.analytics));
     v.0.extend(super::identity::validate(cfg));
     v.0.extend(super::catalog::validate(cfg));
+    v.0.extend(super::governance::validate(&cfg.governance));
     v.0.extend(
         crate::policy::compile::check(cfg)
             .into_iter()

@@ -175,8 +175,8 @@ impl Bench {
         let request_id = head
             .headers
             .get("x-request-id")
-            .map(|v| crate::headers::request_id(Some(v.as_bytes())))
-            .unwrap_or_else(|| "offline".to_string());
+            .map(|v| crate::headers::request_id(Some(v)))
+            .unwrap_or_else(|| crate::headers::RequestId::from_static("offline"));
         let target = match crate::path::check_target(head.raw_path()) {
             Ok(t) => t,
             Err(e) => {
@@ -285,7 +285,9 @@ impl Bench {
                         client_ip,
                         tls: req.url.to_ascii_lowercase().starts_with("https://"),
                         request_id: &request_id,
-                        traceparent: "00-00000000000000000000000000000000-0000000000000000-00",
+                        traceparent: &http::HeaderValue::from_static(
+                            "00-00000000000000000000000000000000-0000000000000000-00",
+                        ),
                         cache_strip: ep.cache.as_ref().map(|c| &c.strip),
                     };
                     crate::forward::upstream_request(

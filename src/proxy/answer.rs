@@ -18,7 +18,7 @@ impl Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        resp.insert_header("X-Request-Id", ctx.request_id.header())?;
         caching::mark_response(session, resp, ctx)?;
         crate::policy::run::answer_headers(&ctx.flow, resp)?;
         let snapshot = ctx.snapshot.clone();

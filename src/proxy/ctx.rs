@@ -1,6 +1,7 @@
 //! The per-request context carried through the proxy hooks.
 
 use super::reply::Code;
+use crate::headers::RequestId;
 use crate::policy::Flow;
 use crate::state::Snapshot;
 use std::net::IpAddr;
@@ -23,8 +24,8 @@ pub enum BodyRate {
 pub struct RequestCtx {
     /// The config generation this request uses from start to end.
     pub snapshot: Arc<Snapshot>,
-    pub request_id: String,
-    pub traceparent: String,
+    pub request_id: RequestId,
+    pub traceparent: http::HeaderValue,
     /// Index into `snapshot.endpoints` once routed.
     pub endpoint: Option<usize>,
     /// Targets this request failed to connect to.
@@ -73,8 +74,8 @@ impl RequestCtx {
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
         RequestCtx {
             snapshot,
-            request_id: String::new(),
-            traceparent: String::new(),
+            request_id: RequestId::default(),
+            traceparent: http::HeaderValue::from_static(""),
             endpoint: None,
             tried: Vec::new(),
             retries_left: 0,

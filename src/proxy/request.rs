@@ -231,8 +231,7 @@ fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
     }
     ctx.background = session.subrequest_ctx.is_some();
     let req = session.req_header();
-    ctx.request_id =
-        crate::headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+    ctx.request_id = crate::headers::request_id(req.headers.get("x-request-id"));
     ctx.traceparent =
         crate::headers::traceparent(req.headers.get("traceparent").map(|v| v.as_bytes()));
     // (On PROXY protocol listeners the header named the peer: see `proxy::conn`.)

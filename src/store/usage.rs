@@ -170,6 +170,44 @@ pub fn query(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<UsageRow
     Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
+/// One consumer's calls to one API version in the rows of one granularity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerRow {
+    /// `""` for anonymous requests.
+    pub consumer: String,
+    pub requests: u64,
+    pub errors: u64,
+    /// The start of the latest period of this granularity with a request.
+    pub last: i64,
+}
+
+/// Per consumer, the requests to `api` `version` in the `granularity` rows starting in
+/// `[from, to)`: identified consumers by most requests first, anonymous requests last.
+pub fn callers(
+    conn: &Connection,
+    granularity: i64,
+    from: i64,
+    to: i64,
+    api: &str,
+    version: &str,
+) -> Result<Vec<CallerRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT consumer, SUM(requests), SUM(errors), MAX(start) FROM usage_rollups
+         WHERE granularity = ?1 AND start >= ?2 AND start < ?3 AND api = ?4 AND version = ?5
+         AND requests > 0
+         GROUP BY consumer ORDER BY consumer = '', SUM(requests) DESC, consumer",
+    )?;
+    let rows = stmt.query_map(params![granularity, from, to, api, version], |r| {
+        Ok(CallerRow {
+            consumer: r.get(0)?,
+            requests: r.get::<_, i64>(1)?.max(0) as u64,
+            errors: r.get::<_, i64>(2)?.max(0) as u64,
+            last: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

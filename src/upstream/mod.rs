@@ -7,6 +7,7 @@ pub mod health;
 pub mod passive;
 
 use crate::config::file::{Balance, HealthKind, UpstreamProtocol, UpstreamSection};
+use foldhash::HashMap;
 use futures::FutureExt;
 use passive::TargetState;
 use pingora::lb::discovery::Static;
@@ -14,7 +15,7 @@ use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,7 +51,7 @@ impl Pool {
     pub fn build(name: &str, def: &UpstreamSection) -> Result<Pool, String> {
         let mut backends = BTreeSet::new();
         let mut targets = Vec::new();
-        let mut by_addr = HashMap::new();
+        let mut by_addr = HashMap::default();
         for t in &def.targets {
             let addrs: Vec<SocketAddr> = t
                 .addr
@@ -128,6 +129,11 @@ impl Pool {
             .all(|t| tried.contains(&t.addr) || !t.active_healthy())
         {
             return None;
+        }
+        // One target, active-healthy and untried (checked above): the balancer could pick
+        // nothing else, and ejection is ignored when every target is ejected.
+        if let [only] = self.targets.as_slice() {
+            return Some(only.addr);
         }
         let now = Instant::now();
         let pick = |ignore_ejection: bool| {
