@@ -230,6 +230,12 @@ pub fn build(config_path: &Path, flags: RunFlags) -> Result<(Server, Arc<Shared>
         }
     }
     server.add_service(background_service(
+        "lifecycle notices",
+        crate::notices::Notifier {
+            shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "JWKS refresh",
         crate::auth::jwt::JwksRefresher {
             shared: shared.clone(),

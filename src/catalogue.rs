@@ -155,6 +155,95 @@ pub fn team(file: &FileConfig, id: &str) -> Option<Value> {
     }))
 }
 
+/// Where a version stands at `now`: its lifecycle, how the gateway answers it (`served`,
+/// `retired`: 410 `api_retired`, `brownout`: 410 `api_brownout` until a time), the headers its
+/// answers carry and the days left to its sunset.
+pub fn standing(c: &CatalogSection, now: i64) -> Value {
+    let compiled = crate::policy::lifecycle::Lifecycle::compile(c, None);
+    let (answers, until) = compiled
+        .as_ref()
+        .map_or(("served", None), |l| l.answers_at(now));
+    let sunset = c.sunset_at.as_deref().and_then(crate::clock::parse_rfc3339);
+    json!({
+        "lifecycle": c.lifecycle.as_str(),
+        "answers": answers,
+        "brownout_until": until.map(crate::clock::rfc3339),
+        "headers": compiled.as_ref().map(|l| l.header_names()).unwrap_or_default(),
+        "days_to_sunset": sunset.filter(|s| *s > now).map(|s| (s - now) / 86_400),
+    })
+}
+
+/// The plans a version's consumers may be on, with the numbers that apply on this API (the
+/// plan's, or the API's own `[apis.plans.NAME]`).
+fn plans(file: &FileConfig, api: &ApiSection) -> Vec<Value> {
+    file.plans
+        .iter()
+        .map(|(name, p)| {
+            let o = api.plans.get(name);
+            json!({
+                "plan": name,
+                "rate": o.and_then(|o| o.rate.clone()).or_else(|| p.rate.clone()),
+                "burst": o.and_then(|o| o.burst).or(p.burst),
+                "quotas": o.and_then(|o| o.quotas.clone()).unwrap_or_else(|| p.quotas.clone()),
+                "overridden": o.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// One version in full: its entry, routes, plans, where it stands at `now`, and what the
+/// caller measured (`upstream`: the pool's targets and their health; `usage`: the last 24 h).
+pub fn detail(
+    file: &FileConfig,
+    api: &ApiSection,
+    now: i64,
+    upstream: Value,
+    usage: Value,
+) -> Value {
+    let c = api.catalog.clone().unwrap_or_default();
+    let base = api.base_path.trim_end_matches('/');
+    let mut routes: Vec<Value> = api
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "path": format!("{base}{}", r.path),
+                "methods": r.methods,
+                "scopes": r.scopes,
+                "policies": r.policies,
+                "static": r.respond.is_some(),
+                "catch_all": false,
+            })
+        })
+        .collect();
+    if routes.is_empty() {
+        // No routes: everything under the base path, every method.
+        routes.push(json!({
+            "path": if base.is_empty() { "/" } else { base },
+            "methods": [], "scopes": [], "policies": [],
+            "static": api.respond.is_some(), "catch_all": true,
+        }));
+    }
+    let team = c.owner.as_deref().and_then(|o| team(file, o));
+    json!({
+        "entry": entry(api),
+        "owner_team": team,
+        "routes": routes,
+        "policies": api.policies,
+        "auth": api.auth.as_ref().map(|a| json!({
+            "methods": a.methods.iter().map(|m| match m {
+                crate::config::file::AuthMethod::ApiKey => "api_key",
+                crate::config::file::AuthMethod::Jwt => "jwt",
+            }).collect::<Vec<_>>(),
+            "allow_groups": a.allow_groups,
+        })),
+        "plans": if api.auth.is_some() { plans(file, api) } else { Vec::new() },
+        "status": standing(&c, now),
+        "upstream": upstream,
+        "usage_24h": usage,
+    })
+}
+
 /// The catalogue as a table for the command line.
 pub fn table(file: &FileConfig) -> String {
     let mut out = format!(

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod identity;
 pub mod limits;
 pub mod lint;
+pub mod notices;
 pub mod offline;
 pub mod path;
 pub mod peers;

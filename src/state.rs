@@ -166,6 +166,8 @@ pub struct Snapshot {
     pub auth_guard: Option<Arc<crate::limits::ip::IpLimit>>,
     /// `[admin] auth_failures_per_ip`: the wrong-token guard of the admin listener.
     pub admin_guard: Option<Arc<crate::limits::ip::IpLimit>>,
+    /// The API-key headers of every API, for naming the callers of shadow endpoints.
+    pub key_headers: Vec<http::HeaderName>,
 }
 
 /// State shared by every service of the process.

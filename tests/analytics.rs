@@ -573,60 +573,6 @@ async fn a_stalled_aggregator_drops_records_and_requests_still_succeed() {
     }
 }
 
-/// A webhook receiver: answers 503 to the first POST and 204 to the others, and keeps bodies.
-async fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let kept = bodies.clone();
-    tokio::spawn(async move {
-        let mut posts = 0;
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Head, then Content-Length bytes of body.
-            let body = loop {
-                let Ok(n) = s.read(&mut chunk).await else {
-                    break None;
-                };
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break Some(buf[end + 4..end + 4 + len].to_vec());
-                    }
-                }
-            };
-            let Some(body) = body else { continue };
-            posts += 1;
-            let answer: &[u8] = if posts == 1 {
-                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            } else {
-                b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
-            };
-            let _ = s.write_all(answer).await;
-            if let Ok(v) = serde_json::from_slice(&body) {
-                kept.lock().expect("lock").push(v);
-            }
-        }
-    });
-    (addr, bodies)
-}
-
 async fn alerts(gw: &Gateway) -> Vec<serde_json::Value> {
     let (s, v) = admin(gw, "GET", "/analytics/alerts", None).await;
     assert_eq!(s, 200);
@@ -648,7 +594,7 @@ async fn steady(gw: &Gateway, path: &str, per_second: u32, secs: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spikes_and_error_surges_raise_alerts_that_reach_the_webhook() {
     let up = Upstream::start("app").await;
-    let (hook, bodies) = receiver().await;
+    let hook = support::hook::Hook::start(1).await;
     let gw = Gateway::start(&format!(
         r#"
 [analytics.alerts]
@@ -657,7 +603,7 @@ warmup_windows = 3
 min_requests = 20
 min_errors = 5
 factor = 4.0
-webhook = "http://{hook}/alerts"
+webhook = "{hook}"
 
 [upstreams.app]
 targets = [ {{ addr = "{}" }} ]
@@ -667,7 +613,8 @@ name = "busy"
 base_path = "/busy"
 upstream = "app"
 "#,
-        up.addr
+        up.addr,
+        hook = hook.url("/alerts")
     ));
     steady(&gw, "/busy/x", 30, 6).await;
     assert!(
@@ -721,7 +668,7 @@ upstream = "app"
     // The receiver refused the first delivery; the retry got through, and both kinds arrived.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let got = bodies.lock().expect("lock").clone();
+        let got = hook.bodies();
         let kinds: Vec<&str> = got.iter().filter_map(|b| b["kind"].as_str()).collect();
         if kinds.contains(&"spike") && kinds.contains(&"error_surge") {
             break;

@@ -95,29 +95,7 @@ async fn the_callers_of_a_version_are_listed_with_exact_counts() {
     assert_eq!(r.status(), 401);
 
     // The report is exact for the records the aggregator has taken: wait for all 14.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let text = c
-            .get(gw.admin_url("/metrics"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let seen = text
-            .lines()
-            .find_map(|l| l.strip_prefix("turnpike_analytics_records_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if seen >= 14.0 {
-            assert_eq!(seen, 14.0, "one record per request");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{seen} of 14 records");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    support::wait_records(&gw, 14.0).await;
 
     let r = c
         .get(gw.admin_url("/catalog/apis/orders/v1/consumers?since=7d"))

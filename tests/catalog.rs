@@ -410,3 +410,60 @@ async fn the_catalogue_is_listed_filtered_and_paged_from_the_running_config() {
     let all: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(all.as_array().map(Vec::len), Some(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_version_in_full_with_its_upstream_and_last_day_of_traffic() {
+    let up = Upstream::start("orders").await;
+    let gw = Gateway::start(&config(&up));
+    let c = client();
+    for path in [
+        "/orders/v1/a",
+        "/orders/v1/b",
+        "/orders/v1/c",
+        "/orders/v1/d?status=503",
+    ] {
+        let r = c
+            .get(gw.url(path))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .expect("call");
+        assert!(r.status() == 200 || r.status() == 503, "{path}");
+    }
+    support::wait_records(&gw, 4.0).await;
+    let (status, v) = support::admin(&gw, "GET", "/catalog/apis/orders/v1", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["entry"]["ref"], "orders/v1");
+    assert_eq!(v["owner_team"]["name"], "Fulfilment");
+    assert_eq!(v["routes"][0]["path"], "/orders/v1");
+    assert_eq!(v["routes"][0]["catch_all"], true);
+    assert_eq!(v["auth"]["methods"], serde_json::json!(["api_key"]));
+    assert_eq!(v["status"]["lifecycle"], "deprecated");
+    assert_eq!(v["status"]["answers"], "served");
+    assert_eq!(
+        v["status"]["headers"],
+        serde_json::json!(["deprecation", "sunset", "link"])
+    );
+    assert!(v["status"]["days_to_sunset"]
+        .as_i64()
+        .is_some_and(|d| d > 365));
+    assert_eq!(v["upstream"]["name"], "orders");
+    assert_eq!(v["upstream"]["targets"][0]["state"], "up");
+    assert_eq!(v["usage_24h"]["requests"], 4);
+    assert_eq!(v["usage_24h"]["errors"], 1);
+    assert_eq!(v["usage_24h"]["error_rate"], 0.25);
+    assert!(v["usage_24h"]["p95_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+
+    let (_, brown) = support::admin(&gw, "GET", "/catalog/apis/brown/-", None).await;
+    assert_eq!(brown["status"]["answers"], "brownout");
+    assert!(brown["status"]["brownout_until"].as_str().is_some());
+    assert_eq!(brown["usage_24h"]["requests"], 0);
+    let (_, legacy) = support::admin(&gw, "GET", "/catalog/apis/legacy/-", None).await;
+    assert_eq!(legacy["status"]["answers"], "retired");
+    let (_, retired) = support::admin(&gw, "GET", "/catalog/apis/orders/v0", None).await;
+    assert_eq!(retired["status"]["answers"], "retired");
+    let (status, p) = support::admin(&gw, "GET", "/catalog/apis/orders/v9", None).await;
+    assert_eq!((status, p["code"].as_str()), (404, Some("not_found")));
+    let (status, _) = support::admin(&gw, "DELETE", "/catalog/apis/orders/v1", None).await;
+    assert_eq!(status, 405);
+}

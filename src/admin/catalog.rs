@@ -1,6 +1,8 @@
 //! Admin routes over the catalogue: `GET /catalog` (filters and keyset pagination),
 //! `GET /catalog/apis/{name}` (every version), `GET /catalog/teams/{id}`, and
-//! `GET /catalog/apis/{name}/{version}/consumers?since=30d`, who still calls an API version
+//! `GET /catalog/shadow` (requests that matched no route, by path shape),
+//! `GET /catalog/apis/{name}/{version}` (one version in full, with its upstream's health and
+//! the last 24 hours of traffic), `GET /catalog/apis/{name}/{version}/consumers?since=30d`, who still calls an API version
 //! (`-` as the version of an API without one), from the usage rollups with the ones waiting in
 //! memory written first.
 
@@ -8,6 +10,8 @@ use super::{blocking, json_response, problem, query_param, Answer};
 use crate::analytics::callers;
 use crate::reply::Code;
 use crate::state::Shared;
+use crate::store::usage::{api_totals, DAY, HOUR};
+use serde_json::json;
 use std::sync::Arc;
 
 /// The window when `since` is not given.
@@ -23,6 +27,8 @@ pub async fn handle(
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (method, segments.as_slice()) {
         ("GET", ["catalog"]) => list(shared, query, rid),
+        ("GET", ["catalog", "shadow"]) => shadow(shared, query, rid).await,
+        (_, ["catalog", "shadow"]) => problem(Code::MethodNotAllowed, "use GET", rid),
         ("GET", ["catalog", "apis", name]) => {
             match crate::catalogue::versions(&shared.snapshot().file, name) {
                 Some(v) => json_response(200, v, "application/json", rid),
@@ -39,9 +45,14 @@ pub async fn handle(
                 None => problem(Code::NotFound, &format!("no team {id:?}"), rid),
             }
         }
-        (_, ["catalog"] | ["catalog", "apis", _] | ["catalog", "teams", _]) => {
-            problem(Code::MethodNotAllowed, "use GET", rid)
-        }
+        ("GET", ["catalog", "apis", name, version]) => detail(shared, name, version, rid).await,
+        (
+            _,
+            ["catalog"]
+            | ["catalog", "apis", _]
+            | ["catalog", "apis", _, _]
+            | ["catalog", "teams", _],
+        ) => problem(Code::MethodNotAllowed, "use GET", rid),
         ("GET", ["catalog", "apis", name, version, "consumers"]) => {
             consumers(shared, name, version, query, rid).await
         }
@@ -72,10 +83,151 @@ fn list(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer {
     json_response(200, body, "application/json", rid)
 }
 
+/// The API `name` at `version` (`-`: the API without a version), or the 404 answer.
+fn version_of<'a>(
+    snapshot: &'a crate::state::Snapshot,
+    name: &str,
+    version: &str,
+    rid: &str,
+) -> Result<&'a crate::config::file::ApiSection, Box<Answer>> {
+    let wanted = Some(version).filter(|v| *v != "-");
+    crate::catalogue::find(&snapshot.file, name, wanted).ok_or_else(|| {
+        Box::new(problem(
+            Code::NotFound,
+            &format!("no API {name}/{version} in the running config (\"-\" for no version)"),
+            rid,
+        ))
+    })
+}
+
+/// `GET /catalog/apis/{name}/{version}`: the entry, routes, plans, where it stands, its
+/// upstream's health and the last 24 hours from the usage rollups (hour rows, so the window
+/// starts at the top of the hour 24 hours ago).
+async fn detail(shared: &Arc<Shared>, name: &str, version: &str, rid: &str) -> Answer {
+    let snapshot = shared.snapshot();
+    let api = match version_of(&snapshot, name, version, rid) {
+        Ok(api) => api,
+        Err(answer) => return *answer,
+    };
+    let now = crate::clock::now();
+    let upstream = api
+        .upstream
+        .as_deref()
+        .and_then(|u| snapshot.pools.get(u))
+        .map_or(serde_json::Value::Null, |p| {
+            super::pool_json(p, std::time::Instant::now())
+        });
+    let from = (now - DAY) - (now - DAY).rem_euclid(HOUR);
+    let (s, api_name) = (shared.clone(), api.name.clone());
+    let v = api.version.clone().unwrap_or_default();
+    let totals = blocking(move || {
+        let store = s.identity.store();
+        s.analytics.flush_usage(store)?;
+        store.read(|c| api_totals(c, HOUR, from, now + 1, &api_name, &v))
+    })
+    .await;
+    let usage = match totals {
+        Ok(t) => json!({
+            "from": crate::clock::rfc3339(from),
+            "to": crate::clock::rfc3339(now),
+            "requests": t.requests,
+            "errors": t.errors,
+            "error_rate": if t.requests == 0 { 0.0 } else { t.errors as f64 / t.requests as f64 },
+            "p95_ms": t.latency.quantile(0.95).map(|us| (us / 10.0).round() / 100.0),
+        }),
+        Err(e) => {
+            log::warn!("catalogue usage read failed: {e}");
+            return problem(
+                Code::StoreUnavailable,
+                "the usage store cannot be read right now",
+                rid,
+            );
+        }
+    };
+    let body = crate::catalogue::detail(&snapshot.file, api, now, upstream, usage);
+    json_response(200, body, "application/json", rid)
+}
+
+/// `GET /catalog/shadow?since=7d&host=&limit=100`: requests that matched no route, by host,
+/// method and path shape, most requests first, with first and last seen and the top callers
+/// (the pending ones written first). Days are whole UTC days: the window starts at the
+/// beginning of its first day.
+async fn shadow(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer {
+    let window = match since_or(query_param(query, "since").as_deref(), 7 * DAY) {
+        Ok(w) => w,
+        Err(why) => return problem(Code::InvalidRequest, &why, rid),
+    };
+    let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=1_000).contains(&n) => n,
+        Some(_) => return problem(Code::InvalidRequest, "limit must be from 1 to 1000", rid),
+    };
+    let host = query_param(query, "host").map(|h| crate::analytics::shadow::host_of(&h));
+    let now = crate::clock::now();
+    let from = (now - window) - (now - window).rem_euclid(DAY);
+    let s = shared.clone();
+    let found = blocking(move || {
+        let store = s.identity.store();
+        s.analytics.flush_usage(store)?;
+        store.read(|c| {
+            Ok((
+                crate::store::shadow::list(c, from, host.as_deref(), limit)?,
+                crate::store::shadow::count(c)?,
+            ))
+        })
+    })
+    .await;
+    let (shapes, tracked) = match found {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("shadow endpoints read failed: {e}");
+            return problem(
+                Code::StoreUnavailable,
+                "the usage store cannot be read right now",
+                rid,
+            );
+        }
+    };
+    let snapshot = shared.snapshot();
+    let rfc = crate::clock::rfc3339;
+    let items: Vec<serde_json::Value> = shapes
+        .iter()
+        .map(|s| {
+            json!({
+                "host": s.host,
+                "method": s.method,
+                "shape": s.shape,
+                "first_seen": rfc(s.first_seen),
+                "last_seen": rfc(s.last_seen),
+                "requests": s.requests,
+                "top_callers": s.top.iter().map(|(who, n)| {
+                    let (kind, id) = who.split_once(':').unwrap_or(("unknown", ""));
+                    json!({ "kind": kind, "id": id, "requests": n })
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let m = &shared.analytics.metrics;
+    let body = json!({
+        "from": rfc(from),
+        "to": rfc(now),
+        "enabled": snapshot.file.catalog.shadow,
+        "shapes_tracked": tracked,
+        "shapes_cap": snapshot.file.catalog.shadow_shapes,
+        "evicted_total": m.shadow_evicted.get(),
+        "items": items,
+    });
+    json_response(200, body, "application/json", rid)
+}
+
 /// `since` as seconds: a duration such as `30d` or `12h`, at most 400 days.
 pub fn since_seconds(text: Option<&str>) -> Result<i64, String> {
+    since_or(text, DEFAULT_SINCE)
+}
+
+fn since_or(text: Option<&str>, default: i64) -> Result<i64, String> {
     let Some(text) = text else {
-        return Ok(DEFAULT_SINCE);
+        return Ok(default);
     };
     let d = crate::config::units::parse_duration(text)?;
     let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
@@ -93,13 +245,9 @@ async fn consumers(
     rid: &str,
 ) -> Answer {
     let snapshot = shared.snapshot();
-    let wanted = Some(version).filter(|v| *v != "-");
-    let Some(api) = crate::catalogue::find(&snapshot.file, name, wanted) else {
-        return problem(
-            Code::NotFound,
-            &format!("no API {name}/{version} in the running config (\"-\" for no version)"),
-            rid,
-        );
+    let api = match version_of(&snapshot, name, version, rid) {
+        Ok(api) => api,
+        Err(answer) => return *answer,
     };
     let window = match since_seconds(query_param(query, "since").as_deref()) {
         Ok(w) => w,

@@ -355,37 +355,37 @@ impl AdminApp {
         let now = Instant::now();
         let mut pools: Vec<_> = snapshot.pools.values().collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
-        let list: Vec<serde_json::Value> = pools
-            .iter()
-            .map(|p| {
-                let targets: Vec<serde_json::Value> = p
-                    .targets
-                    .iter()
-                    .map(|t| {
-                        let ejected = t.ejected_for(now);
-                        let healthy = t.active_healthy();
-                        json!({
-                            "target": t.label,
-                            "address": t.addr.to_string(),
-                            "health": if healthy { "healthy" } else { "unhealthy" },
-                            "health_since": t.health_since_unix_ms() / 1000,
-                            "ejected": ejected.is_some(),
-                            "ejected_for_ms": ejected.map(|d| d.as_millis() as u64),
-                            "ejections": t.ejections(),
-                            "state": if !healthy { "down" } else if ejected.is_some() { "ejected" } else { "up" },
-                        })
-                    })
-                    .collect();
-                json!({
-                    "name": &*p.name,
-                    "balance": format!("{:?}", p.def.balance).to_lowercase(),
-                    "active_check": p.health_kind().map(|k| format!("{k:?}").to_lowercase()),
-                    "targets": targets,
-                })
-            })
-            .collect();
+        let list: Vec<serde_json::Value> = pools.iter().map(|p| pool_json(p, now)).collect();
         json_response(200, json!({ "upstreams": list }), "application/json", rid)
     }
+}
+
+/// A pool, its balancing and each target's health, as `/upstreams` and the catalogue show it.
+pub(crate) fn pool_json(p: &crate::upstream::Pool, now: Instant) -> serde_json::Value {
+    let targets: Vec<serde_json::Value> = p
+        .targets
+        .iter()
+        .map(|t| {
+            let ejected = t.ejected_for(now);
+            let healthy = t.active_healthy();
+            json!({
+                "target": t.label,
+                "address": t.addr.to_string(),
+                "health": if healthy { "healthy" } else { "unhealthy" },
+                "health_since": t.health_since_unix_ms() / 1000,
+                "ejected": ejected.is_some(),
+                "ejected_for_ms": ejected.map(|d| d.as_millis() as u64),
+                "ejections": t.ejections(),
+                "state": if !healthy { "down" } else if ejected.is_some() { "ejected" } else { "up" },
+            })
+        })
+        .collect();
+    json!({
+        "name": &*p.name,
+        "balance": format!("{:?}", p.def.balance).to_lowercase(),
+        "active_check": p.health_kind().map(|k| format!("{k:?}").to_lowercase()),
+        "targets": targets,
+    })
 }
 
 #[async_trait]

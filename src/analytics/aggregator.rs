@@ -80,9 +80,26 @@ impl Work<'_> {
         if let Some(d) = &mut self.detector {
             d.add(r, &labels);
         }
+        if let Some(hit) = &r.shadow {
+            self.shadow(hit, (r.time_ms / 1000) as i64);
+        }
         // Last, so that a scrape showing N records was taken after N records were fully
         // absorbed (a later scrape then sees all of them in every metric).
         self.a.metrics.records.inc();
+    }
+
+    /// Counts a request that matched no route, under the current `[catalog]` bounds.
+    fn shadow(&mut self, hit: &super::shadow::Hit, at: i64) {
+        let snapshot = self.shared.snapshot();
+        let c = &snapshot.file.catalog;
+        let evicted = {
+            let mut t = self.a.shadow.lock().unwrap_or_else(|e| e.into_inner());
+            t.cap = c.shadow_shapes;
+            t.retention = i64::try_from(c.shadow_retention.0.as_secs()).unwrap_or(i64::MAX);
+            t.add(hit, at)
+        };
+        self.a.metrics.shadow_requests.inc();
+        self.a.metrics.shadow_evicted.inc_by(evicted);
     }
 
     fn flush_log(&mut self) {

@@ -33,6 +33,8 @@ pub struct Report {
     pub from: i64,
     pub to: i64,
     pub callers: Vec<Caller>,
+    /// The lifecycle notices each consumer was sent (`crate::notices`).
+    pub notices: Vec<crate::store::notices::NoticeRow>,
 }
 
 /// The callers of `api` `version` (`""` for an API without one) in the `window` seconds before
@@ -71,7 +73,13 @@ pub fn gather(
             }
         })
         .collect();
-    Ok(Report { from, to, callers })
+    let notices = crate::store::notices::of_api(conn, api, version)?;
+    Ok(Report {
+        from,
+        to,
+        callers,
+        notices,
+    })
 }
 
 /// A consumer's contacts: its `email` and `contact` metadata.
@@ -120,6 +128,9 @@ pub fn to_json(
             "last_call": rfc(c.last_call),
             "last_call_precision": c.precision,
             "contacts": if c.consumer.is_empty() { Vec::new() } else { contacts_of(&c.consumer) },
+            "notices": report.notices.iter().filter(|n| n.consumer == c.consumer).map(|n| json!({
+                "event": n.event, "state": n.state, "at": rfc(n.at),
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }

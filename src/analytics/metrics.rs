@@ -33,6 +33,9 @@ pub struct Metrics {
     pub anomalies: IntCounterVec,
     pub access_log_errors: IntCounter,
     pub webhook_failures: IntCounter,
+    pub shadow_requests: IntCounter,
+    pub shadow_evicted: IntCounter,
+    pub notices: IntCounterVec,
     generation: IntGauge,
     connections_open: IntGauge,
     connections_refused: IntCounter,
@@ -110,6 +113,19 @@ impl Metrics {
                 "turnpike_alert_webhook_failures_total",
                 "Alert webhook deliveries that failed after every retry",
             )?,
+            shadow_requests: IntCounter::new(
+                "turnpike_shadow_requests_total",
+                "Requests that matched no route (counted by shape in GET /catalog/shadow)",
+            )?,
+            shadow_evicted: IntCounter::new(
+                "turnpike_shadow_shapes_evicted_total",
+                "Shadow endpoint shapes evicted (least seen) past [catalog] shadow_shapes",
+            )?,
+            notices: counter_vec(
+                "turnpike_catalog_notices_total",
+                "Lifecycle notices to [catalog] notify_webhook, by event and outcome (sent, failed)",
+                &["event", "outcome"],
+            )?,
             generation: IntGauge::new(
                 "turnpike_config_generation",
                 "Generation of the config in use (1 at start, +1 per successful reload)",
@@ -161,6 +177,9 @@ impl Metrics {
         r.register(Box::new(m.anomalies.clone()))?;
         r.register(Box::new(m.access_log_errors.clone()))?;
         r.register(Box::new(m.webhook_failures.clone()))?;
+        r.register(Box::new(m.shadow_requests.clone()))?;
+        r.register(Box::new(m.shadow_evicted.clone()))?;
+        r.register(Box::new(m.notices.clone()))?;
         r.register(Box::new(m.generation.clone()))?;
         r.register(Box::new(m.connections_open.clone()))?;
         r.register(Box::new(m.connections_refused.clone()))?;

@@ -14,6 +14,7 @@ pub mod record;
 pub mod report;
 pub mod requests;
 pub mod rollup;
+pub mod shadow;
 pub mod sketch;
 pub mod webhook;
 
@@ -36,6 +37,8 @@ pub struct Analytics {
     pub access_log: Option<access_log::Target>,
     pub metrics: metrics::Metrics,
     pub rollups: Mutex<rollup::Rollups>,
+    /// Requests that matched no route, by shape, between flushes.
+    pub shadow: Mutex<shadow::Table>,
     /// Held from taking the rollups' deltas until they are in the store, so that a usage query
     /// never reads between another flush's take and its write (and misses those counts).
     flushing: Mutex<()>,
@@ -61,6 +64,7 @@ impl Analytics {
             cfg: cfg.clone(),
             metrics,
             rollups: Mutex::new(rollup::Rollups::default()),
+            shadow: Mutex::new(shadow::Table::default()),
             flushing: Mutex::new(()),
             alerts: Mutex::new(VecDeque::new()),
         }
@@ -78,10 +82,14 @@ impl Analytics {
         self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Adds the rollups waiting in memory into the store (before a usage query). Blocking:
-    /// called on the blocking pool.
+    /// Adds the rollups and shadow endpoints waiting in memory into the store (before a usage
+    /// query). Blocking: called on the blocking pool.
     pub fn flush_usage(&self, store: &crate::store::Store) -> crate::store::Result<usize> {
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        match shadow::flush(&self.shadow, store) {
+            Ok(evicted) => self.metrics.shadow_evicted.inc_by(evicted),
+            Err(e) => log::warn!("shadow endpoints not written: {e}"),
+        }
         rollup::flush(
             &self.rollups,
             store,

@@ -47,6 +47,8 @@ pub struct Record {
     pub upstream: Option<(Arc<str>, SocketAddr)>,
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
+    /// A request that matched no route: its host, method, path shape and caller.
+    pub shadow: Option<Box<super::shadow::Hit>>,
 }
 
 impl Record {
@@ -214,6 +216,7 @@ pub(crate) fn sample() -> Record {
         upstream: Some((Arc::from("app"), "127.0.0.1:9000".parse().expect("addr"))),
         client_ip: Some("127.0.0.1".parse().expect("ip")),
         user_agent: Some("curl/8 \"quoted\"\n".into()),
+        shadow: None,
     }
 }
 

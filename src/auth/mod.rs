@@ -242,6 +242,29 @@ pub fn authorize(policy: &AuthPolicy, consumer: &Consumer, scopes: &[String]) ->
     Ok(())
 }
 
+/// The consumer whose API key a request presents in one of `headers` (a key the gateway knows
+/// and that has not expired), for the reports on requests that match no route. Nothing is
+/// refused or logged here, and the answer does not depend on it, so it tells a caller nothing.
+pub fn key_holder(
+    req: &RequestHeader,
+    headers: &[HeaderName],
+    config: &ConfigIdentities,
+    identity: &Identity,
+    now: i64,
+) -> Option<String> {
+    headers
+        .iter()
+        .flat_map(|h| req.headers.get_all(h).iter())
+        .map(|v| v.as_bytes().trim_ascii())
+        .filter(|k| !k.is_empty() && k.len() <= 512)
+        .find_map(
+            |k| match identity.lookup_key(config, &key::digest(k), now) {
+                KeyLookup::Valid(c) => Some(c.id.clone()),
+                _ => None,
+            },
+        )
+}
+
 /// The consumer of an API key.
 fn key_consumer(
     policy: &AuthPolicy,

@@ -196,9 +196,110 @@ pub fn api_ref(name: &str, version: Option<&str>) -> String {
     }
 }
 
-/// Every problem of the catalogue entries and teams of `cfg`.
+/// `[catalog]`: the catalogue's own settings (entries are `[apis.catalog]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSettings {
+    /// Shadow endpoint discovery: requests that match no route, counted by path shape.
+    #[serde(default = "yes")]
+    pub shadow: bool,
+    /// Distinct shapes kept (in memory between flushes, and in the store); the least-seen are
+    /// evicted past it, and counted.
+    #[serde(default = "default_shadow_shapes")]
+    pub shadow_shapes: usize,
+    /// How long shadow endpoint days are kept in the store.
+    #[serde(default = "default_shadow_retention")]
+    pub shadow_retention: super::units::Dur,
+    /// Lifecycle notices: one JSON event per consumer that called a deprecated API version in
+    /// the last 30 days, when it is deprecated and 30 and 7 days before its sunset.
+    pub notify_webhook: Option<super::hidden::Hidden>,
+    /// An environment variable holding the key that signs each notice
+    /// (`X-Turnpike-Signature: sha256=HMAC`).
+    pub notify_secret_env: Option<String>,
+    /// How often due notices are looked for.
+    #[serde(default = "default_notify_every")]
+    pub notify_every: super::units::Dur,
+    #[serde(default = "default_notify_timeout")]
+    pub notify_timeout: super::units::Dur,
+    /// Attempts after the first, with a doubling pause; a notice still not delivered is tried
+    /// again at the next look.
+    #[serde(default = "default_notify_retries")]
+    pub notify_retries: u32,
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        CatalogSettings {
+            shadow: true,
+            shadow_shapes: default_shadow_shapes(),
+            shadow_retention: default_shadow_retention(),
+            notify_webhook: None,
+            notify_secret_env: None,
+            notify_every: default_notify_every(),
+            notify_timeout: default_notify_timeout(),
+            notify_retries: default_notify_retries(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_shadow_shapes() -> usize {
+    10_000
+}
+fn default_shadow_retention() -> super::units::Dur {
+    super::units::Dur(std::time::Duration::from_secs(30 * 86_400))
+}
+fn default_notify_every() -> super::units::Dur {
+    super::units::Dur(std::time::Duration::from_secs(3_600))
+}
+fn default_notify_timeout() -> super::units::Dur {
+    super::units::Dur(std::time::Duration::from_secs(5))
+}
+fn default_notify_retries() -> u32 {
+    3
+}
+
+fn validate_settings(s: &CatalogSettings, out: &mut Vec<Problem>) {
+    let mut add = |k: &str, m: &str| out.push(Problem::at(format!("catalog.{k}"), m));
+    if !(1..=1_000_000).contains(&s.shadow_shapes) {
+        add("shadow_shapes", "between 1 and 1000000");
+    }
+    if s.shadow_retention.0 < std::time::Duration::from_secs(86_400) {
+        add("shadow_retention", "at least 1d");
+    }
+    if let Some(url) = &s.notify_webhook {
+        let ok = url.expose().parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
+        if !ok {
+            add("notify_webhook", "an http:// or https:// URL");
+        }
+    }
+    if let Some(var) = &s.notify_secret_env {
+        if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+            add(
+                "notify_secret_env",
+                "names an environment variable that is not set (or is empty)",
+            );
+        }
+    }
+    if s.notify_every.0 < std::time::Duration::from_secs(1) {
+        add("notify_every", "at least 1s");
+    }
+    if s.notify_timeout.0 < std::time::Duration::from_millis(100) {
+        add("notify_timeout", "at least 100ms");
+    }
+    if s.notify_retries > 20 {
+        add("notify_retries", "at most 20");
+    }
+}
+
+/// Every problem of the catalogue entries, teams and `[catalog]` of `cfg`.
 pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
     let mut out = Vec::new();
+    validate_settings(&cfg.catalog, &mut out);
     let known: Vec<String> = cfg
         .apis
         .iter()

@@ -368,6 +368,12 @@ pub fn compile(
     if !problems.is_empty() {
         return Err(problems);
     }
+    let mut key_headers: Vec<http::HeaderName> = Vec::new();
+    for a in endpoints.iter().filter_map(|e| e.auth.as_ref()) {
+        if a.api_key && !key_headers.contains(&a.header) {
+            key_headers.push(a.header.clone());
+        }
+    }
     let l = &file.server.limits;
     Ok(Snapshot {
         generation,
@@ -397,6 +403,7 @@ pub fn compile(
         policies: Arc::new(catalog),
         auth_guard,
         admin_guard,
+        key_headers,
     })
 }
 

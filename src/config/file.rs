@@ -48,6 +48,9 @@ pub struct FileConfig {
     /// `[governance]`: rules over the catalogue, each with a severity.
     #[serde(default)]
     pub governance: super::governance::GovernanceSection,
+    /// `[catalog]`: shadow endpoint discovery and lifecycle notices.
+    #[serde(default)]
+    pub catalog: super::catalog::CatalogSettings,
 }
 
 /// `[cache]`: the edge cache shared by every API with an `[apis.cache]` block.

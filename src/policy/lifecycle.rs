@@ -112,6 +112,24 @@ impl Lifecycle {
 }
 
 impl Lifecycle {
+    /// How the gateway answers at `now`, for the catalogue: `"retired"` (410 `api_retired`,
+    /// retired or past the sunset), `"brownout"` with its end (410 `api_brownout`), or
+    /// `"served"` (with the lifecycle headers).
+    pub fn answers_at(&self, now: i64) -> (&'static str, Option<i64>) {
+        if self.retired || self.sunset_at.is_some_and(|s| now >= s) {
+            return ("retired", None);
+        }
+        match self.brownout_until(now) {
+            Some(until) => ("brownout", Some(until)),
+            None => ("served", None),
+        }
+    }
+
+    /// The names of the headers every answer carries.
+    pub fn header_names(&self) -> Vec<&str> {
+        self.headers.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
     /// The end of the brownout `now` falls in, if any.
     fn brownout_until(&self, now: i64) -> Option<i64> {
         if let Some((_, end)) = self.windows.iter().find(|(s, e)| (*s..*e).contains(&now)) {

@@ -68,6 +68,8 @@ pub struct RequestCtx {
     /// When the first upstream attempt began, and how long the upstream took to answer.
     pub upstream_start: Option<Instant>,
     pub upstream_us: Option<u64>,
+    /// A request that matched no route, as shadow endpoint discovery keeps it.
+    pub shadow: Option<Box<crate::analytics::shadow::Hit>>,
 }
 
 impl RequestCtx {
@@ -93,6 +95,7 @@ impl RequestCtx {
             had_body: false,
             background: false,
             start: Instant::now(),
+            shadow: None,
             code: None,
             limited: None,
             cache_status: None,

@@ -51,6 +51,7 @@ pub fn record(session: &Session, ctx: &mut RequestCtx, with_user_agent: bool) ->
         cache: ctx.cache_status,
         upstream,
         client_ip: ctx.client_ip,
+        shadow: ctx.shadow.take(),
         user_agent: req
             .headers
             .get(http::header::USER_AGENT)

@@ -123,6 +123,9 @@ impl Gateway {
         let id = match ctx.snapshot.route(host, target.path, &req.method) {
             Match::Found(id) => id,
             Match::NotFound => {
+                if ctx.snapshot.file.catalog.shadow {
+                    ctx.shadow = Some(Box::new(self.shadow_hit(session, ctx, host, target.path)));
+                }
                 return Err((Reply::no_route(&req.method, target.path), close));
             }
             Match::MethodNotAllowed(allowed, id) => {
@@ -141,6 +144,39 @@ impl Gateway {
             ctx.retries_left = pool.def.retries;
         }
         Ok(Routed::Found(id, close))
+    }
+
+    /// What shadow endpoint discovery keeps of a request that matched no route: its host,
+    /// method, path shape and caller (the consumer of a known API key, else the address).
+    fn shadow_hit(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        host: Option<&[u8]>,
+        path: &[u8],
+    ) -> crate::analytics::shadow::Hit {
+        use crate::analytics::shadow::{Caller, Hit};
+        let req = session.req_header();
+        let snapshot = &ctx.snapshot;
+        let holder = crate::auth::key_holder(
+            req,
+            &snapshot.key_headers,
+            &snapshot.identities,
+            &self.shared.identity,
+            crate::clock::now(),
+        );
+        let caller = match (holder, ctx.client_ip) {
+            (Some(id), _) => Caller::Consumer(id),
+            (None, Some(ip)) => Caller::Address(ip),
+            (None, None) => Caller::Unknown,
+        };
+        let host = host.map(String::from_utf8_lossy).unwrap_or_default();
+        Hit::new(
+            &host,
+            req.method.as_str(),
+            &String::from_utf8_lossy(path),
+            caller,
+        )
     }
 
     /// A method the route does not allow: 405, unless it is a CORS preflight, which the CORS

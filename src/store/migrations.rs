@@ -85,6 +85,32 @@ const STEPS: &[(u32, &str)] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX usage_by_consumer ON usage_rollups(consumer, granularity, start);",
     ),
+    (
+        4,
+        "CREATE TABLE shadow_endpoints (
+        host TEXT NOT NULL,
+        method TEXT NOT NULL,
+        shape TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        callers TEXT NOT NULL,
+        PRIMARY KEY (host, method, shape, day)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX shadow_by_day ON shadow_endpoints(day);
+    -- Lifecycle notices sent (or being sent) to [catalog] notify_webhook: one per consumer,
+    -- API version and event, whatever restarts happen.
+    CREATE TABLE catalog_notices (
+        consumer TEXT NOT NULL,
+        api TEXT NOT NULL,
+        version TEXT NOT NULL,
+        event TEXT NOT NULL,
+        state TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (consumer, api, version, event)
+    ) STRICT, WITHOUT ROWID;",
+    ),
 ];
 
 /// The schema version this binary writes.

@@ -10,7 +10,9 @@
 pub mod audit;
 pub mod consumers;
 mod migrations;
+pub mod notices;
 pub mod quotas;
+pub mod shadow;
 pub mod usage;
 
 use rusqlite::{Connection, Transaction};

@@ -208,6 +208,34 @@ pub fn callers(
     Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
+/// The totals of `api` `version` over the `granularity` rows starting in `[from, to)`, every
+/// consumer and status class together (sketches merged), read row by row.
+pub fn api_totals(
+    conn: &Connection,
+    granularity: i64,
+    from: i64,
+    to: i64,
+    api: &str,
+    version: &str,
+) -> Result<UsageTotals> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT requests, errors, bytes_in, bytes_out, latency FROM usage_rollups
+         WHERE granularity = ?1 AND start >= ?2 AND start < ?3 AND api = ?4 AND version = ?5",
+    )?;
+    let mut rows = stmt.query(params![granularity, from, to, api, version])?;
+    let mut total = UsageTotals::default();
+    while let Some(r) = rows.next()? {
+        total.merge(&UsageTotals {
+            requests: r.get::<_, i64>(0)?.max(0) as u64,
+            errors: r.get::<_, i64>(1)?.max(0) as u64,
+            bytes_in: r.get::<_, i64>(2)?.max(0) as u64,
+            bytes_out: r.get::<_, i64>(3)?.max(0) as u64,
+            latency: Sketch::from_bytes(&r.get::<_, Vec<u8>>(4)?).unwrap_or_default(),
+        });
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

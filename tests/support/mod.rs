@@ -2,6 +2,7 @@
 //! generated config, and raw-socket clients for inputs that ordinary clients refuse to send.
 #![allow(dead_code)]
 
+pub mod hook;
 pub mod load;
 pub mod redis;
 pub mod upstream;
@@ -423,4 +424,40 @@ pub async fn admin(
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
     };
     (status, v)
+}
+
+/// The admin `/metrics` text.
+pub async fn metrics_text(gw: &Gateway) -> String {
+    client()
+        .get(gw.admin_url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the sample `name` (with its labels, if any) in a `/metrics` text; 0 without it.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until the aggregator has taken exactly `n` request records (reports are exact for
+/// the records taken); fails on more, or after 20 s.
+pub async fn wait_records(gw: &Gateway, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = metric_value(&metrics_text(gw).await, "turnpike_analytics_records_total");
+        if seen >= n {
+            assert_eq!(seen, n, "one record per request");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{seen} of {n} records");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
