@@ -267,3 +267,45 @@ async fn notices_go_once_per_consumer_and_event_across_a_restart() {
     support::send_signal(second.id(), "TERM");
     assert!(wait_child(&mut second, Duration::from_secs(15)).is_some());
 }
+
+/// Two gateways sharing a real Redis, each with its own store: both see acme's calls, and the
+/// fleet's claim in Redis lets only one of them send each notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_sends_each_notice_once() {
+    let redis = support::redis::RedisServer::start();
+    let up = Upstream::start("orders").await;
+    let hook = Hook::start(0).await;
+    let store = format!(
+        "redis_url = \"{}\"\nredis_prefix = \"tp-notices:\"\nnodes = 2\nsync_interval = \"250ms\"",
+        redis.url()
+    );
+    let text = body(&up, &hook, 20);
+    let a = Gateway::start_with_store(&store, &text);
+    let b = Gateway::start_with_store(&store, &text);
+    call(&a, "acme", "/orders/v1/items", 2).await;
+    call(&b, "acme", "/orders/v1/items", 2).await;
+    call(&b, "globex", "/orders/v1/items", 1).await;
+    let got = delivered(&hook, 4).await;
+    let all = pairs(&got);
+    assert_eq!(all.len(), 4, "each notice once in the fleet: {all:?}");
+    assert_eq!(
+        all.into_iter().collect::<BTreeSet<_>>(),
+        set(&[
+            ("acme", "api.deprecated"),
+            ("acme", "api.sunset_in_30_days"),
+            ("globex", "api.deprecated"),
+            ("globex", "api.sunset_in_30_days"),
+        ])
+    );
+    // Each node's own count of acme's calls is what it saw (usage rollups are per node).
+    for (gw, n) in [(&a, 2), (&b, 2)] {
+        let (_, report) =
+            support::admin(gw, "GET", "/catalog/apis/orders/v1/consumers", None).await;
+        let acme = report["consumers"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["consumer"] == "acme"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(acme["requests"], n);
+    }
+}
