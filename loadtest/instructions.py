@@ -32,9 +32,10 @@ import run
 WARM, REQUESTS, QUIET, IDLE = 1000, 4000, 6, 10
 
 
-def oha(port, n, headers, expect, name):
+def oha(port, n, headers, expect, name, pin=None):
     extra = [arg for h in headers for arg in ("-H", h)]
-    res = subprocess.run([run.oha_path(), "-n", str(n), "-c", "4", "--no-tui", *extra,
+    cpu = ["taskset", "-c", pin] if pin else []
+    res = subprocess.run([*cpu, run.oha_path(), "-n", str(n), "-c", "4", "--no-tui", *extra,
                           f"http://127.0.0.1:{port}/items/42"], capture_output=True, text=True, timeout=900)
     codes = re.findall(r"\[(\d+)\] (\d+) responses", res.stdout)
     if res.returncode != 0 or "Success rate:\t100.00%" not in res.stdout or not codes \

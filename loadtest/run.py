@@ -397,7 +397,13 @@ def main():
     ap.add_argument("--write-routes", action="store_true", help="rewrite loadtest/10k-routes.toml and exit")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions per request under callgrind (each scenario and the Pingora floor) instead of timing")
+    ap.add_argument("--cpu", action="store_true",
+                    help="timed CPU per request of the same targets and peers, natively, as ratios to nginx and nginx + Lua")
     args = ap.parse_args()
+    if args.cpu:
+        import cputime
+        cputime.main(args.record)
+        return
     if args.write_routes:
         write_routes_file()
         return
