@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
 
     // The request path: build the record and try_send it while a thread drains the channel
     // every 10 ms, as the aggregator does (it polls, so sends never wake it).
-    let analytics = Arc::new(Analytics::new(&AnalyticsSection::default(), None));
+    let analytics = Arc::new(Analytics::new(&AnalyticsSection::default(), None, None));
     let mut rx = analytics.take_receiver().expect("receiver");
     std::thread::spawn(move || loop {
         std::thread::sleep(std::time::Duration::from_millis(10));

@@ -160,8 +160,7 @@ fn claim_due(shared: &Shared, now: i64) -> crate::store::Result<Vec<Claimed>> {
             flushed = true;
         }
         let version = api.version.clone().unwrap_or_default();
-        let report =
-            store.read(|conn| callers::gather(conn, &api.name, &version, CALLED_WITHIN, now))?;
+        let report = callers::gather(&shared.usage(), &api.name, &version, CALLED_WITHIN, now)?;
         for caller in report.callers.iter().filter(|c| !c.consumer.is_empty()) {
             let key = |event| NoticeKey {
                 consumer: &caller.consumer,

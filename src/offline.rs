@@ -129,28 +129,43 @@ pub fn audit_verify(config: &Path) -> ExitCode {
     }
 }
 
-/// `turnpike report`: usage rollups from the embedded store as a table.
+/// The fleet's Redis of a config (`[store] redis_url`), if it names one.
+fn fleet(cfg: &crate::config::file::FileConfig) -> Result<Option<crate::cluster::Cluster>, String> {
+    crate::cluster::Cluster::from_config(&cfg.store).map_err(|e| format!("store.redis_url: {e}"))
+}
+
+/// `turnpike report`: usage rollups as a table, the fleet's from Redis when the config names
+/// one, else the embedded store's.
 pub fn report(config: &Path, ask: &crate::analytics::report::Ask) -> ExitCode {
     let cfg = match crate::config::load(config) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    let filter = match ask.filter(crate::clock::now(), 3_600, false) {
+        Ok(f) => f,
+        Err(why) => return fail(why),
+    };
+    let cluster = match fleet(&cfg) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let absolute = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     let path = crate::app::store_path(&absolute, &cfg.store.path);
-    if !path.exists() {
+    if cluster.is_none() && !path.exists() {
         return fail(format!(
             "{}: no store yet (the gateway has not run with this config)",
             path.display()
         ));
     }
-    let filter = match ask.filter(crate::clock::now(), 3_600, false) {
-        Ok(f) => f,
-        Err(why) => return fail(why),
+    let rows = match &cluster {
+        Some(c) => crate::analytics::source::Source::Fleet(c).query(&filter, usize::MAX),
+        None => crate::store::Store::open(&path)
+            .and_then(|s| crate::analytics::source::Source::Node(&s).query(&filter, usize::MAX)),
     };
-    let rows = crate::store::Store::open(&path)
-        .and_then(|s| s.read(|c| crate::store::usage::query(c, &filter, usize::MAX)));
+    let scope = if cluster.is_some() { "fleet" } else { "node" };
     match rows {
         Ok(rows) => {
+            println!("scope: {scope}");
             print!("{}", crate::analytics::report::usage_table(&filter, &rows));
             ExitCode::SUCCESS
         }
@@ -183,11 +198,20 @@ pub fn catalog_consumers(config: &Path, api: &str, since: &str, json: bool) -> E
         Ok(i) => i,
         Err(e) => return fail(e),
     };
+    let cluster = match fleet(&snapshot.file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let source = crate::analytics::source::Source::new(identity.store(), cluster.as_ref());
     let now = crate::clock::now();
-    let report = match identity
-        .store()
-        .read(|c| crate::analytics::callers::gather(c, name, version, window, now))
-    {
+    let report =
+        crate::analytics::callers::gather(&source, name, version, window, now).and_then(|mut r| {
+            r.notices = identity
+                .store()
+                .read(|c| crate::store::notices::of_api(c, name, version))?;
+            Ok(r)
+        });
+    let report = match report {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot read the usage rollups: {e}")),
     };

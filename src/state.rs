@@ -193,6 +193,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Where usage reports read: the fleet's Redis when there is one, else this node's store.
+    pub fn usage(&self) -> crate::analytics::source::Source<'_> {
+        crate::analytics::source::Source::new(self.identity.store(), self.cluster.as_deref())
+    }
+
     pub fn new(
         snapshot: Snapshot,
         identity: Arc<crate::identity::Identity>,
@@ -203,6 +208,7 @@ impl Shared {
         let analytics = Arc::new(crate::analytics::Analytics::new(
             &snapshot.file.analytics,
             config_path.parent(),
+            cluster.clone(),
         ));
         let connections =
             crate::limits::conns::Connections::new(snapshot.file.server.limits.max_connections);

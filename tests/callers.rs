@@ -6,7 +6,7 @@
 mod support;
 
 use support::upstream::Upstream;
-use support::{client, key_digest, problem, run_cli, Gateway, ADMIN_TOKEN};
+use support::{client, problem, run_cli, Gateway, ADMIN_TOKEN};
 
 const KEYS: [(&str, &str); 3] = [
     ("acme", "tp_callers_acme_0123456789abcdef"),
@@ -15,15 +15,7 @@ const KEYS: [(&str, &str); 3] = [
 ];
 
 fn config(up: &Upstream) -> String {
-    let consumers: String = KEYS
-        .iter()
-        .map(|(id, key)| {
-            format!(
-                "[[consumers]]\nid = \"{id}\"\nmetadata = {{ email = \"ops@{id}.example\" }}\nkeys = [ {{ sha256 = \"{}\" }} ]\n\n",
-                key_digest(key)
-            )
-        })
-        .collect();
+    let consumers = support::consumers_toml(&KEYS);
     format!(
         r#"
 [upstreams.orders]

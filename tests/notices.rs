@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use support::hook::{Delivery, Hook};
 use support::upstream::Upstream;
-use support::{client, key_digest, wait_child, Gateway, ADMIN_TOKEN};
+use support::{client, wait_child, Gateway, ADMIN_TOKEN};
 
 const KEYS: [(&str, &str); 3] = [
     ("acme", "tp_notice_acme_0123456789abcdef0"),
@@ -22,15 +22,7 @@ const DAY: i64 = 86_400;
 
 fn body(up: &Upstream, hook: &Hook, sunset_in_days: i64) -> String {
     let now = turnpike::clock::now();
-    let consumers: String = KEYS
-        .iter()
-        .map(|(id, key)| {
-            format!(
-                "[[consumers]]\nid = \"{id}\"\nmetadata = {{ email = \"ops@{id}.example\" }}\nkeys = [ {{ sha256 = \"{}\" }} ]\n\n",
-                key_digest(key)
-            )
-        })
-        .collect();
+    let consumers = support::consumers_toml(&KEYS);
     format!(
         r#"
 [catalog]
@@ -74,16 +66,7 @@ methods = ["api_key"]
 }
 
 async fn call(gw: &Gateway, who: &str, path: &str, n: usize) {
-    let key = KEYS.iter().find(|(id, _)| *id == who).map(|(_, k)| *k);
-    for _ in 0..n {
-        let r = client()
-            .get(gw.url(path))
-            .header("x-api-key", key.unwrap_or_default())
-            .send()
-            .await
-            .expect("call");
-        assert_eq!(r.status(), 200, "{who} {path}");
-    }
+    support::call_as(gw, &KEYS, who, path, n).await;
 }
 
 /// (consumer, event) of each delivery.
@@ -297,15 +280,16 @@ async fn a_fleet_sends_each_notice_once() {
             ("globex", "api.sunset_in_30_days"),
         ])
     );
-    // Each node's own count of acme's calls is what it saw (usage rollups are per node).
-    for (gw, n) in [(&a, 2), (&b, 2)] {
+    // Both nodes report the fleet's calls (usage rollups are shared through Redis).
+    for gw in [&a, &b] {
         let (_, report) =
             support::admin(gw, "GET", "/catalog/apis/orders/v1/consumers", None).await;
+        assert_eq!(report["scope"], "fleet");
         let acme = report["consumers"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["consumer"] == "acme"))
             .cloned()
             .unwrap_or_default();
-        assert_eq!(acme["requests"], n);
+        assert_eq!(acme["requests"], 4);
     }
 }

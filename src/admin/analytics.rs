@@ -29,9 +29,8 @@ pub fn metrics(shared: &Shared, rid: &str) -> Answer {
 async fn rows(shared: &Arc<Shared>, f: &Filter, rid: &str) -> Result<Vec<UsageRow>, Box<Answer>> {
     let (s, filter) = (shared.clone(), f.clone());
     let read = blocking(move || {
-        let store = s.identity.store();
-        s.analytics.flush_usage(store)?;
-        store.read(|c| crate::store::usage::query(c, &filter, MAX_ROWS + 1))
+        s.analytics.flush_usage(s.identity.store())?;
+        s.usage().query(&filter, MAX_ROWS + 1)
     })
     .await;
     let rows = read.map_err(|e| {
@@ -68,7 +67,9 @@ pub async fn usage(shared: &Arc<Shared>, query: Option<&str>, accept: &str, rid:
         let body = report::usage_csv(&rows).into_bytes();
         return problem_or_json(200, body, "text/csv; charset=utf-8", rid);
     }
-    json_response(200, report::usage_json(&f, &rows), "application/json", rid)
+    let mut body = report::usage_json(&f, &rows);
+    body["scope"] = json!(shared.usage().scope());
+    json_response(200, body, "application/json", rid)
 }
 
 pub async fn top(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer {
@@ -94,12 +95,11 @@ pub async fn top(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer
         Err(why) => return problem(Code::InvalidRequest, &why, rid),
     };
     match rows(shared, &f, rid).await {
-        Ok(rows) => json_response(
-            200,
-            report::top_json(&f, &rows, &by, &metric, limit),
-            "application/json",
-            rid,
-        ),
+        Ok(rows) => {
+            let mut body = report::top_json(&f, &rows, &by, &metric, limit);
+            body["scope"] = json!(shared.usage().scope());
+            json_response(200, body, "application/json", rid)
+        }
         Err(answer) => *answer,
     }
 }

@@ -10,7 +10,7 @@ use super::{blocking, json_response, problem, query_param, Answer};
 use crate::analytics::callers;
 use crate::reply::Code;
 use crate::state::Shared;
-use crate::store::usage::{api_totals, DAY, HOUR};
+use crate::store::usage::{DAY, HOUR};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -121,13 +121,13 @@ async fn detail(shared: &Arc<Shared>, name: &str, version: &str, rid: &str) -> A
     let (s, api_name) = (shared.clone(), api.name.clone());
     let v = api.version.clone().unwrap_or_default();
     let totals = blocking(move || {
-        let store = s.identity.store();
-        s.analytics.flush_usage(store)?;
-        store.read(|c| api_totals(c, HOUR, from, now + 1, &api_name, &v))
+        s.analytics.flush_usage(s.identity.store())?;
+        s.usage().api_totals(HOUR, from, now + 1, &api_name, &v)
     })
     .await;
     let usage = match totals {
         Ok(t) => json!({
+            "scope": shared.usage().scope(),
             "from": crate::clock::rfc3339(from),
             "to": crate::clock::rfc3339(now),
             "requests": t.requests,
@@ -259,7 +259,9 @@ async fn consumers(
     let report = blocking(move || {
         let store = s.identity.store();
         s.analytics.flush_usage(store)?;
-        store.read(|c| callers::gather(c, &api_name, &v, window, now))
+        let mut report = callers::gather(&s.usage(), &api_name, &v, window, now)?;
+        report.notices = store.read(|c| crate::store::notices::of_api(c, &api_name, &v))?;
+        Ok(report)
     })
     .await;
     let report = match report {

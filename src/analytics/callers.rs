@@ -8,8 +8,8 @@
 //! rows that still hold it: the minute within the last day, else the hour within the hour
 //! retention, else the day.
 
-use crate::store::usage::{callers, CallerRow, DAY, HOUR, MINUTE};
-use rusqlite::Connection;
+use super::source::Source;
+use crate::store::usage::{CallerRow, DAY, HOUR, MINUTE};
 use serde_json::{json, Value};
 
 /// The longest window a report may ask for.
@@ -33,14 +33,16 @@ pub struct Report {
     pub from: i64,
     pub to: i64,
     pub callers: Vec<Caller>,
-    /// The lifecycle notices each consumer was sent (`crate::notices`).
+    /// `"fleet"` or `"node"`: whose rollups were read.
+    pub scope: &'static str,
+    /// The lifecycle notices each consumer was sent (`crate::notices`), when read.
     pub notices: Vec<crate::store::notices::NoticeRow>,
 }
 
 /// The callers of `api` `version` (`""` for an API without one) in the `window` seconds before
 /// `now`.
 pub fn gather(
-    conn: &Connection,
+    source: &Source<'_>,
     api: &str,
     version: &str,
     window: i64,
@@ -49,9 +51,9 @@ pub fn gather(
     let start = now.saturating_sub(window.clamp(1, MAX_WINDOW)).max(0);
     let from = start - start.rem_euclid(DAY);
     let to = now.saturating_add(1);
-    let days = callers(conn, DAY, from, to, api, version)?;
+    let days = source.callers(DAY, from, to, api, version)?;
     let finer = |granularity: i64, since: i64| -> crate::store::Result<Vec<CallerRow>> {
-        callers(conn, granularity, since.max(from), to, api, version)
+        source.callers(granularity, since.max(from), to, api, version)
     };
     let hours = finer(HOUR, from)?;
     let minutes = finer(MINUTE, now - DAY)?;
@@ -73,12 +75,12 @@ pub fn gather(
             }
         })
         .collect();
-    let notices = crate::store::notices::of_api(conn, api, version)?;
     Ok(Report {
         from,
         to,
         callers,
-        notices,
+        scope: source.scope(),
+        notices: Vec::new(),
     })
 }
 
@@ -118,6 +120,7 @@ pub fn to_json(
         "api": api,
         "version": if version.is_empty() { Value::Null } else { json!(version) },
         "lifecycle": lifecycle,
+        "scope": report.scope,
         "from": rfc(report.from),
         "to": rfc(report.to),
         "consumers": report.callers.iter().map(|c| json!({
@@ -211,9 +214,23 @@ mod tests {
         store
             .write(|tx| crate::store::usage::add(tx, &deltas))
             .expect("write");
-        let report = store
-            .read(|c| gather(c, "orders", "v1", 30 * DAY, now))
-            .expect("read");
+        let source = Source::Node(&store);
+        let report = gather(&source, "orders", "v1", 30 * DAY, now).expect("read");
+        // The fleet's way (callers from rows read) agrees with the store's query.
+        let f = crate::store::usage::Filter {
+            granularity: DAY,
+            from: now - 60 * DAY,
+            to: now + 1,
+            api: Some("orders".into()),
+            consumer: None,
+        };
+        let rows = source.query(&f, usize::MAX).expect("rows");
+        assert_eq!(
+            crate::store::usage::callers_of(&rows, "v1"),
+            source
+                .callers(DAY, f.from, f.to, "orders", "v1")
+                .expect("callers")
+        );
         let got: Vec<(&str, u64, u64, &str)> = report
             .callers
             .iter()
@@ -229,9 +246,7 @@ mod tests {
         assert_eq!(report.from % DAY, 0);
         assert!(report.from <= now - 30 * DAY);
         // A wider window finds beta, with a last call known to the hour.
-        let report = store
-            .read(|c| gather(c, "orders", "v1", 60 * DAY, now))
-            .expect("read");
+        let report = gather(&source, "orders", "v1", 60 * DAY, now).expect("read");
         assert!(report
             .callers
             .iter()

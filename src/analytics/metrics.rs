@@ -36,6 +36,9 @@ pub struct Metrics {
     pub shadow_requests: IntCounter,
     pub shadow_evicted: IntCounter,
     pub notices: IntCounterVec,
+    pub fleet_folded: IntCounter,
+    pub fleet_dropped: IntCounter,
+    pub fleet_waiting: IntGauge,
     generation: IntGauge,
     connections_open: IntGauge,
     connections_refused: IntCounter,
@@ -126,6 +129,18 @@ impl Metrics {
                 "Lifecycle notices to [catalog] notify_webhook, by event and outcome (sent, failed)",
                 &["event", "outcome"],
             )?,
+            fleet_folded: IntCounter::new(
+                "turnpike_fleet_usage_folded_total",
+                "Usage rows folded into the consumer (other) past [analytics.fleet] max_series_per_minute",
+            )?,
+            fleet_dropped: IntCounter::new(
+                "turnpike_fleet_usage_dropped_total",
+                "Usage rows dropped because Redis could not be written for longer than [analytics.fleet] buffer_rows allows",
+            )?,
+            fleet_waiting: IntGauge::new(
+                "turnpike_fleet_usage_waiting_rows",
+                "Usage rows waiting to be added to the fleet's Redis",
+            )?,
             generation: IntGauge::new(
                 "turnpike_config_generation",
                 "Generation of the config in use (1 at start, +1 per successful reload)",
@@ -180,6 +195,9 @@ impl Metrics {
         r.register(Box::new(m.shadow_requests.clone()))?;
         r.register(Box::new(m.shadow_evicted.clone()))?;
         r.register(Box::new(m.notices.clone()))?;
+        r.register(Box::new(m.fleet_folded.clone()))?;
+        r.register(Box::new(m.fleet_dropped.clone()))?;
+        r.register(Box::new(m.fleet_waiting.clone()))?;
         r.register(Box::new(m.generation.clone()))?;
         r.register(Box::new(m.connections_open.clone()))?;
         r.register(Box::new(m.connections_refused.clone()))?;

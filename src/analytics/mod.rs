@@ -16,6 +16,7 @@ pub mod requests;
 pub mod rollup;
 pub mod shadow;
 pub mod sketch;
+pub mod source;
 pub mod webhook;
 
 use crate::config::analytics::AnalyticsSection;
@@ -39,6 +40,10 @@ pub struct Analytics {
     pub rollups: Mutex<rollup::Rollups>,
     /// Requests that matched no route, by shape, between flushes.
     pub shadow: Mutex<shadow::Table>,
+    /// The fleet's Redis (`[store] redis_url`), where rollups are also added, and the deltas
+    /// waiting for it.
+    pub fleet: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    fleet_pending: Mutex<crate::cluster::usage::Pending>,
     /// Held from taking the rollups' deltas until they are in the store, so that a usage query
     /// never reads between another flush's take and its write (and misses those counts).
     flushing: Mutex<()>,
@@ -47,7 +52,11 @@ pub struct Analytics {
 
 impl Analytics {
     /// `config_dir`: relative access log paths are relative to it.
-    pub fn new(cfg: &AnalyticsSection, config_dir: Option<&Path>) -> Analytics {
+    pub fn new(
+        cfg: &AnalyticsSection,
+        config_dir: Option<&Path>,
+        fleet: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    ) -> Analytics {
         let (tx, rx) = mpsc::channel(cfg.buffer.max(1));
         let metrics = match metrics::Metrics::new(cfg.consumer_labels) {
             Ok(m) => m,
@@ -65,6 +74,8 @@ impl Analytics {
             metrics,
             rollups: Mutex::new(rollup::Rollups::default()),
             shadow: Mutex::new(shadow::Table::default()),
+            fleet,
+            fleet_pending: Mutex::new(Default::default()),
             flushing: Mutex::new(()),
             alerts: Mutex::new(VecDeque::new()),
         }
@@ -90,12 +101,52 @@ impl Analytics {
             Ok(evicted) => self.metrics.shadow_evicted.inc_by(evicted),
             Err(e) => log::warn!("shadow endpoints not written: {e}"),
         }
-        rollup::flush(
+        let written = rollup::flush(
             &self.rollups,
             store,
             secs(self.cfg.retention.0),
             secs(self.cfg.hour_retention.0),
-        )
+            |deltas| {
+                if self.fleet.is_some() {
+                    let mut p = self.fleet_pending.lock().unwrap_or_else(|e| e.into_inner());
+                    let dropped = p.push(deltas.to_vec(), self.cfg.fleet.buffer_rows);
+                    self.metrics.fleet_dropped.inc_by(dropped as u64);
+                    self.metrics.fleet_waiting.set(p.rows() as i64);
+                }
+            },
+        );
+        // An outage is logged by the cluster's health (once); the rows wait.
+        if let Err(e) = self.write_fleet() {
+            log::debug!("{e}");
+        }
+        written
+    }
+
+    /// Writes the deltas waiting for the fleet's Redis; on an outage they wait (bounded).
+    fn write_fleet(&self) -> crate::store::Result<()> {
+        let Some(c) = &self.fleet else {
+            return Ok(());
+        };
+        let f = &self.cfg.fleet;
+        let limits = crate::cluster::usage::Limits {
+            minutes: secs(f.minute_retention.0),
+            hours: secs(f.hour_retention.0),
+            days: secs(f.day_retention.0),
+            max_series: f.max_series_per_minute,
+        };
+        let mut p = self.fleet_pending.lock().unwrap_or_else(|e| e.into_inner());
+        let result = crate::cluster::usage::write(c, &mut p, limits);
+        self.metrics.fleet_waiting.set(p.rows() as i64);
+        match result {
+            Ok(folded) => {
+                self.metrics.fleet_folded.inc_by(folded);
+                Ok(())
+            }
+            Err(e) => Err(crate::store::StoreError::Redis(format!(
+                "fleet usage not written yet ({} rows wait): {e}",
+                p.rows()
+            ))),
+        }
     }
 
     pub fn remember(&self, alert: Alert) {

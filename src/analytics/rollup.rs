@@ -104,17 +104,20 @@ impl Rollups {
 }
 
 /// Writes `rollups`' deltas into the store and prunes rows past their retention. On a store
-/// error the deltas stay for the next attempt.
+/// error the deltas stay for the next attempt. `taken` sees every delta once, when it is taken
+/// (for the fleet's copy).
 pub fn flush(
     rollups: &std::sync::Mutex<Rollups>,
     store: &Store,
     retention_secs: i64,
     hour_retention_secs: i64,
+    taken: impl FnOnce(&[(i64, UsageKey, UsageTotals)]),
 ) -> Result<usize, crate::store::StoreError> {
     let deltas = rollups.lock().unwrap_or_else(|e| e.into_inner()).take();
     if deltas.is_empty() {
         return Ok(0);
     }
+    taken(&deltas);
     let n = deltas.len();
     let now = crate::clock::now();
     let result = store.write(|tx| {

@@ -12,6 +12,7 @@
 pub mod counters;
 pub mod records;
 mod scripts;
+pub mod usage;
 
 use crate::config::file::StoreSection;
 use arc_swap::ArcSwapOption;

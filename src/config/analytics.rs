@@ -35,6 +35,58 @@ pub struct AnalyticsSection {
     pub hour_retention: Dur,
     #[serde(default)]
     pub alerts: AlertsSection,
+    /// With `[store] redis_url`: the fleet's usage rollups in Redis.
+    #[serde(default)]
+    pub fleet: FleetSection,
+}
+
+/// `[analytics.fleet]`: how the fleet's usage rollups live in Redis (used with
+/// `[store] redis_url`; each node's store keeps its own rows as well).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    #[serde(default = "default_fleet_minutes")]
+    pub minute_retention: Dur,
+    #[serde(default = "default_fleet_hours")]
+    pub hour_retention: Dur,
+    #[serde(default = "default_fleet_days")]
+    pub day_retention: Dur,
+    /// Distinct rows (API, version, consumer, status class) per minute, fleet-wide; further
+    /// consumers of that minute are folded into the consumer `(other)` and counted.
+    #[serde(default = "default_max_series")]
+    pub max_series_per_minute: u64,
+    /// Rows a node holds for Redis while it cannot be written; older ones are dropped past it
+    /// (and counted).
+    #[serde(default = "default_fleet_buffer")]
+    pub buffer_rows: usize,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        FleetSection {
+            minute_retention: default_fleet_minutes(),
+            hour_retention: default_fleet_hours(),
+            day_retention: default_fleet_days(),
+            max_series_per_minute: default_max_series(),
+            buffer_rows: default_fleet_buffer(),
+        }
+    }
+}
+
+fn default_fleet_minutes() -> Dur {
+    Dur(Duration::from_secs(48 * 3_600))
+}
+fn default_fleet_hours() -> Dur {
+    Dur(Duration::from_secs(90 * 86_400))
+}
+fn default_fleet_days() -> Dur {
+    Dur(Duration::from_secs(400 * 86_400))
+}
+fn default_max_series() -> u64 {
+    50_000
+}
+fn default_fleet_buffer() -> usize {
+    200_000
 }
 
 impl Default for AnalyticsSection {
@@ -47,6 +99,7 @@ impl Default for AnalyticsSection {
             retention: default_retention(),
             hour_retention: default_hour_retention(),
             alerts: AlertsSection::default(),
+            fleet: FleetSection::default(),
         }
     }
 }
@@ -169,6 +222,22 @@ pub fn validate(a: &AnalyticsSection) -> Vec<Problem> {
     }
     if a.hour_retention.0 < a.retention.0.max(Duration::from_secs(86_400)) {
         add("hour_retention", "at least 1d and at least retention");
+    }
+    let f = &a.fleet;
+    if f.minute_retention.0 < Duration::from_secs(60) {
+        add("fleet.minute_retention", "at least 1m");
+    }
+    if f.hour_retention.0 < Duration::from_secs(3_600) {
+        add("fleet.hour_retention", "at least 1h");
+    }
+    if f.day_retention.0 < Duration::from_secs(86_400) {
+        add("fleet.day_retention", "at least 1d");
+    }
+    if f.max_series_per_minute == 0 {
+        add("fleet.max_series_per_minute", "at least 1");
+    }
+    if f.buffer_rows == 0 {
+        add("fleet.buffer_rows", "at least 1");
     }
     let al = &a.alerts;
     if al.window.0 < Duration::from_secs(1) || al.window.0 > Duration::from_secs(86_400) {

@@ -208,6 +208,40 @@ pub fn callers(
     Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
+/// `callers` over rows already read (the fleet's): per consumer of `version`, in the same
+/// order.
+pub fn callers_of(rows: &[UsageRow], version: &str) -> Vec<CallerRow> {
+    let mut by: std::collections::BTreeMap<&str, CallerRow> = std::collections::BTreeMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.key.version == version && r.totals.requests > 0)
+    {
+        let c = by.entry(&r.key.consumer).or_insert_with(|| CallerRow {
+            consumer: r.key.consumer.clone(),
+            requests: 0,
+            errors: 0,
+            last: r.start,
+        });
+        c.requests += r.totals.requests;
+        c.errors += r.totals.errors;
+        c.last = c.last.max(r.start);
+    }
+    let mut out: Vec<CallerRow> = by.into_values().collect();
+    out.sort_by(|a, b| {
+        (
+            a.consumer.is_empty(),
+            std::cmp::Reverse(a.requests),
+            &a.consumer,
+        )
+            .cmp(&(
+                b.consumer.is_empty(),
+                std::cmp::Reverse(b.requests),
+                &b.consumer,
+            ))
+    });
+    out
+}
+
 /// The totals of `api` `version` over the `granularity` rows starting in `[from, to)`, every
 /// consumer and status class together (sketches merged), read row by row.
 pub fn api_totals(

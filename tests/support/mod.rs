@@ -461,3 +461,36 @@ pub async fn wait_records(gw: &Gateway, n: f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `[[consumers]]` blocks for `(id, key)` pairs, each with `email = "ops@ID.example"` metadata
+/// and its key's digest.
+pub fn consumers_toml(keys: &[(&str, &str)]) -> String {
+    keys.iter()
+        .map(|(id, key)| {
+            format!(
+                "[[consumers]]\nid = \"{id}\"\nmetadata = {{ email = \"ops@{id}.example\" }}\nkeys = [ {{ sha256 = \"{}\" }} ]\n\n",
+                key_digest(key)
+            )
+        })
+        .collect()
+}
+
+/// Calls `path` `n` times with the key of `who` (from `keys`), expecting 200 (or 503 when the
+/// path asks the upstream for it with `status=503`).
+pub async fn call_as(gw: &Gateway, keys: &[(&str, &str)], who: &str, path: &str, n: usize) {
+    let key = keys.iter().find(|(id, _)| *id == who).map(|(_, k)| *k);
+    for _ in 0..n {
+        let r = client()
+            .get(gw.url(path))
+            .header("x-api-key", key.unwrap_or_default())
+            .send()
+            .await
+            .expect("call");
+        let want = if path.contains("status=503") {
+            503
+        } else {
+            200
+        };
+        assert_eq!(r.status().as_u16(), want, "{who} {path}");
+    }
+}
