@@ -353,3 +353,90 @@ fn redis_merges_rows_exactly_and_adds_a_batch_once() {
     }
     assert_eq!(summed, want, "the day holds both minutes of both nodes");
 }
+
+/// Shadow endpoints of a fleet: shapes seen on either node are counted together in Redis, with
+/// the callers of both; the cap holds for the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_endpoints_are_counted_for_the_fleet() {
+    let redis = RedisServer::start();
+    let up = Upstream::start("orders").await;
+    let text = format!("[catalog]\nshadow_shapes = 3\n{}", body(&up, ""));
+    let a = Gateway::start_with_store(&store(&redis, "tp-shadow:"), &text);
+    let b = Gateway::start_with_store(&store(&redis, "tp-shadow:"), &text);
+    let acme = KEYS[0].1;
+    let miss = |gw: &Gateway, path: &str, key: Option<&str>| {
+        let mut req = support::client().get(gw.url(path));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        async move {
+            let r = req.send().await.expect("unrouted");
+            assert_eq!(r.status(), 404);
+        }
+    };
+    let shadow = |gw: &Gateway| {
+        let gw_admin = gw.admin;
+        async move {
+            let url = format!("http://{gw_admin}/catalog/shadow");
+            let r = support::client()
+                .get(url)
+                .bearer_auth(support::ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("shadow");
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.expect("json")
+        }
+    };
+    miss(&a, "/legacy/orders/1", Some(acme)).await;
+    miss(&a, "/legacy/orders/2", None).await;
+    wait_records(&a, 2.0).await;
+    shadow(&a).await;
+    miss(&b, "/legacy/orders/3", None).await;
+    miss(
+        &b,
+        "/users/3f2b8c1e-9d4a-4b7e-8a21-0c5d6e7f8a9b/profile",
+        None,
+    )
+    .await;
+    wait_records(&b, 2.0).await;
+    let v = shadow(&b).await;
+    assert_eq!(v["scope"], "fleet");
+    let legacy = v["items"]
+        .as_array()
+        .and_then(|i| i.iter().find(|i| i["shape"] == "/legacy/orders/{id}"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(legacy["requests"], 3, "{v:#}");
+    let top = legacy["top_callers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        top.contains(&serde_json::json!({ "kind": "ip", "id": "127.0.0.1", "requests": 2 }))
+            && top
+                .contains(&serde_json::json!({ "kind": "consumer", "id": "acme", "requests": 1 })),
+        "{top:?}"
+    );
+    for w in ["alpha", "bravo", "charlie", "delta"] {
+        miss(&a, &format!("/scan/{w}"), None).await;
+    }
+    wait_records(&a, 6.0).await;
+    shadow(&a).await;
+    let v = shadow(&b).await;
+    assert_eq!(v["shapes_tracked"], 3, "{v:#}");
+    assert!(
+        v["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["shape"] == "/legacy/orders/{id}")),
+        "the most seen shape stays: {v:#}"
+    );
+    let evicted = metric_value(
+        &metrics_text(&a).await,
+        "turnpike_shadow_shapes_evicted_total",
+    ) + metric_value(
+        &metrics_text(&b).await,
+        "turnpike_shadow_shapes_evicted_total",
+    );
+    assert_eq!(evicted, 3.0, "six shapes, three kept");
+}

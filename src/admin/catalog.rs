@@ -166,9 +166,19 @@ async fn shadow(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer 
     let now = crate::clock::now();
     let from = (now - window) - (now - window).rem_euclid(DAY);
     let s = shared.clone();
+    let retention = i64::try_from(shared.snapshot().file.catalog.shadow_retention.0.as_secs())
+        .unwrap_or(i64::MAX / 2);
     let found = blocking(move || {
         let store = s.identity.store();
         s.analytics.flush_usage(store)?;
+        if let Some(c) = s.cluster.as_deref() {
+            let fleet = |e: crate::cluster::CallError| {
+                crate::store::StoreError::Redis(format!("fleet shadow endpoints: {e}"))
+            };
+            use crate::cluster::shadow::{count, list};
+            let shapes = list(c, from, host.as_deref(), limit, retention, now).map_err(fleet)?;
+            return Ok((shapes, count(c).map_err(fleet)?));
+        }
         store.read(|c| {
             Ok((
                 crate::store::shadow::list(c, from, host.as_deref(), limit)?,
@@ -212,6 +222,7 @@ async fn shadow(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer 
         "from": rfc(from),
         "to": rfc(now),
         "enabled": snapshot.file.catalog.shadow,
+        "scope": shared.usage().scope(),
         "shapes_tracked": tracked,
         "shapes_cap": snapshot.file.catalog.shadow_shapes,
         "evicted_total": m.shadow_evicted.get(),

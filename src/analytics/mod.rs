@@ -97,7 +97,7 @@ impl Analytics {
     /// query). Blocking: called on the blocking pool.
     pub fn flush_usage(&self, store: &crate::store::Store) -> crate::store::Result<usize> {
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
-        match shadow::flush(&self.shadow, store) {
+        match shadow::flush(&self.shadow, store, self.fleet.as_deref()) {
             Ok(evicted) => self.metrics.shadow_evicted.inc_by(evicted),
             Err(e) => log::warn!("shadow endpoints not written: {e}"),
         }

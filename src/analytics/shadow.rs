@@ -265,12 +265,14 @@ impl Table {
     }
 }
 
-/// Adds the pending hits into the store (merged with what is there, the cap and retention
-/// applied); how many shapes the store evicted. On a store error the hits are dropped and
+/// Adds the pending hits into the store and, with a fleet, into its Redis (merged with what is
+/// there, the cap and retention applied); how many shapes were evicted (the fleet's count when
+/// there is a fleet, whose listing is the one reported). On an error the hits are dropped and
 /// logged: they are an inventory signal, and the next requests bring them back.
 pub fn flush(
     table: &std::sync::Mutex<Table>,
     store: &crate::store::Store,
+    fleet: Option<&crate::cluster::Cluster>,
 ) -> Result<u64, crate::store::StoreError> {
     let (deltas, cap, retention) = {
         let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
@@ -280,7 +282,12 @@ pub fn flush(
         return Ok(0);
     }
     let now = crate::clock::now();
-    store.write(|tx| stored::add(tx, &deltas, cap, now - retention))
+    let node = store.write(|tx| stored::add(tx, &deltas, cap, now - retention))?;
+    match fleet {
+        None => Ok(node),
+        Some(c) => crate::cluster::shadow::add(c, &deltas, cap, retention, now)
+            .map_err(|e| crate::store::StoreError::Redis(format!("fleet shadow endpoints: {e}"))),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 pub mod counters;
 pub mod records;
 mod scripts;
+pub mod shadow;
 pub mod usage;
 
 use crate::config::file::StoreSection;

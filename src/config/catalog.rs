@@ -266,8 +266,8 @@ fn validate_settings(s: &CatalogSettings, out: &mut Vec<Problem>) {
     if !(1..=1_000_000).contains(&s.shadow_shapes) {
         add("shadow_shapes", "between 1 and 1000000");
     }
-    if s.shadow_retention.0 < std::time::Duration::from_secs(86_400) {
-        add("shadow_retention", "at least 1d");
+    if !(86_400..=400 * 86_400).contains(&s.shadow_retention.0.as_secs()) {
+        add("shadow_retention", "from 1d to 400d");
     }
     if let Some(url) = &s.notify_webhook {
         let ok = url.expose().parse::<http::Uri>().ok().is_some_and(|u| {

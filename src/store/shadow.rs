@@ -43,8 +43,8 @@ fn sql_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Merges two caller lists, keeping the `KEPT_CALLERS` with most requests.
-fn merge_callers(a: &mut Vec<(String, u64)>, b: &[(String, u64)], keep: usize) {
+/// Merges caller list `b` into `a`, keeping the `keep` with most requests.
+pub fn merge_callers(a: &mut Vec<(String, u64)>, b: &[(String, u64)], keep: usize) {
     for (who, n) in b {
         match a.iter_mut().find(|(w, _)| w == who) {
             Some(x) => x.1 += n,
@@ -168,7 +168,13 @@ pub fn list(
             );
         }
     }
-    let mut out: Vec<ShadowShape> = shapes.into_values().filter(|s| s.requests > 0).collect();
+    Ok(ranked(shapes.into_values().collect(), limit))
+}
+
+/// The shapes with requests in the window, most requests first, at most `limit`, each with its
+/// five top callers.
+pub fn ranked(shapes: Vec<ShadowShape>, limit: usize) -> Vec<ShadowShape> {
+    let mut out: Vec<ShadowShape> = shapes.into_iter().filter(|s| s.requests > 0).collect();
     out.sort_by(|a, b| {
         b.requests
             .cmp(&a.requests)
@@ -178,7 +184,7 @@ pub fn list(
     for s in &mut out {
         s.top.truncate(5);
     }
-    Ok(out)
+    out
 }
 
 /// How many distinct shapes the store holds.
