@@ -36,7 +36,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A static answer given by the gateway (`respond` blocks).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StaticReply {
     pub status: u16,
     pub headers: Vec<(HeaderName, HeaderValue)>,

@@ -801,3 +801,37 @@ policies = ["mark"]
     let ok = load.finish().await.assert_no_failures();
     assert!(ok > 100, "the load ran: {ok} requests");
 }
+
+/// The Response stage runs after every action: a `headers` policy edits the gateway's own
+/// static answers (`respond`) as it edits proxied ones, while `json_fields` leaves their bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_policies_edit_static_answers_too() {
+    let gw = Gateway::start_with(
+        "policies = [\"house\"]",
+        r#"
+[policies.house]
+kind = "headers"
+response = { set = { "x-content-type-options" = "nosniff" }, remove = ["x-internal"] }
+
+[policies.hide]
+kind = "json_fields"
+remove = ["/secret"]
+
+[[apis]]
+name = "static"
+base_path = "/static"
+policies = ["hide"]
+[apis.respond]
+content_type = "application/json"
+body = '{"secret":"kept: the gateway wrote it","ok":true}'
+headers = { "x-internal" = "1", "x-kept" = "yes" }
+"#,
+    );
+    let r = client().get(gw.url("/static/x")).send().await.expect("static");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-content-type-options"), Some("nosniff"));
+    assert_eq!(header(&r, "x-kept"), Some("yes"));
+    assert_eq!(header(&r, "x-internal"), None);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("\"secret\""), "{body}");
+}

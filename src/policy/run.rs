@@ -470,6 +470,37 @@ pub fn response(
     Ok(())
 }
 
+/// The Response stage on the head of a static answer (`respond`): the header policies' edits of
+/// its `headers`; `None` when no policy could edit it (the headers stand as they are). Bodies
+/// the gateway answers itself are not edited by `json_fields`.
+pub fn static_headers(
+    chain: &Chain,
+    flow: &mut Flow,
+    request_id: &str,
+    client_ip: Option<IpAddr>,
+    path: &[u8],
+    status: u16,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    if !chain.responds && flow.groups.is_empty() {
+        return None;
+    }
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 2)).ok()?;
+    for (n, v) in headers {
+        resp.append_header(n.clone(), v.clone()).ok()?;
+    }
+    // (No body follows for `response`: no JSON edit is prepared.)
+    let _ = response(chain, flow, request_id, client_ip, path, &mut resp, false);
+    flow.json = None;
+    Some(
+        resp.headers
+            .iter()
+            .filter(|(n, _)| **n != header::CONTENT_LENGTH)
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+    )
+}
+
 /// The Response stage on the answer's body when `response` prepared a JSON edit: the body is
 /// held back until its end, then edited once. `Err` when it outgrows the limit (the answer is
 /// then cut off: its head is already sent, and the unedited body must not be).

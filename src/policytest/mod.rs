@@ -270,7 +270,18 @@ impl Bench {
             Ok(Outcome::Continue) => match &ep.action {
                 Action::Respond(r) => {
                     out.status = Some(r.status);
-                    let mut all = r.headers.clone();
+                    let raw = head.raw_path();
+                    let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
+                    let mut all = crate::policy::run::static_headers(
+                        &ep.chain,
+                        &mut flow,
+                        &request_id,
+                        client_ip,
+                        path,
+                        r.status,
+                        &r.headers,
+                    )
+                    .unwrap_or_else(|| r.headers.clone());
                     all.extend(flow.answer.iter().cloned());
                     out.answer_headers = headers_text(&all);
                 }

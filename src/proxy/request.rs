@@ -69,7 +69,26 @@ impl Gateway {
                     Ok(false)
                 }
                 Action::Respond(r) => {
-                    reply::write_static(session, r, &ctx.request_id, close, &ctx.flow.answer)
+                    let raw = session.req_header().raw_path();
+                    let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
+                    let edited = crate::policy::run::static_headers(
+                        &ep.chain,
+                        &mut ctx.flow,
+                        &ctx.request_id,
+                        ctx.client_ip,
+                        path,
+                        r.status,
+                        &r.headers,
+                    );
+                    let reply = match edited {
+                        None => std::borrow::Cow::Borrowed(&**r),
+                        Some(headers) => std::borrow::Cow::Owned(StaticReply {
+                            status: r.status,
+                            headers,
+                            body: r.body.clone(),
+                        }),
+                    };
+                    reply::write_static(session, &reply, &ctx.request_id, close, &ctx.flow.answer)
                         .await?;
                     Ok(true)
                 }
