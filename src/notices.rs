@@ -161,7 +161,11 @@ fn claim_due(shared: &Shared, now: i64) -> crate::store::Result<Vec<Claimed>> {
         }
         let version = api.version.clone().unwrap_or_default();
         let report = callers::gather(&shared.usage(), &api.name, &version, CALLED_WITHIN, now)?;
-        for caller in report.callers.iter().filter(|c| !c.consumer.is_empty()) {
+        // Not the pseudo-consumers of folded rows.
+        let real = |c: &&callers::Caller| {
+            !c.consumer.is_empty() && !c.consumer.starts_with('(') && !c.consumer.ends_with(')')
+        };
+        for caller in report.callers.iter().filter(real) {
             let key = |event| NoticeKey {
                 consumer: &caller.consumer,
                 api: &api.name,
@@ -349,7 +353,9 @@ impl Notifier {
 #[async_trait]
 impl BackgroundService for Notifier {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // No redirects: a 301/302 would turn the POST into a GET whose 2xx counted as sent.
         let client = match reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("turnpike/", env!("CARGO_PKG_VERSION")))
             .build()
         {

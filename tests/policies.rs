@@ -827,7 +827,11 @@ body = '{"secret":"kept: the gateway wrote it","ok":true}'
 headers = { "x-internal" = "1", "x-kept" = "yes" }
 "#,
     );
-    let r = client().get(gw.url("/static/x")).send().await.expect("static");
+    let r = client()
+        .get(gw.url("/static/x"))
+        .send()
+        .await
+        .expect("static");
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-content-type-options"), Some("nosniff"));
     assert_eq!(header(&r, "x-kept"), Some("yes"));

@@ -104,8 +104,8 @@ impl Rollups {
 }
 
 /// Writes `rollups`' deltas into the store and prunes rows past their retention. On a store
-/// error the deltas stay for the next attempt. `taken` sees every delta once, when it is taken
-/// (for the fleet's copy).
+/// error the deltas stay for the next attempt. `taken` sees every delta once, when it is in the
+/// store (for the fleet's copy: deltas put back after a failed write are not handed on twice).
 pub fn flush(
     rollups: &std::sync::Mutex<Rollups>,
     store: &Store,
@@ -117,7 +117,6 @@ pub fn flush(
     if deltas.is_empty() {
         return Ok(0);
     }
-    taken(&deltas);
     let n = deltas.len();
     let now = crate::clock::now();
     let result = store.write(|tx| {
@@ -125,7 +124,10 @@ pub fn flush(
         usage::prune(tx, now - retention_secs, now - hour_retention_secs)
     });
     match result {
-        Ok(_) => Ok(n),
+        Ok(_) => {
+            taken(&deltas);
+            Ok(n)
+        }
         Err(e) => {
             let dropped = rollups
                 .lock()
