@@ -242,41 +242,37 @@ impl Target {
 
     /// Sends one notice with retries; whether it was delivered (a 2xx answer).
     async fn deliver(&self, client: &reqwest::Client, n: &Claimed) -> bool {
-        let mut pause = Duration::from_millis(500);
-        for attempt in 0..=self.retries {
-            let mut req = client
+        let signature = self.secret.as_ref().map(|key| {
+            let tag = ring::hmac::sign(key, &n.body);
+            let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256={hex}")
+        });
+        let req = || {
+            let r = client
                 .post(&self.url)
                 .timeout(self.timeout)
                 .header("content-type", "application/json")
                 .header("x-turnpike-event", n.event)
                 .header("x-turnpike-delivery", &n.id)
                 .body(n.body.clone());
-            if let Some(key) = &self.secret {
-                let tag = ring::hmac::sign(key, &n.body);
-                let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-                req = req.header("x-turnpike-signature", format!("sha256={hex}"));
+            match &signature {
+                Some(s) => r.header("x-turnpike-signature", s),
+                None => r,
             }
-            let why = match req.send().await {
-                Ok(r) if r.status().is_success() => return true,
-                Ok(r) => format!("answered {}", r.status()),
-                // Without the URL: webhook URLs often carry their secret.
-                Err(e) => format!("{}", e.without_url()),
-            };
-            if attempt == self.retries {
+        };
+        match crate::analytics::webhook::post_with_retries(req, self.retries).await {
+            Ok(()) => true,
+            Err((attempts, why)) => {
                 log::warn!(
-                    "notify webhook: {} for {}/{} to consumer {} not delivered after {} attempts (tried again later): {why}",
+                    "notify webhook: {} for {}/{} to consumer {} not delivered after {attempts} attempts (tried again later): {why}",
                     n.event,
                     n.api,
                     n.version,
                     n.consumer,
-                    attempt + 1
                 );
-                return false;
+                false
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(30));
         }
-        false
     }
 }
 

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 use support::load::Load;
 use support::upstream::Upstream;
-use support::{client, key_digest, problem, run_cli, Gateway, ADMIN_TOKEN};
+use support::{client, key_digest, problem, run_cli, Gateway};
 
 const PARTNER_KEY: &str = "tp_partner_key_0123456789abcdef";
 const INSIDER_KEY: &str = "tp_insider_key_0123456789abcdef";
@@ -87,15 +87,7 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 }
 
 async fn metrics(gw: &Gateway) -> String {
-    client()
-        .get(gw.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text")
+    support::metrics_text(gw).await
 }
 
 /// Waits until the metrics show `needle` (the aggregator counts off the request path).

@@ -83,6 +83,16 @@ fn list(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer {
     json_response(200, body, "application/json", rid)
 }
 
+/// 503 `store_unavailable` for a usage read that failed (logged as `what`).
+fn unreadable(what: &str, e: &crate::store::StoreError, rid: &str) -> Answer {
+    log::warn!("{what}: {e}");
+    problem(
+        Code::StoreUnavailable,
+        "the usage store cannot be read right now",
+        rid,
+    )
+}
+
 /// The API `name` at `version` (`-`: the API without a version), or the 404 answer.
 fn version_of<'a>(
     snapshot: &'a crate::state::Snapshot,
@@ -135,14 +145,7 @@ async fn detail(shared: &Arc<Shared>, name: &str, version: &str, rid: &str) -> A
             "error_rate": if t.requests == 0 { 0.0 } else { t.errors as f64 / t.requests as f64 },
             "p95_ms": t.latency.quantile(0.95).map(|us| (us / 10.0).round() / 100.0),
         }),
-        Err(e) => {
-            log::warn!("catalogue usage read failed: {e}");
-            return problem(
-                Code::StoreUnavailable,
-                "the usage store cannot be read right now",
-                rid,
-            );
-        }
+        Err(e) => return unreadable("catalogue usage read failed", &e, rid),
     };
     let body = crate::catalogue::detail(&snapshot.file, api, now, upstream, usage);
     json_response(200, body, "application/json", rid)
@@ -189,14 +192,7 @@ async fn shadow(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer 
     .await;
     let (shapes, tracked) = match found {
         Ok(f) => f,
-        Err(e) => {
-            log::warn!("shadow endpoints read failed: {e}");
-            return problem(
-                Code::StoreUnavailable,
-                "the usage store cannot be read right now",
-                rid,
-            );
-        }
+        Err(e) => return unreadable("shadow endpoints read failed", &e, rid),
     };
     let snapshot = shared.snapshot();
     let rfc = crate::clock::rfc3339;
@@ -277,14 +273,7 @@ async fn consumers(
     .await;
     let report = match report {
         Ok(r) => r,
-        Err(e) => {
-            log::warn!("callers report failed: {e}");
-            return problem(
-                Code::StoreUnavailable,
-                "the usage store cannot be read right now",
-                rid,
-            );
-        }
+        Err(e) => return unreadable("callers report failed", &e, rid),
     };
     let lifecycle = callers::lifecycle(api.catalog.as_ref());
     let contacts_of = |id: &str| {

@@ -38,32 +38,44 @@ impl Webhook {
 
     async fn deliver(&self, client: &reqwest::Client, alert: &Alert) {
         let body = serde_json::to_vec(alert).unwrap_or_default();
-        let mut pause = Duration::from_millis(500);
-        for attempt in 0..=self.retries {
-            let sent = client
+        let req = || {
+            client
                 .post(&self.url)
                 .header("content-type", "application/json")
                 .body(body.clone())
-                .send()
-                .await;
-            let why = match sent {
-                Ok(resp) if resp.status().is_success() => return,
-                Ok(resp) => format!("answered {}", resp.status()),
-                // Without the URL: webhook URLs often carry their secret.
-                Err(e) => format!("{}", e.without_url()),
-            };
-            if attempt == self.retries {
-                self.failures.inc();
-                log::warn!(
-                    "alert webhook: {} alert for API {} not delivered after {} attempts: {why}",
-                    alert.kind,
-                    alert.api,
-                    attempt + 1
-                );
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(30));
+        };
+        if let Err((attempts, why)) = post_with_retries(req, self.retries).await {
+            self.failures.inc();
+            log::warn!(
+                "alert webhook: {} alert for API {} not delivered after {attempts} attempts: {why}",
+                alert.kind,
+                alert.api,
+            );
         }
+    }
+}
+
+/// Sends what `request` builds until a 2xx answer, retrying `retries` times with a doubling
+/// pause (0.5 s, 1 s, ... at most 30 s) after a failed connection or another answer. `Err`
+/// holds the attempts made and why the last failed, without the URL (webhook URLs often carry
+/// their secret).
+pub async fn post_with_retries(
+    request: impl Fn() -> reqwest::RequestBuilder,
+    retries: u32,
+) -> Result<(), (u32, String)> {
+    let mut pause = Duration::from_millis(500);
+    let mut attempt = 0;
+    loop {
+        let why = match request().send().await {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) => format!("answered {}", resp.status()),
+            Err(e) => format!("{}", e.without_url()),
+        };
+        attempt += 1;
+        if attempt > retries {
+            return Err((attempt, why));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
     }
 }
