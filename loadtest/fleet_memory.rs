@@ -101,7 +101,7 @@ fn main() {
                 deltas.push((minute, key, t));
             }
         }
-        pending.push(deltas, usize::MAX);
+        pending.push(deltas);
         if let Err(e) = write(&cluster, &mut pending, limits) {
             eprintln!("write failed: {e}");
             std::process::exit(1);

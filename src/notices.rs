@@ -4,17 +4,20 @@
 //! `api.sunset_in_7_days`; when the 7-day one is due first, the 30-day one is never sent).
 //!
 //! A background service looks every `notify_every`: it writes the pending usage rollups, finds
-//! the callers from them (`analytics::callers`), and claims each due notice in the store before
-//! sending it (`store::notices`), so a notice goes out at most once per consumer and event
-//! across restarts. With `[store] redis_url` the claim is also taken in Redis (`SET NX`), so a
-//! fleet sends it once. A delivery that fails after its retries gives the claim back and is
-//! tried at the next look; a process that dies while sending does not send it again.
+//! the callers from them (`analytics::callers`), then takes the due notices one at a time:
+//! claims it in the store (`store::notices`) and, with `[store] redis_url`, in Redis
+//! (`cluster::notices`, so a fleet sends it once), sends it, and records the outcome. A notice
+//! goes out once per consumer and event across restarts. A delivery that fails after its
+//! retries gives its claims back and is tried at the next look; a process that stops mid-send
+//! leaves one claim, which is taken again after its lifetime (an hour, or longer than a
+//! delivery with all its retries), so that notice may arrive twice with the same delivery id.
 //!
 //! Each event is POSTed as JSON with `X-Turnpike-Event`, `X-Turnpike-Delivery` (a stable id a
 //! receiver can use to drop duplicates) and, with `notify_secret_env`,
 //! `X-Turnpike-Signature: sha256=<hex HMAC-SHA256 of the body>`.
 
 use crate::analytics::callers;
+use crate::cluster::notices::Claim;
 use crate::config::catalog::{api_ref, CatalogSection, Lifecycle};
 use crate::state::Shared;
 use crate::store::notices::{self, NoticeKey};
@@ -58,9 +61,9 @@ pub fn due(c: &CatalogSection, now: i64) -> (Vec<&'static str>, Vec<&'static str
     (send, superseded)
 }
 
-/// One notice claimed for sending.
+/// One notice due to a consumer.
 #[derive(Debug, Clone)]
-struct Claimed {
+struct Due {
     consumer: String,
     api: String,
     version: String,
@@ -69,7 +72,7 @@ struct Claimed {
     body: Vec<u8>,
 }
 
-impl Claimed {
+impl Due {
     fn key(&self) -> NoticeKey<'_> {
         NoticeKey {
             consumer: &self.consumer,
@@ -77,6 +80,10 @@ impl Claimed {
             version: &self.version,
             event: self.event,
         }
+    }
+
+    fn parts(&self) -> [&str; 4] {
+        [&self.consumer, &self.api, &self.version, self.event]
     }
 }
 
@@ -121,32 +128,22 @@ fn payload(
     })
 }
 
-/// The Redis key of a notice claim.
-fn fleet_key(cluster: &crate::cluster::Cluster, k: &NoticeKey<'_>) -> String {
-    cluster.key(&["notice", k.consumer, k.api, k.version, k.event])
+/// How long a claim holds, in seconds: at least an hour, and longer than a delivery with all
+/// its retries can take. A node that stopped mid-send leaves a claim this old; the notice is
+/// then sent again (with the same delivery id).
+fn claim_lifetime(c: &crate::config::catalog::CatalogSettings) -> i64 {
+    // Each attempt: its timeout and at most 30 s of backoff before the next.
+    let attempt = c.notify_timeout.0.as_secs() + 31;
+    let worst = attempt * (u64::from(c.notify_retries) + 1) + 60;
+    i64::try_from(worst.max(3_600)).unwrap_or(i64::MAX)
 }
 
-/// Takes the fleet's claim; `None` when Redis cannot be reached (try later).
-fn claim_fleet(cluster: &crate::cluster::Cluster, k: &NoticeKey<'_>) -> Option<bool> {
-    let key = fleet_key(cluster, k);
-    cluster
-        .with_conn("notice claim", |c| {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("NX")
-                .arg("EX")
-                .arg(400 * DAY)
-                .query::<Option<String>>(c)
-        })
-        .ok()
-        .map(|r| r.is_some())
-}
-
-/// Finds the due notices and claims them (blocking: store and Redis work).
-fn claim_due(shared: &Shared, now: i64) -> crate::store::Result<Vec<Claimed>> {
+/// Finds the notices due at `now` that no claim holds (blocking: store work). Superseded
+/// events are marked here, so they are never sent.
+fn find_due(shared: &Shared, now: i64) -> crate::store::Result<Vec<Due>> {
     let snapshot = shared.snapshot();
     let store = shared.identity.store();
+    let stale_before = now - claim_lifetime(&snapshot.file.catalog);
     let mut out = Vec::new();
     let mut flushed = false;
     for api in &snapshot.file.apis {
@@ -173,25 +170,13 @@ fn claim_due(shared: &Shared, now: i64) -> crate::store::Result<Vec<Claimed>> {
                 event,
             };
             for event in &superseded {
-                store.write(|tx| notices::claim(tx, &key(event), "superseded", now))?;
+                store
+                    .write(|tx| notices::claim(tx, &key(event), "superseded", now, stale_before))?;
             }
             for event in &send {
                 let k = key(event);
-                if !store.write(|tx| notices::claim(tx, &k, "sending", now))? {
+                if store.read(|conn| notices::settled(conn, &k, stale_before))? {
                     continue;
-                }
-                if let Some(cluster) = shared.cluster.as_deref() {
-                    match claim_fleet(cluster, &k) {
-                        Some(true) => {}
-                        Some(false) => {
-                            store.write(|tx| notices::set_state(tx, &k, "sent_by_fleet", now))?;
-                            continue;
-                        }
-                        None => {
-                            store.write(|tx| notices::release(tx, &k))?;
-                            continue;
-                        }
-                    }
                 }
                 let contacts = callers::contacts(
                     shared
@@ -201,7 +186,7 @@ fn claim_due(shared: &Shared, now: i64) -> crate::store::Result<Vec<Claimed>> {
                 );
                 let id = notice_id(&k);
                 let body = payload(c, api, caller, contacts, event, &id, now);
-                out.push(Claimed {
+                out.push(Due {
                     consumer: caller.consumer.clone(),
                     api: api.name.clone(),
                     version: version.clone(),
@@ -213,6 +198,82 @@ fn claim_due(shared: &Shared, now: i64) -> crate::store::Result<Vec<Claimed>> {
         }
     }
     Ok(out)
+}
+
+/// Claims one notice, in the store and, with a fleet, in Redis (blocking); whether to send it.
+/// Nothing is left claimed when this returns false, except a fleet claim whose reply was lost,
+/// which this node recognises as its own at the next look.
+fn claim(shared: &Shared, n: &Due, now: i64) -> crate::store::Result<bool> {
+    let store = shared.identity.store();
+    let lifetime = claim_lifetime(&shared.snapshot().file.catalog);
+    let k = n.key();
+    if !store.write(|tx| notices::claim(tx, &k, "sending", now, now - lifetime))? {
+        return Ok(false);
+    }
+    let Some(cluster) = shared.cluster.as_deref() else {
+        return Ok(true);
+    };
+    let answer = crate::cluster::notices::claim(cluster, n.parts(), lifetime.unsigned_abs());
+    match answer {
+        Ok(Claim::Ours) => Ok(true),
+        Ok(Claim::Sent) => {
+            store.write(|tx| notices::set_state(tx, &k, "sent_by_fleet", now))?;
+            Ok(false)
+        }
+        Ok(Claim::Busy) => {
+            store.write(|tx| notices::release(tx, &k))?;
+            Ok(false)
+        }
+        Err(e) => {
+            log::warn!(
+                "lifecycle notice {} for {}/{}: fleet claim failed (tried again later): {}",
+                n.event,
+                n.api,
+                n.version,
+                e.redis()
+            );
+            store.write(|tx| notices::release(tx, &k))?;
+            Ok(false)
+        }
+    }
+}
+
+/// Records a claimed notice's outcome (blocking): sent, or its claims given back.
+fn settle(shared: &Shared, n: &Due, ok: bool, now: i64) {
+    let store = shared.identity.store();
+    let k = n.key();
+    let fleet = shared.cluster.as_deref().map(|c| {
+        if ok {
+            crate::cluster::notices::mark_sent(c, n.parts())
+        } else {
+            crate::cluster::notices::release(c, n.parts())
+        }
+    });
+    if let Some(Err(e)) = fleet {
+        // A claim not marked or given back expires after its lifetime.
+        log::warn!(
+            "lifecycle notice {} for {}/{}: fleet state not written: {}",
+            n.event,
+            n.api,
+            n.version,
+            e.redis()
+        );
+    }
+    let written = if ok {
+        store.write(|tx| notices::set_state(tx, &k, "sent", now))
+    } else {
+        store.write(|tx| notices::release(tx, &k))
+    };
+    if let Err(e) = written {
+        log::warn!("notice state not written: {e}");
+    }
+    let outcome = if ok { "sent" } else { "failed" };
+    shared
+        .analytics
+        .metrics
+        .notices
+        .with_label_values(&[n.event, outcome])
+        .inc();
 }
 
 /// Where notices go and how.
@@ -241,7 +302,7 @@ impl Target {
     }
 
     /// Sends one notice with retries; whether it was delivered (a 2xx answer).
-    async fn deliver(&self, client: &reqwest::Client, n: &Claimed) -> bool {
+    async fn deliver(&self, client: &reqwest::Client, n: &Due) -> bool {
         let signature = self.secret.as_ref().map(|key| {
             let tag = ring::hmac::sign(key, &n.body);
             let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -276,41 +337,14 @@ impl Target {
     }
 }
 
-/// Records each notice's outcome: sent, or its claim given back.
-fn settle(shared: &Shared, results: &[(Claimed, bool)], now: i64) {
-    let store = shared.identity.store();
-    for (n, ok) in results {
-        let k = n.key();
-        let written = if *ok {
-            store.write(|tx| notices::set_state(tx, &k, "sent", now))
-        } else {
-            if let Some(cluster) = shared.cluster.as_deref() {
-                let key = fleet_key(cluster, &k);
-                let _ = cluster.with_conn("notice release", |c| {
-                    redis::cmd("DEL").arg(&key).query::<i64>(c)
-                });
-            }
-            store.write(|tx| notices::release(tx, &k))
-        };
-        if let Err(e) = written {
-            log::warn!("notice state not written: {e}");
-        }
-        let outcome = if *ok { "sent" } else { "failed" };
-        shared
-            .analytics
-            .metrics
-            .notices
-            .with_label_values(&[n.event, outcome])
-            .inc();
-    }
-}
-
 /// The background service.
 pub struct Notifier {
     pub shared: Arc<Shared>,
 }
 
 impl Notifier {
+    /// One look: finds the due notices, then claims, sends and settles them one at a time, so
+    /// that a stop or an error leaves at most one notice claimed.
     async fn look(&self, client: &reqwest::Client) {
         let snapshot = self.shared.snapshot();
         let Some(target) = Target::from_config(&snapshot.file.catalog) else {
@@ -318,9 +352,8 @@ impl Notifier {
         };
         let now = crate::clock::now();
         let shared = self.shared.clone();
-        let claimed = tokio::task::spawn_blocking(move || claim_due(&shared, now)).await;
-        let claimed = match claimed {
-            Ok(Ok(c)) => c,
+        let due = match tokio::task::spawn_blocking(move || find_due(&shared, now)).await {
+            Ok(Ok(d)) => d,
             Ok(Err(e)) => {
                 log::warn!("lifecycle notices not looked for (tried again later): {e}");
                 return;
@@ -330,18 +363,29 @@ impl Notifier {
                 return;
             }
         };
-        if claimed.is_empty() {
-            return;
-        }
-        let mut results = Vec::with_capacity(claimed.len());
-        for n in claimed {
+        for n in due {
+            let n = Arc::new(n);
+            let (shared, one) = (self.shared.clone(), n.clone());
+            let now = crate::clock::now();
+            match tokio::task::spawn_blocking(move || claim(&shared, &one, now)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => continue,
+                Ok(Err(e)) => {
+                    log::warn!("lifecycle notices: claim not written (tried again later): {e}");
+                    return;
+                }
+                Err(e) => {
+                    log::error!("lifecycle notices: {e}");
+                    return;
+                }
+            }
             let ok = target.deliver(client, &n).await;
-            results.push((n, ok));
-        }
-        let shared = self.shared.clone();
-        let now = crate::clock::now();
-        if let Err(e) = tokio::task::spawn_blocking(move || settle(&shared, &results, now)).await {
-            log::error!("lifecycle notices: {e}");
+            let shared = self.shared.clone();
+            let now = crate::clock::now();
+            if let Err(e) = tokio::task::spawn_blocking(move || settle(&shared, &n, ok, now)).await
+            {
+                log::error!("lifecycle notices: {e}");
+            }
         }
     }
 }

@@ -318,14 +318,14 @@ fn redis_merges_rows_exactly_and_adds_a_batch_once() {
     ];
     for (c, deltas) in [(&cluster, &node_a), (&other, &node_b)] {
         let mut p = Pending::default();
-        p.push(deltas.clone(), 1_000);
+        p.push(deltas.clone());
         write(c, &mut p, limits).expect("write");
         assert_eq!(p.rows(), 0);
     }
     // The same batch id again (a fresh Pending numbers its batches from 0, as a retry keeps
     // the number of the batch it resends): nothing is added.
     let mut again = Pending::default();
-    again.push(node_a.clone(), 1_000);
+    again.push(node_a.clone());
     write(&cluster, &mut again, limits).expect("write");
 
     let read = |granularity: i64| {
@@ -439,4 +439,93 @@ async fn shadow_endpoints_are_counted_for_the_fleet() {
         "turnpike_shadow_shapes_evicted_total",
     );
     assert_eq!(evicted, 3.0, "six shapes, three kept");
+    assert_eq!(v["evicted_total"], 3, "the fleet's count: {v:#}");
+}
+
+/// The fleet's shadow table in a real Redis stays bounded under a flood of new shapes: past the
+/// cap the least-seen shapes go with every field they had (no day hash keeps a field of a shape
+/// no longer tracked), a shape seen often over several days stays, a lowered cap is reached,
+/// and a shape whose last day is past the retention no longer holds a place.
+#[test]
+fn fleet_shadow_table_is_bounded_and_ages() {
+    use turnpike::cluster::shadow::{add, count, list};
+    use turnpike::store::shadow::ShadowDelta;
+    const DAY: i64 = 86_400;
+    let redis = RedisServer::start();
+    let cfg: turnpike::config::file::FileConfig =
+        toml::from_str(&format!("[store]\n{}", store(&redis, "tp-flood:"))).expect("config");
+    let cluster = turnpike::cluster::Cluster::from_config(&cfg.store)
+        .expect("cluster")
+        .expect("a redis url");
+    let now = turnpike::clock::now();
+    let today = now - now % DAY;
+    let retention = 30 * DAY;
+    let delta = |day: i64, shape: &str, n: u64| ShadowDelta {
+        day,
+        host: "api.example.com".into(),
+        method: "GET".into(),
+        shape: shape.into(),
+        first_seen: day + 60,
+        last_seen: day + 120,
+        requests: n,
+        callers: vec![("ip:10.0.0.1".into(), n)],
+    };
+    // A shape last seen 40 days ago (past the retention) with many requests.
+    add(
+        &cluster,
+        &[delta(today - 40 * DAY, "/ancient", 1_000)],
+        0,
+        50,
+        retention,
+        now,
+    )
+    .expect("add");
+    let mut deltas = vec![
+        delta(today - 2 * DAY, "/often", 4),
+        delta(today - DAY, "/often", 3),
+        delta(today, "/often", 3),
+    ];
+    deltas.extend((0..1_000).map(|i| delta(today, &format!("/scan/w{i}"), 1)));
+    let evicted = add(&cluster, &deltas, 0, 50, retention, now).expect("add");
+    let (tracked, total) = count(&cluster).expect("count");
+    assert_eq!(tracked, 50);
+    assert_eq!(evicted, 951, "1,001 shapes this time, 50 kept");
+    assert_eq!(total, 951, "the ancient shape aged out; it was not evicted");
+    let mut conn = redis.conn();
+    let mut hlen = |day: i64| -> u64 {
+        redis::cmd("HLEN")
+            .arg(format!("tp-flood:shadow:{day}"))
+            .query(&mut conn)
+            .expect("hlen")
+    };
+    assert_eq!(hlen(today), 50, "no field left behind by an evicted shape");
+    assert_eq!((hlen(today - DAY), hlen(today - 2 * DAY)), (1, 1));
+    assert_eq!(hlen(today - 40 * DAY), 0, "an expired day is gone");
+
+    let shapes = list(&cluster, today - 7 * DAY, None, 5, retention, now).expect("list");
+    assert_eq!(shapes[0].shape, "/often");
+    assert_eq!(shapes[0].requests, 10);
+    assert_eq!(shapes[0].first_seen, today - 2 * DAY + 60);
+    assert!(shapes.iter().all(|s| s.shape != "/ancient"));
+
+    // A lowered cap is reached (within one call here: 40 to evict) and the often-seen stays.
+    let evicted = add(
+        &cluster,
+        &[delta(today, "/often", 1)],
+        0,
+        10,
+        retention,
+        now,
+    )
+    .expect("add");
+    assert_eq!(evicted, 40);
+    assert_eq!(count(&cluster).expect("count"), (10, 991));
+    assert_eq!(hlen(today), 10);
+    assert_eq!((hlen(today - DAY), hlen(today - 2 * DAY)), (1, 1));
+    let shapes = list(&cluster, today, None, 20, retention, now).expect("list");
+    assert_eq!(shapes.len(), 10);
+    assert_eq!(
+        (shapes[0].shape.as_str(), shapes[0].requests),
+        ("/often", 4)
+    );
 }

@@ -180,17 +180,19 @@ async fn shadow(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer 
             };
             use crate::cluster::shadow::{count, list};
             let shapes = list(c, from, host.as_deref(), limit, retention, now).map_err(fleet)?;
-            return Ok((shapes, count(c).map_err(fleet)?));
+            let (tracked, evicted) = count(c).map_err(fleet)?;
+            return Ok((shapes, tracked, Some(evicted)));
         }
         store.read(|c| {
             Ok((
                 crate::store::shadow::list(c, from, host.as_deref(), limit)?,
                 crate::store::shadow::count(c)?,
+                None,
             ))
         })
     })
     .await;
-    let (shapes, tracked) = match found {
+    let (shapes, tracked, fleet_evicted) = match found {
         Ok(f) => f,
         Err(e) => return unreadable("shadow endpoints read failed", &e, rid),
     };
@@ -221,7 +223,8 @@ async fn shadow(shared: &Arc<Shared>, query: Option<&str>, rid: &str) -> Answer 
         "scope": shared.usage().scope(),
         "shapes_tracked": tracked,
         "shapes_cap": snapshot.file.catalog.shadow_shapes,
-        "evicted_total": m.shadow_evicted.get(),
+        // The fleet's count with a fleet (this node's is in its metrics), else this node's.
+        "evicted_total": fleet_evicted.unwrap_or_else(|| m.shadow_evicted.get()),
         "items": items,
     });
     json_response(200, body, "application/json", rid)

@@ -109,9 +109,7 @@ impl Analytics {
             |deltas| {
                 if self.fleet.is_some() {
                     let mut p = self.fleet_pending.lock().unwrap_or_else(|e| e.into_inner());
-                    let dropped = p.push(deltas.to_vec(), self.cfg.fleet.buffer_rows);
-                    self.metrics.fleet_dropped.inc_by(dropped as u64);
-                    self.metrics.fleet_waiting.set(p.rows() as i64);
+                    p.push(deltas.to_vec());
                 }
             },
         );
@@ -136,6 +134,9 @@ impl Analytics {
         };
         let mut p = self.fleet_pending.lock().unwrap_or_else(|e| e.into_inner());
         let result = crate::cluster::usage::write(c, &mut p, limits);
+        // Only rows that could not be written count against the buffer.
+        let dropped = p.trim(f.buffer_rows);
+        self.metrics.fleet_dropped.inc_by(dropped as u64);
         self.metrics.fleet_waiting.set(p.rows() as i64);
         match result {
             Ok(folded) => {

@@ -107,7 +107,7 @@ pub fn shape(path: &str) -> String {
 
 /// Whether a path segment is an identifier (or too long to keep): all digits; a UUID; 16 or
 /// more hex digits; 16 or more base64url-like characters with at least two digits (or 24 or
-/// more with one); an e-mail-like `a@b`; a date or number with separators (four or more digits
+/// more with one, or 10 or more with three: short tokens and codes); an e-mail-like `a@b`; a date or number with separators (four or more digits
 /// and only `-_.:+,` between them).
 pub fn is_identifier(seg: &str) -> bool {
     let b = seg.as_bytes();
@@ -136,7 +136,10 @@ pub fn is_identifier(seg: &str) -> bool {
     let base64ish = b
         .iter()
         .all(|c| c.is_ascii_alphanumeric() || b"-_=+~.%".contains(c));
-    base64ish && ((b.len() >= 16 && digits >= 2) || (b.len() >= 24 && digits >= 1))
+    base64ish
+        && ((b.len() >= 16 && digits >= 2)
+            || (b.len() >= 24 && digits >= 1)
+            || (b.len() >= 10 && digits >= 3))
 }
 
 fn is_uuid(b: &[u8]) -> bool {
@@ -187,12 +190,15 @@ pub struct Table {
     /// `[catalog] shadow_shapes` and `shadow_retention` (seconds), as last configured.
     pub cap: usize,
     pub retention: i64,
+    /// Shapes evicted from this table since it was last taken.
+    evicted: u64,
 }
 
 impl Default for Table {
     fn default() -> Self {
         Table {
             pending: HashMap::default(),
+            evicted: 0,
             cap: 10_000,
             retention: 30 * DAY,
         }
@@ -236,6 +242,7 @@ impl Table {
         for (_, _, k) in counts.into_iter().take(n) {
             self.pending.remove(&k);
         }
+        self.evicted += n as u64;
         n as u64
     }
 
@@ -247,9 +254,12 @@ impl Table {
         self.pending.is_empty()
     }
 
-    /// Takes the pending hits, in the store's terms.
-    pub fn take(&mut self) -> Vec<ShadowDelta> {
-        self.pending
+    /// Takes the pending hits, in the store's terms, and how many shapes were evicted from the
+    /// table since the last take.
+    pub fn take(&mut self) -> (Vec<ShadowDelta>, u64) {
+        let evicted = std::mem::take(&mut self.evicted);
+        let deltas = self
+            .pending
             .drain()
             .map(|(k, e)| ShadowDelta {
                 day: k.day,
@@ -261,7 +271,8 @@ impl Table {
                 requests: e.requests,
                 callers: e.callers.iter().map(|(c, n)| (c.label(), *n)).collect(),
             })
-            .collect()
+            .collect();
+        (deltas, evicted)
     }
 }
 
@@ -274,7 +285,7 @@ pub fn flush(
     store: &crate::store::Store,
     fleet: Option<&crate::cluster::Cluster>,
 ) -> Result<u64, crate::store::StoreError> {
-    let (deltas, cap, retention) = {
+    let ((deltas, evicted_here), cap, retention) = {
         let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
         (t.take(), t.cap, t.retention)
     };
@@ -285,7 +296,7 @@ pub fn flush(
     let node = store.write(|tx| stored::add(tx, &deltas, cap, now - retention))?;
     match fleet {
         None => Ok(node),
-        Some(c) => crate::cluster::shadow::add(c, &deltas, cap, retention, now)
+        Some(c) => crate::cluster::shadow::add(c, &deltas, evicted_here, cap, retention, now)
             .map_err(|e| crate::store::StoreError::Redis(format!("fleet shadow endpoints: {e}"))),
     }
 }
@@ -309,6 +320,9 @@ mod tests {
         );
         assert_eq!(shape("/by-mail/ana@example.com"), "/by-mail/{id}");
         assert_eq!(shape("/reports/2026-12-05"), "/reports/{id}");
+        assert_eq!(shape("/reset/a1b2c3d4e5"), "/reset/{id}", "a short token");
+        assert_eq!(shape("/invite/Xk7pQ2m9Lw"), "/invite/{id}");
+        assert_eq!(shape("/v2/sha256/check"), "/v2/sha256/check");
         assert_eq!(shape("/v1/oauth2/token"), "/v1/oauth2/token");
         assert_eq!(shape("/api/authentication_v2"), "/api/authentication_v2");
         assert_eq!(shape("/"), "/");
@@ -338,8 +352,8 @@ mod tests {
             t.add(&hit("/old/7", c), at);
         }
         t.add(&hit("/old/8", Caller::Consumer("acme".into())), 300);
-        let d = t.take();
-        assert_eq!(d.len(), 1);
+        let (d, evicted) = t.take();
+        assert_eq!((d.len(), evicted), (1, 0));
         assert_eq!(d[0].shape, "/old/{id}");
         assert_eq!(
             (d[0].first_seen, d[0].last_seen, d[0].requests),
@@ -377,7 +391,12 @@ mod tests {
             101,
             "every shape is kept or counted"
         );
-        assert!(t.take().iter().any(|d| d.shape == "/kept"));
+        let (kept, taken_evicted) = t.take();
+        assert!(kept.iter().any(|d| d.shape == "/kept"));
+        assert_eq!(
+            taken_evicted, evicted,
+            "the evictions are handed on with the hits"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! `sync_interval`. Nothing here ever logs the URL (it may hold a password).
 
 pub mod counters;
+pub mod notices;
 pub mod records;
 mod scripts;
 pub mod shadow;

@@ -190,9 +190,8 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Adds deltas (as new batches); past `cap` rows the oldest batches are dropped: how many
-    /// rows were.
-    pub fn push(&mut self, deltas: Deltas, cap: usize) -> usize {
+    /// Adds deltas (as new batches).
+    pub fn push(&mut self, deltas: Deltas) {
         let mut deltas = deltas;
         while !deltas.is_empty() {
             let rest = deltas.split_off(deltas.len().min(BATCH));
@@ -201,6 +200,11 @@ impl Pending {
             self.next += 1;
             deltas = rest;
         }
+    }
+
+    /// Keeps at most `cap` waiting rows (after a write failed): the oldest batches past it are
+    /// dropped; how many rows were.
+    pub fn trim(&mut self, cap: usize) -> usize {
         let mut dropped = 0;
         while self.rows > cap {
             match self.batches.pop_front() {

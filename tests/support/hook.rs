@@ -13,6 +13,8 @@ pub struct Delivery {
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
     pub json: serde_json::Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 pub struct Hook {
@@ -76,6 +78,7 @@ impl Hook {
                         headers,
                         body,
                         json,
+                        at: std::time::Instant::now(),
                     });
                 }
             }
