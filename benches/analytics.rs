@@ -37,6 +37,7 @@ fn record(api: &Arc<ApiInfo>, consumer: &Arc<Consumer>, i: u64) -> Record {
         client_ip: Some("127.0.0.1".parse().expect("ip")),
         user_agent: Some("bench/1.0".into()),
         shadow: None,
+        trace: None,
     }
 }
 

@@ -30,6 +30,8 @@ import run
 # QUIET is longer than the aggregator's rollup flush (5 s): the idle window starts after the
 # last write of the traffic's usage.
 WARM, REQUESTS, QUIET, IDLE = 1000, 4000, 6, 10
+# The OTLP sink of the telemetry targets.
+OTLP_PORT = 18094
 
 
 def oha(port, n, headers, expect, name, pin=None):
@@ -111,6 +113,9 @@ def targets(work):
     chain_text = run.scenario_config("full-chain")
     # The same chain with a quota of 1 a month: every request but the first is a 429.
     refused = chain_text.replace('quotas = ["1000000000/hour", "1000000000/month"]', 'quotas = ["1/month"]')
+    no_log = chain_text.replace(f'access_log = "{run.ACCESS_LOG}"\n', "", 1)
+    telemetry = lambda ratio: (f'\n[telemetry]\notlp_endpoint = "http://127.0.0.1:{OTLP_PORT}"\n'
+                               f'sample_ratio = {ratio}\n')
     binary = os.path.join(run.ROOT, "target", "release", "turnpike")
     floor = os.path.join(run.ROOT, "target", "release", "examples", "pingora-floor")
     key = (f"x-api-key: {run.LOADTEST_KEY}",)
@@ -126,8 +131,13 @@ def targets(work):
         "turnpike (api-key auth)": tp(cfg("turnpike-api-key", run.scenario_config("api-key-auth")), key),
         "turnpike (full chain)": tp(cfg("turnpike-full-chain", chain_text), key),
         # The issue's "no access log" row: the same chain without its JSON access log.
-        "turnpike (full chain, no access log)": tp(cfg("turnpike-full-chain-no-log", chain_text.replace(
-            f'access_log = "{run.ACCESS_LOG}"\n', "", 1)), key),
+        "turnpike (full chain, no access log)": tp(cfg("turnpike-full-chain-no-log", no_log), key),
+        # The same chain exporting OpenTelemetry to a local sink (loadtest/otlp_sink.py): every
+        # request traced (server + client span), and 1% of them (the usual production ratio).
+        "turnpike (full chain, no access log, every request traced)": tp(cfg(
+            "turnpike-full-chain-traced", no_log + telemetry(1.0)), key),
+        "turnpike (full chain, no access log, 1% traced)": tp(cfg(
+            "turnpike-full-chain-traced-1pct", no_log + telemetry(0.01)), key),
         "turnpike (full chain, 429 answers)": tp(cfg("turnpike-429", refused.replace(
             "/tmp/turnpike-loadtest.db", os.path.join(work, "refused.db"))), key, {}, ("200", "429")),
         "turnpike (cache hits)": tp(cfg("turnpike-cache-hit", run.scenario_config("cache-hit"))),
@@ -162,7 +172,7 @@ def peer_targets(work, present, key):
     return out
 
 
-def main(record):
+def main(record, only=None):
     run.need("valgrind", "valgrind")
     run.need("nginx", "nginx-light")
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "turnpike", "--example", "pingora-floor"],
@@ -179,6 +189,10 @@ def main(record):
         run.die("a peer's chain does not do what the report says it does:\n" + "\n".join(failures))
     all_targets, key = targets(work)
     all_targets.update(peer_targets(work, present, key))
+    if only:
+        all_targets = {n: t for n, t in all_targets.items() if any(o in n for o in only)}
+    sink = subprocess.Popen(["python3", os.path.join(run.ROOT, "loadtest", "otlp_sink.py"), str(OTLP_PORT)],
+                            stdout=open(os.path.join(work, "otlp-sink.log"), "w"), stderr=subprocess.STDOUT)
     backend = subprocess.Popen(["nginx", "-c", write(os.path.join(work, "backend.conf"), run.backend_conf(work)),
                                 "-p", work], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     per_request, idle = {}, {}
@@ -189,6 +203,7 @@ def main(record):
             print(f"{name}: {per_request[name]:,.0f} instructions/request, idle {idle[name]:,.0f}/s", flush=True)
     finally:
         peers.stop(backend, signal.SIGQUIT, 10)
+        peers.stop(sink, signal.SIGTERM, 10)
         run.remove_access_log()
     report = render(per_request, idle, present)
     print(report)
@@ -198,9 +213,15 @@ def main(record):
 
 
 def render(per_request, idle, present):
+    binary = os.path.join(run.ROOT, "target", "release", "turnpike")
+    if "nginx-proxy" not in per_request or "pingora floor (proxy)" not in per_request:
+        # A run of some targets only (--only): their numbers, without the ratios.
+        rows = [f"| {n} | {v:,.0f} | {idle[n]:,.0f} |" for n, v in per_request.items()]
+        return (f"\n## {datetime.date.today().isoformat()} {platform.node()} (instruction counts, some targets)\n\n"
+                "| target | instructions/request | background, instructions/s |\n|---|---|---|\n"
+                + "\n".join(rows) + "\n")
     nginx = per_request["nginx-proxy"]
     floor = per_request["pingora floor (proxy)"]
-    binary = os.path.join(run.ROOT, "target", "release", "turnpike")
     lines = ["\n### instructions per request (callgrind)\n",
              f"`GET /items/42` over 4 keep-alive connections: {WARM:,} warm-up requests, counters zeroed, "
              f"{REQUESTS:,} requests counted, minus the target's own background rate over the run's time "

@@ -399,6 +399,8 @@ def main():
                     help="count instructions per request under callgrind (each scenario and the Pingora floor) instead of timing")
     ap.add_argument("--cpu", action="store_true",
                     help="timed CPU per request of the same targets and peers, natively, as ratios to nginx and nginx + Lua")
+    ap.add_argument("--only", action="append",
+                    help="with --instructions: count only the targets whose name contains this text")
     args = ap.parse_args()
     if args.cpu:
         import cputime
@@ -409,7 +411,7 @@ def main():
         return
     if args.instructions:
         import instructions
-        instructions.main(args.record)
+        instructions.main(args.record, args.only)
         return
     need("nginx", "nginx-light")
     need("wrk", "wrk")

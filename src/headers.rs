@@ -107,45 +107,83 @@ fn is_lower_hex(s: &[u8]) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
-/// The `traceparent` to send upstream: the client's trace continued with a fresh parent id, or a
-/// new trace when the client sent none or an invalid one.
-pub fn traceparent(client: Option<&[u8]>) -> HeaderValue {
-    // version(2) - trace-id(32) - parent-id(16) - flags(2)
-    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    put_hex(&mut out[36..52], u128::from(rand::random::<u64>().max(1)));
-    if let Some(tp) = client {
-        let mut parts = tp.split(|&b| b == b'-');
-        if let (Some(ver), Some(trace), Some(parent), Some(flags)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        {
-            let valid = ver.len() == 2
-                && ver != b"ff"
-                && is_lower_hex(ver)
-                && trace.len() == 32
-                && is_lower_hex(trace)
-                && trace.iter().any(|&b| b != b'0')
-                && parent.len() == 16
-                && is_lower_hex(parent)
-                && parent.iter().any(|&b| b != b'0')
-                && flags.len() == 2
-                && is_lower_hex(flags)
-                && (ver != b"00" || parts.next().is_none());
-            if valid {
-                out[3..35].copy_from_slice(trace);
-                // Only the flags this gateway knows (sampled, and Level 2's random trace id)
-                // are passed on; the reserved bits are sent as zero, as Trace Context asks.
-                let low = match flags[1] {
-                    d @ b'0'..=b'9' => d - b'0',
-                    h => h - b'a' + 10,
-                };
-                out[53] = b'0';
-                out[54] = b'0' + (low & 0x3);
-                return shared_value(out);
-            }
-        }
+/// The fields of a W3C `traceparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: u128,
+    pub parent_id: u64,
+    /// Only the flags this gateway knows (sampled, and Level 2's random trace id): reserved bits
+    /// are passed on as zero, as Trace Context asks.
+    pub flags: u8,
+}
+
+impl TraceParent {
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
     }
-    put_hex(&mut out[3..35], rand::random::<u128>().max(1));
+}
+
+fn hex_value(s: &[u8]) -> u128 {
+    s.iter().fold(0u128, |n, &b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            _ => b - b'a' + 10,
+        };
+        (n << 4) | u128::from(d)
+    })
+}
+
+/// A client's `traceparent` if it is valid (version 00, or a later version's first four
+/// fields; ids not all zero; lower-case hex).
+pub fn parse_traceparent(tp: &[u8]) -> Option<TraceParent> {
+    let mut parts = tp.split(|&b| b == b'-');
+    let (ver, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let valid = ver.len() == 2
+        && ver != b"ff"
+        && is_lower_hex(ver)
+        && trace.len() == 32
+        && is_lower_hex(trace)
+        && trace.iter().any(|&b| b != b'0')
+        && parent.len() == 16
+        && is_lower_hex(parent)
+        && parent.iter().any(|&b| b != b'0')
+        && flags.len() == 2
+        && is_lower_hex(flags)
+        && (ver != b"00" || parts.next().is_none());
+    valid.then(|| TraceParent {
+        trace_id: hex_value(trace),
+        parent_id: hex_value(parent) as u64,
+        flags: (hex_value(flags) as u8) & 0x3,
+    })
+}
+
+/// A `traceparent` value (version 00).
+pub fn format_traceparent(trace_id: u128, span_id: u64, flags: u8) -> HeaderValue {
+    // version(2) - trace-id(32) - parent-id(16) - flags(2)
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    put_hex(&mut out[3..35], trace_id);
+    put_hex(&mut out[36..52], u128::from(span_id));
+    put_hex(&mut out[53..55], u128::from(flags));
     shared_value(out)
+}
+
+/// A new random span id (never zero).
+pub fn new_span_id() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
+/// A new random trace id (never zero).
+pub fn new_trace_id() -> u128 {
+    rand::random::<u128>().max(1)
+}
+
+/// The `traceparent` to send upstream: the client's trace continued with a fresh parent id, or a
+/// new (sampled) trace when the client sent none or an invalid one.
+pub fn traceparent(client: Option<&[u8]>) -> HeaderValue {
+    match client.and_then(parse_traceparent) {
+        Some(c) => format_traceparent(c.trace_id, new_span_id(), c.flags),
+        None => format_traceparent(new_trace_id(), new_span_id(), 1),
+    }
 }
 
 /// Request headers a client may not set for the upstream: the gateway sets them itself.
@@ -292,6 +330,20 @@ mod tests {
         let kept = request_id(Some(&value));
         assert_ne!(kept.as_bytes().as_ptr(), head.as_ptr());
         assert_eq!(kept.as_str(), "abc-123");
+    }
+
+    #[test]
+    fn traceparent_fields_round_trip() {
+        let tp = parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("valid");
+        assert_eq!(tp.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(tp.parent_id, 0x00f067aa0ba902b7);
+        assert!(tp.sampled());
+        let out = format_traceparent(tp.trace_id, 0xab, 0);
+        assert_eq!(
+            out.to_str().expect("ascii"),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00000000000000ab-00"
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod reply;
 pub mod route;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod text;
 pub mod upstream;
 

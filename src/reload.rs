@@ -154,8 +154,9 @@ pub fn restart_only_changes(old: &FileConfig, new: &FileConfig) -> Vec<String> {
     let (ol, nl) = (&o.limits, &n.limits);
     let (os, ns) = (&old.store, &new.store);
     let (oc, nc) = (&old.cache, &new.cache);
-    let checks: [(&str, bool); 34] = [
+    let checks: [(&str, bool); 35] = [
         ("analytics", old.analytics != new.analytics),
+        ("telemetry", old.telemetry != new.telemetry),
         ("cache.max_memory", oc.max_memory != nc.max_memory),
         ("cache.lock_timeout", oc.lock_timeout != nc.lock_timeout),
         ("cache.purge_channel", oc.purge_channel != nc.purge_channel),

@@ -28,13 +28,39 @@ impl Target {
     }
 }
 
+/// Which records an access log keeps: every error, and `sample` of the successful requests
+/// (evenly spread: each success adds `sample` to a credit, and one is kept per whole credit).
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    sample: f64,
+    credit: f64,
+}
+
+impl Sampling {
+    pub fn new(sample: f64) -> Sampling {
+        Sampling {
+            sample: sample.clamp(0.0, 1.0),
+            credit: 0.0,
+        }
+    }
+
+    pub fn keep(&mut self, r: &Record) -> bool {
+        if r.status < 400 && r.status != 0 && self.sample < 1.0 {
+            self.credit += self.sample;
+            if self.credit < 1.0 {
+                return false;
+            }
+            self.credit -= 1.0;
+        }
+        true
+    }
+}
+
 pub struct AccessLog {
     target: Target,
     file: Option<File>,
     buf: Vec<u8>,
-    /// The fraction of successful requests kept, and the credit towards the next kept one.
-    sample: f64,
-    credit: f64,
+    sampling: Sampling,
     /// Lines lost since writes started failing (`None` while they succeed): the first
     /// failure and the recovery are logged once each, not every line.
     failing: Option<u64>,
@@ -55,8 +81,7 @@ impl AccessLog {
             target,
             file: None,
             buf: Vec::with_capacity(64 << 10),
-            sample: sample.clamp(0.0, 1.0),
-            credit: 0.0,
+            sampling: Sampling::new(sample),
             failing: None,
         };
         log.reopen();
@@ -82,12 +107,8 @@ impl AccessLog {
 
     /// Adds a record's line to the buffer (if sampling keeps it).
     pub fn add(&mut self, r: &Record) {
-        if r.status < 400 && r.status != 0 && self.sample < 1.0 {
-            self.credit += self.sample;
-            if self.credit < 1.0 {
-                return;
-            }
-            self.credit -= 1.0;
+        if !self.sampling.keep(r) {
+            return;
         }
         r.to_json_line(&mut self.buf);
         self.buf.push(b'\n');

@@ -50,6 +50,51 @@ struct Work<'a> {
     detector: Option<Detector>,
     names: super::names::Names,
     webhook: Option<mpsc::Sender<Alert>>,
+    /// OpenTelemetry export (`[telemetry]`), when configured.
+    telemetry: Option<Telemetry>,
+}
+
+/// What the aggregator hands to the OpenTelemetry exporter: the records of sampled requests,
+/// and with `export_access_log` those the access log's sampling keeps (the spans and log
+/// records are built on the export thread, not here).
+struct Telemetry {
+    exporter: crate::telemetry::export::Exporter,
+    logs: Option<super::access_log::Sampling>,
+    /// How long the last export may take at exit.
+    timeout: Duration,
+}
+
+impl Telemetry {
+    fn start(shared: &Shared, a: &Analytics) -> Option<Telemetry> {
+        let snapshot = shared.snapshot();
+        let cfg = &snapshot.file.telemetry;
+        if !cfg.enabled() {
+            return None;
+        }
+        match crate::telemetry::export::Exporter::start(cfg, a.metrics.telemetry.clone()) {
+            Ok(exporter) => Some(Telemetry {
+                exporter,
+                logs: cfg
+                    .export_access_log
+                    .then(|| super::access_log::Sampling::new(a.cfg.access_log_sample)),
+                // The rest of the stop must fit Pingora's graceful_shutdown_timeout.
+                timeout: cfg
+                    .timeout
+                    .0
+                    .min(snapshot.file.server.graceful_shutdown_timeout.0 / 2),
+            }),
+            Err(why) => {
+                log::error!("telemetry export disabled: {why}");
+                None
+            }
+        }
+    }
+
+    /// A record to the export queue when it was sampled or its log record is kept.
+    fn add(&mut self, r: Record) {
+        let log = self.logs.as_mut().is_some_and(|s| s.keep(&r));
+        self.exporter.request(r, log);
+    }
 }
 
 impl Work<'_> {
@@ -57,13 +102,21 @@ impl Work<'_> {
     fn drain(&mut self) -> usize {
         let mut n = 0;
         while let Ok(r) = self.rx.try_recv() {
-            self.absorb(&r);
+            self.take(r);
             n += 1;
         }
         if n > 0 {
             self.flush_log();
         }
         n
+    }
+
+    /// One record: absorbed, then handed to the telemetry export.
+    fn take(&mut self, r: Record) {
+        self.absorb(&r);
+        if let Some(t) = &mut self.telemetry {
+            t.add(r);
+        }
     }
 
     fn absorb(&mut self, r: &Record) {
@@ -152,11 +205,15 @@ impl Drop for Work<'_> {
     fn drop(&mut self) {
         let mut n = 0;
         while let Ok(r) = self.rx.try_recv() {
-            self.absorb(&r);
+            self.take(r);
             n += 1;
         }
         self.flush_log();
+        // Usage first: a slow collector must not cost the rollups their write.
         write_usage(self.shared);
+        if let Some(t) = &mut self.telemetry {
+            t.exporter.finish(t.timeout);
+        }
         log::info!("analytics written at exit ({n} records were waiting)");
     }
 }
@@ -202,6 +259,7 @@ impl BackgroundService for Aggregator {
                 .then(|| Detector::new(a.cfg.alerts.clone())),
             names: Default::default(),
             webhook,
+            telemetry: Telemetry::start(&self.shared, a),
         };
         // Always listened for, so that a SIGUSR1 without an access log does not end the process.
         let mut usr1 =
@@ -233,7 +291,7 @@ impl BackgroundService for Aggregator {
                 first = w.rx.recv(), if !polling => {
                     // Traffic again: back to polling.
                     if let Some(r) = first {
-                        w.absorb(&r);
+                        w.take(r);
                         w.drain();
                         w.flush_log();
                     }

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub fleet_folded: IntCounter,
     pub fleet_dropped: IntCounter,
     pub fleet_waiting: IntGauge,
+    pub telemetry: crate::telemetry::export::Counters,
     generation: IntGauge,
     connections_open: IntGauge,
     connections_refused: IntCounter,
@@ -141,6 +142,22 @@ impl Metrics {
                 "turnpike_fleet_usage_waiting_rows",
                 "Usage rows waiting to be added to the fleet's Redis",
             )?,
+            telemetry: crate::telemetry::export::Counters {
+                exported: IntCounterVec::new(
+                    Opts::new(
+                        "turnpike_telemetry_exported_total",
+                        "Spans and log records exported to the OpenTelemetry collector, by signal",
+                    ),
+                    &["signal"],
+                )?,
+                dropped: IntCounterVec::new(
+                    Opts::new(
+                        "turnpike_telemetry_dropped_total",
+                        "Spans and log records not exported, by signal and reason (queue_full, export_failed, export_stopped)",
+                    ),
+                    &["signal", "reason"],
+                )?,
+            },
             generation: IntGauge::new(
                 "turnpike_config_generation",
                 "Generation of the config in use (1 at start, +1 per successful reload)",
@@ -198,6 +215,8 @@ impl Metrics {
         r.register(Box::new(m.fleet_folded.clone()))?;
         r.register(Box::new(m.fleet_dropped.clone()))?;
         r.register(Box::new(m.fleet_waiting.clone()))?;
+        r.register(Box::new(m.telemetry.exported.clone()))?;
+        r.register(Box::new(m.telemetry.dropped.clone()))?;
         r.register(Box::new(m.generation.clone()))?;
         r.register(Box::new(m.connections_open.clone()))?;
         r.register(Box::new(m.connections_refused.clone()))?;

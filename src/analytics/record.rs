@@ -49,6 +49,8 @@ pub struct Record {
     pub user_agent: Option<String>,
     /// A request that matched no route: its host, method, path shape and caller.
     pub shadow: Option<Box<super::shadow::Hit>>,
+    /// The trace of a request sampled for export (`[telemetry]`).
+    pub trace: Option<Box<crate::telemetry::Trace>>,
 }
 
 impl Record {
@@ -217,6 +219,7 @@ pub(crate) fn sample() -> Record {
         client_ip: Some("127.0.0.1".parse().expect("ip")),
         user_agent: Some("curl/8 \"quoted\"\n".into()),
         shadow: None,
+        trace: None,
     }
 }
 

@@ -51,6 +51,9 @@ pub struct FileConfig {
     /// `[catalog]`: shadow endpoint discovery and lifecycle notices.
     #[serde(default)]
     pub catalog: super::catalog::CatalogSettings,
+    /// `[telemetry]`: OpenTelemetry traces and logs to a collector.
+    #[serde(default)]
+    pub telemetry: super::telemetry::TelemetrySection,
 }
 
 /// `[cache]`: the edge cache shared by every API with an `[apis.cache]` block.

@@ -12,6 +12,7 @@ pub mod hidden;
 pub mod identity;
 pub mod policy;
 pub mod spans;
+pub mod telemetry;
 pub mod units;
 pub mod validate;
 

@@ -38,6 +38,7 @@ pub fn validate_base(cfg: &FileConfig) -> Vec<Problem> {
     apis(&mut v, cfg);
     cache(&mut v, &cfg.cache);
     v.0.extend(super::analytics::validate(&cfg.analytics));
+    v.0.extend(super::telemetry::validate(&cfg.telemetry));
     v.0.extend(super::identity::validate(cfg));
     v.0.extend(super::catalog::validate(cfg));
     v.0.extend(super::governance::validate(&cfg.governance));

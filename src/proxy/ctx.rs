@@ -70,6 +70,8 @@ pub struct RequestCtx {
     pub upstream_us: Option<u64>,
     /// A request that matched no route, as shadow endpoint discovery keeps it.
     pub shadow: Option<Box<crate::analytics::shadow::Hit>>,
+    /// The trace of a request sampled for export (`[telemetry]`).
+    pub trace: Option<Box<crate::telemetry::Trace>>,
 }
 
 impl RequestCtx {
@@ -96,6 +98,7 @@ impl RequestCtx {
             background: false,
             start: Instant::now(),
             shadow: None,
+            trace: None,
             code: None,
             limited: None,
             cache_status: None,

@@ -8,11 +8,13 @@ use pingora::proxy::Session;
 
 /// The record of a finished request; `None` for the cache's background refreshes (a client
 /// already got, and was counted for, that answer). The user agent is only copied for the
-/// access log (`with_user_agent`), its only reader.
+/// access log (`with_user_agent`) and the OTLP log records, its only readers.
 pub fn record(session: &Session, ctx: &mut RequestCtx, with_user_agent: bool) -> Option<Record> {
     if ctx.background {
         return None;
     }
+    let telemetry = &ctx.snapshot.file.telemetry;
+    let with_user_agent = with_user_agent || (telemetry.enabled() && telemetry.export_access_log);
     let elapsed = ctx.start.elapsed();
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     let started = (crate::clock::now_ns() / 1_000_000).saturating_sub(elapsed_ms);
@@ -52,6 +54,10 @@ pub fn record(session: &Session, ctx: &mut RequestCtx, with_user_agent: bool) ->
         upstream,
         client_ip: ctx.client_ip,
         shadow: ctx.shadow.take(),
+        trace: ctx.trace.take().map(|mut t| {
+            t.finish(t.start_ns.saturating_add(duration.saturating_mul(1_000)));
+            t
+        }),
         user_agent: req
             .headers
             .get(http::header::USER_AGENT)

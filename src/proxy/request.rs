@@ -4,7 +4,7 @@
 //! here, with the policy's answer headers and the name of the policy that refused.
 
 use super::ctx::RequestCtx;
-use super::{caching, edge, watch, Gateway};
+use super::{caching, edge, is_tls, watch, Gateway};
 use crate::path::check_target;
 use crate::policy::run::{Inbound, Outcome, Services};
 use crate::policy::Stage;
@@ -287,8 +287,21 @@ fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
     ctx.background = session.subrequest_ctx.is_some();
     let req = session.req_header();
     ctx.request_id = crate::headers::request_id(req.headers.get("x-request-id"));
-    ctx.traceparent =
-        crate::headers::traceparent(req.headers.get("traceparent").map(|v| v.as_bytes()));
+    let incoming = req.headers.get("traceparent").map(|v| v.as_bytes());
+    let telemetry = &ctx.snapshot.file.telemetry;
+    if telemetry.enabled() {
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri.host());
+        let (header, trace) =
+            crate::telemetry::begin(telemetry, incoming, host, is_tls(session), ctx.start);
+        ctx.traceparent = header;
+        ctx.trace = trace;
+    } else {
+        ctx.traceparent = crate::headers::traceparent(incoming);
+    }
     // (On PROXY protocol listeners the header named the peer: see `proxy::conn`.)
     let peer = session
         .client_addr()

@@ -12,6 +12,35 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
+/// The whole `error_while_proxy`: Pingora's own decision (a request is retried only when it is
+/// idempotent, its body can be sent again and the connection was a reused one), and the
+/// attempt's failure for its span.
+pub(super) fn on_proxy_error(
+    session: &mut Session,
+    peer: &HttpPeer,
+    ctx: &mut RequestCtx,
+    e: Box<Error>,
+    client_reused: bool,
+) -> Box<Error> {
+    if let Some(t) = &mut ctx.trace {
+        t.failed(crate::telemetry::error_kind(&e.etype));
+    }
+    let mut e = e.more_context(format!("Peer: {peer}"));
+    if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        e.set_retry(false);
+    } else {
+        e.retry.decide_reuse(client_reused);
+    }
+    e
+}
+
+/// The whole `connected_to_upstream`: the attempt's connect time, for its span.
+pub(super) fn on_connected(ctx: &mut RequestCtx, reused: bool) {
+    if let Some(t) = &mut ctx.trace {
+        t.connected(reused);
+    }
+}
+
 impl Gateway {
     /// The whole `upstream_peer`.
     pub(super) fn on_peer(
@@ -43,6 +72,9 @@ impl Gateway {
             Some(addr) => {
                 ctx.peer = Some(addr);
                 ctx.reported = false;
+                if let Some(t) = &mut ctx.trace {
+                    t.attempt(addr);
+                }
                 Ok(Box::new(pool.peer(addr)))
             }
             None => {
@@ -62,6 +94,9 @@ impl Gateway {
 
     /// The whole `fail_to_connect`.
     pub(super) fn on_connect_failure(&self, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(t) = &mut ctx.trace {
+            t.failed("connect_failed");
+        }
         if let Some((addr, pool)) = self.attempt(ctx) {
             pool.report_failure(&addr);
             ctx.reported = true;
@@ -85,6 +120,9 @@ impl Gateway {
         let Some(ep) = ctx.endpoint.and_then(|i| snapshot.endpoints.get(i)) else {
             return Ok(());
         };
+        if let Some(tp) = ctx.trace.as_ref().and_then(|t| t.upstream_traceparent()) {
+            ctx.traceparent = tp;
+        }
         let forward = crate::forward::Forward {
             original: session.req_header(),
             client_ip: ctx.client_ip,
@@ -121,10 +159,16 @@ impl Gateway {
                 pool.report_failure(&addr);
             }
             ctx.fail = Some(Code::UpstreamUnavailable);
+            if let Some(t) = &mut ctx.trace {
+                t.failed("bad_upstream_head");
+            }
             return Error::e_explain(ErrorType::HTTPStatus(502), why);
         }
+        let final_or_upgrade = !resp.status.is_informational() || resp.status == 101;
+        if let (Some(t), true) = (&mut ctx.trace, final_or_upgrade) {
+            t.response(resp.status.as_u16());
+        }
         if let Some((addr, pool)) = self.attempt(ctx) {
-            let final_or_upgrade = !resp.status.is_informational() || resp.status == 101;
             if final_or_upgrade && ctx.upstream_us.is_none() {
                 ctx.upstream_us = ctx
                     .upstream_start

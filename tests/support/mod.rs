@@ -4,6 +4,7 @@
 
 pub mod hook;
 pub mod load;
+pub mod otlp;
 pub mod redis;
 pub mod upstream;
 
