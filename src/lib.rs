@@ -20,6 +20,7 @@ pub mod limits;
 pub mod lint;
 pub mod notices;
 pub mod offline;
+pub mod openapi;
 pub mod path;
 pub mod peers;
 pub mod policy;

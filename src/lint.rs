@@ -42,12 +42,14 @@ pub fn findings(path: &Path) -> Vec<Placed> {
         line_col: p.line_col,
         message: p.message,
     };
-    let cfg = match crate::config::parse_syntax(&src, path) {
+    let mut cfg = match crate::config::parse_syntax(&src, path) {
         Ok(c) => c,
         Err(e) => return e.problems.into_iter().map(from_problem).collect(),
     };
+    let specs = crate::openapi::attach(&mut cfg, path.parent());
     let rules = governance::evaluate(&cfg);
-    let mut base = crate::config::validate::validate_base(&cfg);
+    let mut base = specs;
+    base.extend(crate::config::validate::validate_base(&cfg));
     if base.is_empty() {
         // What only compiling finds (plans, JWT settings, TLS and token files, pools): a file
         // lint passes is one run, check and reload accept, governance warnings aside.

@@ -1,6 +1,6 @@
 //! Addresses and fractions written as text without the `fmt` machinery, for the paths that run
 //! for every request (`X-Forwarded-For`, the access-log line). IPv6 is rare there and goes
-//! through `Display`.
+//! through `Display`. Also `percent_decode`, for the config's and specs' URI texts.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -55,6 +55,27 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr, bracket_v6: bool) {
             let _ = write!(out, "{v6}");
         }
     }
+}
+
+/// Decodes the `%XX` escapes of a URI text (others are kept as they are; invalid UTF-8 is
+/// replaced).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -182,7 +182,9 @@ pub fn compile(
             }
         };
         let mut planned: Vec<Planned> = Vec::new();
-        if api.routes.is_empty() {
+        // Hand-written routes, or with [apis.openapi] routes = true the spec's (merged).
+        let routes = crate::openapi::routes::effective(api, file.specs.of(i));
+        if routes.is_empty() {
             if let Some(action) = api_action.take() {
                 let template: Arc<str> = if base.is_empty() {
                     "/".into()
@@ -201,12 +203,14 @@ pub fn compile(
                 });
             }
         }
-        for (r, route) in api.routes.iter().enumerate() {
+        for (r, route) in &routes {
             let action = match &route.respond {
                 Some(rr) => match static_reply(rr) {
                     Ok(rr) => Action::Respond(Arc::new(rr)),
                     Err(e) => {
-                        problems.push(Problem::at(format!("apis[{i}].routes[{r}].respond"), e));
+                        let at =
+                            r.map_or(String::new(), |r| format!("apis[{i}].routes[{r}].respond"));
+                        problems.push(Problem::at(at, e));
                         continue;
                     }
                 },
@@ -228,7 +232,7 @@ pub fn compile(
                 action,
                 max_body: route.max_body.map_or(api_body, |s| s.0),
                 scopes: route.scopes.clone(),
-                route: Some(r),
+                route: *r,
             });
         }
         for Planned {

@@ -54,6 +54,10 @@ pub struct FileConfig {
     /// `[telemetry]`: OpenTelemetry traces and logs to a collector.
     #[serde(default)]
     pub telemetry: super::telemetry::TelemetrySection,
+    /// The OpenAPI documents of the APIs that name one (`[apis.catalog] openapi`), by API
+    /// index: loaded by `config::parse` (they need the config file's directory).
+    #[serde(skip)]
+    pub specs: crate::openapi::Loaded,
 }
 
 /// `[cache]`: the edge cache shared by every API with an `[apis.cache]` block.
@@ -678,9 +682,23 @@ pub struct ApiSection {
     pub policies: Vec<String>,
     /// `[apis.catalog]`: owner, audience, lifecycle.
     pub catalog: Option<super::catalog::CatalogSection>,
+    /// `[apis.openapi]`: what the API's OpenAPI document (`[apis.catalog] openapi`) drives.
+    pub openapi: Option<ApiOpenApiSection>,
 }
 
 /// `[apis.limits]`: flood guards of an API.
+/// `[apis.openapi]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiOpenApiSection {
+    /// The API's routes come from the spec's operations (each path template with its
+    /// methods); `[[apis.routes]]` with the same path add their policies, limits and cache to
+    /// it. (The issue's `routes = "openapi"` on the API itself cannot sit beside
+    /// `[[apis.routes]]` tables in TOML, hence this block.)
+    #[serde(default)]
+    pub routes: bool,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiLimitsSection {

@@ -157,6 +157,9 @@ pub struct GovernanceSection {
     pub openapi_required_for: AudienceRule,
     /// No two APIs share a base path on the same hosts.
     pub unique_base_paths: Severity,
+    /// The routes and the API's OpenAPI document agree (operations without a route, routes
+    /// without an operation).
+    pub openapi_drift: Severity,
 }
 
 impl Default for GovernanceSection {
@@ -171,6 +174,7 @@ impl Default for GovernanceSection {
             successor_required: Severity::Warn,
             openapi_required_for: AudienceRule::off(),
             unique_base_paths: Severity::Warn,
+            openapi_drift: Severity::Warn,
         }
     }
 }
@@ -185,7 +189,7 @@ pub struct Finding {
 }
 
 /// Every rule, with what it asks (for `lint --format sarif` and the docs).
-pub const RULES: [(&str, &str); 9] = [
+pub const RULES: [(&str, &str); 10] = [
     ("owner_required", "Every API names an owner team"),
     (
         "contact_required_for",
@@ -215,6 +219,10 @@ pub const RULES: [(&str, &str); 9] = [
     (
         "unique_base_paths",
         "No two APIs share a base path on the same hosts",
+    ),
+    (
+        "openapi_drift",
+        "The routes and the API's OpenAPI document describe the same operations",
     ),
 ];
 
@@ -256,6 +264,11 @@ pub fn evaluate(cfg: &FileConfig) -> Vec<Finding> {
         .clone()
         .unwrap_or_else(|| vec![Audience::Public]);
     for (i, api) in cfg.apis.iter().enumerate() {
+        if let Some(spec) = cfg.specs.of(i) {
+            for (key, message) in crate::openapi::routes::drift(i, api, spec) {
+                add("openapi_drift", g.openapi_drift, key, message);
+            }
+        }
         let me = api_ref(&api.name, api.version.as_deref());
         let c = api.catalog.clone().unwrap_or_default();
         let at = |k: &str| format!("apis[{i}].catalog.{k}");

@@ -35,10 +35,12 @@ pub fn parse_syntax(src: &str, file: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Parses and validates config text that came from `file` (used in messages).
+/// Parses and validates config text that came from `file` (used in messages; the OpenAPI
+/// documents it names are read relative to its directory).
 pub fn parse(src: &str, file: &Path) -> Result<FileConfig, ConfigError> {
-    let cfg = parse_syntax(src, file)?;
-    let problems = validate::validate(&cfg);
+    let mut cfg = parse_syntax(src, file)?;
+    let mut problems = crate::openapi::attach(&mut cfg, file.parent());
+    problems.extend(validate::validate(&cfg));
     if problems.is_empty() {
         Ok(cfg)
     } else {

@@ -105,7 +105,7 @@ pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
             return Err(format!("entry {} is not key=value", i + 1));
         };
         let k = k.trim();
-        let v = percent_decode(v.trim());
+        let v = crate::text::percent_decode(v.trim());
         let ok_name = http::HeaderName::from_bytes(k.as_bytes()).is_ok();
         let ok_value = http::HeaderValue::from_str(&v).is_ok();
         if !ok_name || !ok_value {
@@ -114,25 +114,6 @@ pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
         out.push((k.to_ascii_lowercase(), v));
     }
     Ok(out)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every problem of the block, with key paths.
