@@ -120,6 +120,22 @@ pub enum Command {
         #[arg(long, value_name = "G")]
         granularity: Option<String>,
     },
+    /// OpenAPI documents: `diff OLD NEW` lists breaking and other changes.
+    #[command(subcommand)]
+    Openapi(OpenapiCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OpenapiCommand {
+    /// Compare two versions of a spec: every change, breaking ones first, with its JSON
+    /// pointer. Exits 1 when a change is breaking, 2 when a spec cannot be read.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// text, json or markdown.
+        #[arg(long, default_value = "text", value_parser = ["text", "json", "markdown"])]
+        format: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

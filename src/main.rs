@@ -2,14 +2,20 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use turnpike::cli::{AuditCommand, CatalogArgs, CatalogCommand, Cli, Command, KeysCommand};
+use turnpike::cli::{
+    AuditCommand, CatalogArgs, CatalogCommand, Cli, Command, KeysCommand, OpenapiCommand,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The offline commands print reports: only warnings and errors besides.
     let quiet = matches!(
         cli.command,
-        Command::Explain { .. } | Command::Test { .. } | Command::Lint { .. } | Command::Catalog(_)
+        Command::Explain { .. }
+            | Command::Test { .. }
+            | Command::Lint { .. }
+            | Command::Catalog(_)
+            | Command::Openapi(_)
     );
     init_logging(if quiet { "warn" } else { "info" });
     match cli.command {
@@ -70,6 +76,9 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Command::Keys(KeysCommand::Hash) => turnpike::offline::keys_hash(),
+        Command::Openapi(OpenapiCommand::Diff { old, new, format }) => {
+            turnpike::openapi::diff::run(&old, &new, &format)
+        }
         Command::Keys(KeysCommand::Create {
             consumer,
             label,

@@ -3,7 +3,8 @@
 //! YAML); `[apis.openapi] routes = true` routes exactly the spec's operations through the real
 //! gateway; a spec with a remote or broken `$ref` refuses check, start and reload with the
 //! spec's file, line and pointer (the running config keeps serving); drift between hand-written
-//! routes and the spec is reported by the `openapi_drift` rule.
+//! routes and the spec is reported by the `openapi_drift` rule; the admin catalogue serves the
+//! spec with its servers rewritten to `[catalog] public_url`.
 
 mod support;
 
@@ -116,7 +117,7 @@ async fn routes_from_the_spec_serve_its_operations_only() {
     let dir = tempfile::tempdir().expect("tmp");
     let spec = fixture("petstore-3.0.json");
     let text = format!(
-        "[upstreams.pets]\ntargets = [ {{ addr = \"{}\" }} ]\n{}",
+        "[catalog]\npublic_url = \"https://api.example.com/\"\n[upstreams.pets]\ntargets = [ {{ addr = \"{}\" }} ]\n{}",
         up.addr,
         api(&spec, "[apis.openapi]\nroutes = true")
     );
@@ -149,6 +150,20 @@ async fn routes_from_the_spec_serve_its_operations_only() {
         status(get("/pets/v1/pet/42/photos").await.expect("get")),
         404
     );
+
+    // The catalogue serves the spec, its servers the gateway's public URL.
+    let (code, doc) =
+        support::admin(&gw, "GET", "/catalog/apis/petstore/v1/openapi.json", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        doc["servers"],
+        serde_json::json!([{"url": "https://api.example.com/pets/v1"}])
+    );
+    assert_eq!(doc["info"]["title"], "Swagger Petstore");
+    assert!(doc["paths"]["/pet/{petId}"]["get"].is_object());
+    let (code, _) =
+        support::admin(&gw, "GET", "/catalog/apis/petstore/v2/openapi.json", None).await;
+    assert_eq!(code, 404);
 
     // A reload with a broken spec is refused; the running routes keep serving.
     std::fs::write(

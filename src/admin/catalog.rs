@@ -53,6 +53,12 @@ pub async fn handle(
             | ["catalog", "apis", _, _]
             | ["catalog", "teams", _],
         ) => problem(Code::MethodNotAllowed, "use GET", rid),
+        ("GET", ["catalog", "apis", name, version, "openapi.json"]) => {
+            openapi(shared, name, version, rid)
+        }
+        (_, ["catalog", "apis", _, _, "openapi.json"]) => {
+            problem(Code::MethodNotAllowed, "use GET", rid)
+        }
         ("GET", ["catalog", "apis", name, version, "consumers"]) => {
             consumers(shared, name, version, query, rid).await
         }
@@ -108,6 +114,39 @@ fn version_of<'a>(
             rid,
         ))
     })
+}
+
+/// `GET /catalog/apis/{name}/{version}/openapi.json`: the version's OpenAPI document as one
+/// JSON document (sibling files bundled in), with `servers` set to `[catalog] public_url` plus
+/// the API's base path when that is configured.
+fn openapi(shared: &Arc<Shared>, name: &str, version: &str, rid: &str) -> Answer {
+    let snapshot = shared.snapshot();
+    let file = &snapshot.file;
+    let wanted = Some(version).filter(|v| *v != "-");
+    let Some(i) = file
+        .apis
+        .iter()
+        .position(|a| a.name == name && a.version.as_deref() == wanted)
+    else {
+        return match version_of(&snapshot, name, version, rid) {
+            Ok(_) => problem(Code::NotFound, "no such API", rid),
+            Err(answer) => *answer,
+        };
+    };
+    let Some(spec) = file.specs.of(i) else {
+        return problem(
+            Code::NotFound,
+            &format!("{name}/{version} has no OpenAPI document ([apis.catalog] openapi)"),
+            rid,
+        );
+    };
+    let server = file
+        .catalog
+        .public_url
+        .as_deref()
+        .map(|u| format!("{}{}", u.trim_end_matches('/'), file.apis[i].base_path));
+    let doc = crate::openapi::bundle::bundled(spec, server.as_deref());
+    json_response(200, doc, "application/json", rid)
 }
 
 /// `GET /catalog/apis/{name}/{version}`: the entry, routes, plans, where it stands, its

@@ -225,6 +225,9 @@ pub struct CatalogSettings {
     /// again at the next look.
     #[serde(default = "default_notify_retries")]
     pub notify_retries: u32,
+    /// The gateway's public URL (`https://api.example.com`): the served OpenAPI documents'
+    /// `servers` become it plus the API's base path.
+    pub public_url: Option<String>,
 }
 
 impl Default for CatalogSettings {
@@ -238,6 +241,7 @@ impl Default for CatalogSettings {
             notify_every: default_notify_every(),
             notify_timeout: default_notify_timeout(),
             notify_retries: default_notify_retries(),
+            public_url: None,
         }
     }
 }
@@ -293,6 +297,16 @@ fn validate_settings(s: &CatalogSettings, out: &mut Vec<Problem>) {
     }
     if s.notify_retries > 20 {
         add("notify_retries", "at most 20");
+    }
+    if let Some(url) = &s.public_url {
+        let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some()
+                && u.query().is_none()
+        });
+        if !ok {
+            add("public_url", "an http:// or https:// URL without a query");
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 //! - Operations (`operations`): every path and method, with the parameters of the path item and
 //!   of the operation, and the security requirements that apply.
 
+pub mod bundle;
+pub mod diff;
 pub mod operations;
 pub mod refs;
 pub mod routes;

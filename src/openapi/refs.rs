@@ -75,7 +75,7 @@ fn collect(value: &Value, pointer: &str, parent_key: &str, out: &mut Vec<(String
 }
 
 /// The file a reference from `from` names.
-fn target(from: &Path, file: &str) -> PathBuf {
+pub fn target(from: &Path, file: &str) -> PathBuf {
     if file.is_empty() {
         return from.to_path_buf();
     }
