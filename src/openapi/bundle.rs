@@ -4,7 +4,7 @@
 //! a suffix when the root already has the name); anything else goes under
 //! `/components/x-turnpike-bundled/`. The `servers` can be replaced by the gateway's public URL.
 
-use super::refs::{split, target};
+use super::refs::{is_data, split, target};
 use super::source::escape;
 use super::Spec;
 use serde_json::{json, Map, Value};
@@ -59,6 +59,10 @@ impl Bundler<'_> {
 
     /// Makes every reference in `v` (from the document `doc`) point into the bundle.
     fn rewrite(&mut self, v: &mut Value, doc: &Path) {
+        self.rewrite_in(v, doc, "");
+    }
+
+    fn rewrite_in(&mut self, v: &mut Value, doc: &Path, parent_key: &str) {
         match v {
             Value::Object(map) => {
                 if let Some(Value::String(r)) = map.get("$ref") {
@@ -73,15 +77,16 @@ impl Bundler<'_> {
                     }
                 }
                 for (k, child) in map.iter_mut() {
-                    if !matches!(
-                        k.as_str(),
-                        "$ref" | "example" | "enum" | "const" | "default"
-                    ) {
-                        self.rewrite(child, doc);
+                    if k != "$ref" && !is_data(k, parent_key) {
+                        self.rewrite_in(child, doc, k);
                     }
                 }
             }
-            Value::Array(items) => items.iter_mut().for_each(|i| self.rewrite(i, doc)),
+            Value::Array(items) => {
+                for i in items.iter_mut() {
+                    self.rewrite_in(i, doc, parent_key);
+                }
+            }
             _ => {}
         }
     }

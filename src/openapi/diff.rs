@@ -16,6 +16,7 @@
 //! Schemas are compared through their `$ref`s (each pair of places once, so recursive schemas
 //! end), in request bodies, parameters and 2xx/default responses.
 
+use super::operations::METHODS;
 use super::refs::follow;
 use super::source::escape;
 use super::Spec;
@@ -56,10 +57,6 @@ struct At<'a> {
 /// What a missing mapping reads as.
 static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> =
     std::sync::LazyLock::new(serde_json::Map::new);
-
-const METHODS: [&str; 8] = [
-    "get", "put", "post", "delete", "options", "head", "patch", "trace",
-];
 
 impl<'a> Differ<'a> {
     fn add(&mut self, kind: &'static str, breaking: bool, pointer: &str, message: String) {

@@ -16,6 +16,12 @@ const MAX_FILES: usize = 256;
 /// References followed in a chain (`$ref` to a `$ref` ...).
 const MAX_CHAIN: usize = 32;
 
+/// Whether a member named `key` holds data rather than schema (not searched for references),
+/// unless it is a property name (`parent_key` is `properties`).
+pub fn is_data(key: &str, parent_key: &str) -> bool {
+    matches!(key, "example" | "enum" | "const" | "default") && parent_key != "properties"
+}
+
 /// A reference split into its file (empty: the same document) and its JSON pointer.
 pub fn split(reference: &str) -> Result<(String, String), String> {
     let (file, fragment) = reference.split_once('#').unwrap_or((reference, ""));
@@ -45,8 +51,7 @@ fn collect(value: &Value, pointer: &str, parent_key: &str, out: &mut Vec<(String
                     }
                     continue;
                 }
-                let data = matches!(k.as_str(), "example" | "enum" | "const" | "default");
-                if data && parent_key != "properties" {
+                if is_data(k, parent_key) {
                     continue;
                 }
                 if k == "examples" && parent_key != "properties" {

@@ -68,11 +68,12 @@ impl opentelemetry_http::HttpClient for Client {
             .body(body)
             .timeout(self.timeout)
             .send()
-            .await?;
+            .await
+            .map_err(reqwest::Error::without_url)?;
         let status = answer.status();
         let headers = answer.headers().clone();
         let mut body = Vec::new();
-        while let Some(chunk) = answer.chunk().await? {
+        while let Some(chunk) = answer.chunk().await.map_err(reqwest::Error::without_url)? {
             if body.len() + chunk.len() > MAX_ANSWER {
                 break;
             }
