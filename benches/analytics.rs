@@ -28,6 +28,7 @@ fn record(api: &Arc<ApiInfo>, consumer: &Arc<Consumer>, i: u64) -> Record {
         limited: None,
         policy: None,
         deprecated: false,
+        violations: 0,
         duration_us: 800 + i % 400,
         upstream_us: Some(600),
         bytes_in: 0,

@@ -48,6 +48,10 @@ pub enum Code {
     RateLimited,
     QuotaExceeded,
     StoreUnavailable,
+    /// A request that does not match the API's OpenAPI contract: 400 with `errors`.
+    RequestInvalid,
+    /// A chunked body too large to validate without a declared length: 411.
+    LengthRequired,
 }
 
 impl Code {
@@ -83,6 +87,8 @@ impl Code {
             Code::RateLimited => "rate_limited",
             Code::QuotaExceeded => "quota_exceeded",
             Code::StoreUnavailable => "store_unavailable",
+            Code::RequestInvalid => "request_invalid",
+            Code::LengthRequired => "length_required",
         }
     }
 
@@ -111,6 +117,8 @@ impl Code {
             Code::InvalidRequest => 422,
             Code::RateLimited | Code::QuotaExceeded => 429,
             Code::StoreUnavailable => 503,
+            Code::RequestInvalid => 400,
+            Code::LengthRequired => 411,
         }
     }
 
@@ -146,6 +154,8 @@ impl Code {
             Code::RateLimited => "Too many requests",
             Code::QuotaExceeded => "Quota exceeded",
             Code::StoreUnavailable => "Limits cannot be checked right now",
+            Code::RequestInvalid => "The request does not match the API's contract",
+            Code::LengthRequired => "Content-Length required",
         }
     }
 }
@@ -164,6 +174,8 @@ pub struct Reply {
     /// The policy that refused the request and its kind (`crate::policy`), recorded in
     /// analytics, the access log and `turnpike_policy_refusals_total`.
     pub by: Option<(std::sync::Arc<str>, &'static str)>,
+    /// The `errors` member of a `request_invalid` answer.
+    pub errors: Option<Box<serde_json::Value>>,
 }
 
 impl Reply {
@@ -175,6 +187,7 @@ impl Reply {
             bad_credential: false,
             limited: None,
             by: None,
+            errors: None,
         }
     }
 
@@ -276,7 +289,16 @@ pub async fn write_problem(
     close: bool,
     answer: &[(HeaderName, HeaderValue)],
 ) -> Result<()> {
-    let body = problem_body(reply.code, &reply.detail, request_id);
+    let body = match &reply.errors {
+        None => problem_body(reply.code, &reply.detail, request_id),
+        Some(errors) => {
+            let mut v = problem_value(reply.code, &reply.detail, request_id);
+            if let serde_json::Value::Object(m) = &mut v {
+                m.insert("errors".into(), (**errors).clone());
+            }
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        }
+    };
     let header = problem_header(reply, request_id, body.len(), answer)?;
     if close {
         session.set_keepalive(None);

@@ -27,6 +27,7 @@ pub struct Metrics {
     limited: IntCounterVec,
     refusals: IntCounterVec,
     deprecated: IntCounterVec,
+    violations: IntCounterVec,
     cache: IntCounterVec,
     pub dropped: IntCounter,
     pub records: IntCounter,
@@ -90,6 +91,11 @@ impl Metrics {
                 "turnpike_deprecated_requests_total",
                 "Requests to deprecated or retired APIs, by API, version and consumer (capped like turnpike_requests_total)",
                 &["api", "version", "consumer"],
+            )?,
+            violations: counter_vec(
+                "turnpike_contract_violations_total",
+                "Requests (in = response: answers) that broke the API's OpenAPI contract under validation in report mode, by API, route and place",
+                &["api", "route", "in"],
             )?,
             cache: counter_vec(
                 "turnpike_cache_requests_total",
@@ -202,6 +208,7 @@ impl Metrics {
         r.register(Box::new(m.upstream_duration.clone()))?;
         r.register(Box::new(m.limited.clone()))?;
         r.register(Box::new(m.refusals.clone()))?;
+        r.register(Box::new(m.violations.clone()))?;
         r.register(Box::new(m.deprecated.clone()))?;
         r.register(Box::new(m.cache.clone()))?;
         r.register(Box::new(m.dropped.clone()))?;
@@ -263,6 +270,15 @@ impl Metrics {
         }
         if let Some(status) = r.cache {
             self.cache.with_label_values(&[r.api_name(), status]).inc();
+        }
+        if r.violations != 0 {
+            for (i, place) in super::record::VIOLATION_PLACES.iter().enumerate() {
+                if r.violations & (1 << i) != 0 {
+                    self.violations
+                        .with_label_values(&[&l.api, &l.route, place])
+                        .inc();
+                }
+            }
         }
     }
 

@@ -11,6 +11,17 @@ use std::sync::Arc;
 /// At most this many bytes of the client's `User-Agent` are kept.
 pub const MAX_USER_AGENT: usize = 256;
 
+/// The places of contract violations, by bit of `Record::violations`.
+pub const VIOLATION_PLACES: [&str; 6] = ["path", "query", "header", "cookie", "body", "response"];
+
+/// The bit of a violation place.
+pub fn violation_bit(place: &str) -> u8 {
+    VIOLATION_PLACES
+        .iter()
+        .position(|p| *p == place)
+        .map_or(0, |i| 1 << i)
+}
+
 /// One request.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -33,6 +44,9 @@ pub struct Record {
     pub policy: Option<(Arc<str>, &'static str)>,
     /// The API is deprecated or retired (`[apis.catalog]`).
     pub deprecated: bool,
+    /// Where a request (or its sampled answer) broke the API's contract, as bits of
+    /// [`VIOLATION_PLACES`] (validation in report mode).
+    pub violations: u8,
     /// From the head being read to the end of the answer (for an upgraded connection, to its
     /// 101 answer).
     pub duration_us: u64,
@@ -210,6 +224,7 @@ pub(crate) fn sample() -> Record {
         limited: None,
         policy: None,
         deprecated: false,
+        violations: 0,
         duration_us: 1_500,
         upstream_us: Some(1_000),
         bytes_in: 0,

@@ -368,6 +368,8 @@ pub fn compile(
         problems.push(p);
         None
     });
+    found.sort();
+    found.dedup();
     problems.extend(found.into_iter().map(|(k, m)| Problem::at(k, m)));
     if !problems.is_empty() {
         return Err(problems);

@@ -697,6 +697,32 @@ pub struct ApiOpenApiSection {
     /// `[[apis.routes]]` tables in TOML, hence this block.)
     #[serde(default)]
     pub routes: bool,
+    /// `validate = "request"`: requests are checked against the spec (a built-in `validate`
+    /// step named `openapi`, with the keys below).
+    pub validate: Option<ValidateTarget>,
+    /// As the keys of a `validate` policy.
+    pub mode: Option<super::policy::ValidateMode>,
+    pub max_validated_body: Option<Size>,
+    pub validate_responses: Option<super::policy::ResponseMode>,
+    pub response_sample: Option<f64>,
+}
+
+impl ApiOpenApiSection {
+    pub fn validate_keys(&self) -> super::policy::ValidateKeys {
+        super::policy::ValidateKeys {
+            mode: self.mode,
+            max_validated_body: self.max_validated_body,
+            validate_responses: self.validate_responses,
+            response_sample: self.response_sample,
+        }
+    }
+}
+
+/// What `[apis.openapi] validate` checks.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidateTarget {
+    Request,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -18,6 +18,7 @@ pub enum PolicyKind {
     BodySize,
     Bot,
     JsonFields,
+    Validate,
 }
 
 impl PolicyKind {
@@ -30,6 +31,7 @@ impl PolicyKind {
             PolicyKind::BodySize => "body_size",
             PolicyKind::Bot => "bot",
             PolicyKind::JsonFields => "json_fields",
+            PolicyKind::Validate => "validate",
         }
     }
 }
@@ -67,9 +69,55 @@ pub struct PolicySection {
     /// The largest body `json_fields` reads to edit (larger ones are refused, never passed
     /// unedited).
     pub max_body: Option<Size>,
+    // validate
+    pub mode: Option<ValidateMode>,
+    pub max_validated_body: Option<Size>,
+    pub validate_responses: Option<ResponseMode>,
+    pub response_sample: Option<f64>,
+}
+
+/// The keys of request validation against the API's OpenAPI document, of a `validate` policy
+/// and of `[apis.openapi]` (each has them as its own keys).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ValidateKeys {
+    /// `enforce` (default): a request that breaks the contract is refused (400
+    /// `request_invalid`); `report`: logged and counted, and passed.
+    pub mode: Option<ValidateMode>,
+    /// The largest body read to be validated (default 1 MiB); larger ones get 413.
+    pub max_validated_body: Option<Size>,
+    /// `report`: answers are checked against the spec too (never refused), on a sample.
+    pub validate_responses: Option<ResponseMode>,
+    /// The share of answers checked (default 0.01).
+    pub response_sample: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidateMode {
+    #[default]
+    Enforce,
+    Report,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    #[default]
+    Off,
+    Report,
 }
 
 impl PolicySection {
+    /// The validate keys of a `validate` policy.
+    pub fn validate_keys(&self) -> ValidateKeys {
+        ValidateKeys {
+            mode: self.mode,
+            max_validated_body: self.max_validated_body,
+            validate_responses: self.validate_responses,
+            response_sample: self.response_sample,
+        }
+    }
+
     /// The keys present beside `kind`, for the "not a key of this kind" check.
     pub fn present(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -96,6 +144,10 @@ impl PolicySection {
         add(self.remove.is_some(), "remove");
         add(self.unless_groups.is_some(), "unless_groups");
         add(self.max_body.is_some(), "max_body");
+        add(self.mode.is_some(), "mode");
+        add(self.max_validated_body.is_some(), "max_validated_body");
+        add(self.validate_responses.is_some(), "validate_responses");
+        add(self.response_sample.is_some(), "response_sample");
         out
     }
 }

@@ -12,10 +12,13 @@
 //!   of the operation, and the security requirements that apply.
 
 pub mod bundle;
+pub mod contract;
 pub mod diff;
 pub mod operations;
+pub mod params;
 pub mod refs;
 pub mod routes;
+pub mod schema;
 pub mod source;
 
 use serde_json::Value;

@@ -21,6 +21,9 @@ pub struct Catalog {
     server: Vec<(String, Arc<Policy>)>,
     groups: HashMap<String, Vec<Arc<Policy>>>,
     pub trusted: super::ip::Ranges,
+    /// The compiled contracts of the APIs that validate, by API index (None: it failed and
+    /// was reported).
+    contracts: std::sync::Mutex<HashMap<usize, Option<Arc<crate::openapi::contract::Contract>>>>,
 }
 
 /// A problem: key path and message.
@@ -73,12 +76,19 @@ impl Catalog {
             server: Vec::new(),
             groups: HashMap::new(),
             trusted,
+            contracts: Default::default(),
         };
         c.server = c.resolve("server.policies", &file.server.policies, file, problems);
         for (g, section) in &file.groups {
             let key = format!("groups.{g}.policies");
             let list = c.resolve(&key, &section.policies, file, problems);
             for (k, p) in &list {
+                if matches!(p.kind, Kind::Validate(_)) {
+                    problems.push((
+                        k.clone(),
+                        "a validate policy cannot be attached to a group: attach it to the server, an API or a route".into(),
+                    ));
+                }
                 if p.kind.single() {
                     problems.push((
                         k.clone(),
@@ -154,9 +164,12 @@ impl Catalog {
         api: Option<usize>,
         route: Option<usize>,
         template: &str,
-        builtins: Vec<(Level, Arc<Policy>)>,
+        mut builtins: Vec<(Level, Arc<Policy>)>,
         problems: &mut Vec<Found>,
     ) -> Chain {
+        if let Some(v) = api.and_then(|i| shorthand(file, i, problems)) {
+            builtins.push((Level::Api, v));
+        }
         let params: Vec<(usize, Arc<str>)> = template_segments(template)
             .into_iter()
             .enumerate()
@@ -240,11 +253,87 @@ impl Catalog {
         }
         // Stable: within a stage and level, the order of the file.
         steps.sort_by_key(|s| (s.stage, s.level));
+        let validates = steps.iter().any(|s| s.stage == Stage::Validate);
+        let ops = match api {
+            Some(i) if validates => self.operations(file, i, template, problems),
+            _ => Vec::new(),
+        };
         Chain {
             transforms: steps.iter().any(|s| s.stage == Stage::Transform),
             responds: steps.iter().any(|s| s.stage == Stage::Response),
             steps,
             params,
+            ops,
+        }
+    }
+
+    /// The operations of API `i`'s contract on the endpoint template `template` (compiled
+    /// once per API; a spec that cannot be compiled is reported once).
+    fn operations(
+        &self,
+        file: &FileConfig,
+        i: usize,
+        template: &str,
+        problems: &mut Vec<Found>,
+    ) -> Vec<Arc<crate::openapi::contract::OpCheck>> {
+        let Some(spec) = file.specs.of(i) else {
+            problems.push((
+                format!("apis[{i}]"),
+                "request validation needs the API's OpenAPI document: set [apis.catalog] openapi"
+                    .into(),
+            ));
+            return Vec::new();
+        };
+        let mut cache = match self.contracts.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let contract = cache.entry(i).or_insert_with(|| {
+            match crate::openapi::contract::Contract::compile(spec, true) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(errors) => {
+                    problems.extend(
+                        errors
+                            .into_iter()
+                            .map(|e| (format!("apis[{i}].catalog.openapi"), e.to_string())),
+                    );
+                    None
+                }
+            }
+        });
+        let Some(contract) = contract else {
+            return Vec::new();
+        };
+        let base = match file.apis[i].base_path.as_str() {
+            "/" => "",
+            b => b,
+        };
+        let own = template.strip_prefix(base).unwrap_or(template);
+        contract.on(&crate::openapi::operations::shape(own))
+    }
+}
+
+/// The built-in validate step of `[apis.openapi] validate = "request"`.
+fn shorthand(file: &FileConfig, i: usize, problems: &mut Vec<Found>) -> Option<Arc<Policy>> {
+    let o = file.apis.get(i)?.openapi.as_ref()?;
+    if o.validate.is_none() {
+        let keys = o.validate_keys();
+        if keys != Default::default() {
+            problems.push((
+                format!("apis[{i}].openapi"),
+                "mode, max_validated_body, validate_responses and response_sample need validate = \"request\"".into(),
+            ));
+        }
+        return None;
+    }
+    match super::validate::Validate::compile(&o.validate_keys()) {
+        Ok(v) => Some(Arc::new(Policy {
+            name: Arc::from("openapi"),
+            kind: Kind::Validate(Arc::new(v)),
+        })),
+        Err((k, m)) => {
+            problems.push((format!("apis[{i}].openapi.{k}"), m));
+            None
         }
     }
 }
@@ -289,6 +378,12 @@ fn keys_of(kind: PolicyKind) -> &'static [&'static str] {
         PolicyKind::BodySize => &["max"],
         PolicyKind::Bot => &["deny_user_agents", "require_user_agent"],
         PolicyKind::JsonFields => &["remove", "unless_groups", "max_body"],
+        PolicyKind::Validate => &[
+            "mode",
+            "max_validated_body",
+            "validate_responses",
+            "response_sample",
+        ],
     }
 }
 
@@ -357,6 +452,9 @@ fn kind(p: &PolicySection) -> Result<Kind, Found> {
             p.unless_groups.as_deref().unwrap_or_default(),
             p.max_body.map_or(super::json::DEFAULT_MAX_BODY, |s| s.0),
         )?),
+        PolicyKind::Validate => Kind::Validate(Arc::new(super::validate::Validate::compile(
+            &p.validate_keys(),
+        )?)),
     })
 }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  request ──► Edge ──► Cors ──► Identify ──► Authorize ──► Limit ──► Transform ──► action ──► Response ──► answer
-//!              lifecycle  cors     [apis.auth]  groups,       plans     headers      proxy,     headers
+//!              lifecycle  cors     [apis.auth]  groups,       plans  ► Validate ► headers  proxy,  headers
 //!              body_size
 //!              ip_filter  (pre-    failed-auth  scopes                  (request)    respond,   (response)
 //!              bot        flights) guard                                rewrite      usage      json_fields
@@ -12,8 +12,9 @@
 //! The stage decides when a policy runs, never the order of names in the file; within a stage,
 //! policies attached to the server run before the API's, the API's before the route's, and
 //! those of the consumer's groups last. Group policies of Edge kinds run right after
-//! identification (the consumer is not known before). OpenAPI request validation will be a
-//! stage between Limit and Transform.
+//! identification (the consumer is not known before). OpenAPI request validation (`validate`)
+//! is the Validate stage between Limit and Transform: the proxy runs it once the body it
+//! needs is read (`run::validate`).
 //!
 //! Every kind is a variant of [`Kind`], run by one `match` in `run`; the identity and plan
 //! steps of `[apis.auth]`, `[apis.limits]` and the plans are kinds like the others. A refusal
@@ -30,6 +31,7 @@ pub mod json;
 pub mod lifecycle;
 pub mod run;
 pub mod template;
+pub mod validate;
 
 use crate::identity::Consumer;
 use http::{HeaderName, HeaderValue};
@@ -43,17 +45,19 @@ pub enum Stage {
     Identify,
     Authorize,
     Limit,
+    Validate,
     Transform,
     Response,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::Edge,
         Stage::Cors,
         Stage::Identify,
         Stage::Authorize,
         Stage::Limit,
+        Stage::Validate,
         Stage::Transform,
         Stage::Response,
     ];
@@ -65,6 +69,7 @@ impl Stage {
             Stage::Identify => "identify",
             Stage::Authorize => "authorize",
             Stage::Limit => "limit",
+            Stage::Validate => "validate",
             Stage::Transform => "transform",
             Stage::Response => "response",
         }
@@ -105,6 +110,8 @@ pub enum Kind {
     Headers(edits::Headers),
     Rewrite(edits::Rewrite),
     JsonFields(json::JsonFields),
+    /// Requests checked against the API's OpenAPI document.
+    Validate(Arc<validate::Validate>),
 }
 
 impl Kind {
@@ -122,6 +129,7 @@ impl Kind {
             Kind::Headers(_) => "headers",
             Kind::Rewrite(_) => "rewrite",
             Kind::JsonFields(_) => "json_fields",
+            Kind::Validate(_) => "validate",
         }
     }
 
@@ -145,6 +153,7 @@ impl Kind {
             Kind::Rewrite(_) => &[Stage::Transform],
             // The request loses Accept-Encoding (Transform) so the answer can be edited.
             Kind::JsonFields(_) => &[Stage::Transform, Stage::Response],
+            Kind::Validate(_) => &[Stage::Validate],
         }
     }
 
@@ -179,9 +188,21 @@ pub struct Chain {
     /// Whether any step runs in Transform or Response (skips the work when none does).
     pub transforms: bool,
     pub responds: bool,
+    /// The operations of the API's contract on this route (when a validate step applies).
+    pub ops: Vec<Arc<crate::openapi::contract::OpCheck>>,
 }
 
 impl Chain {
+    /// The validate step that decides for this endpoint (the most specific), if any.
+    pub fn validation(&self) -> Option<&validate::Validate> {
+        self.at(Stage::Validate)
+            .filter_map(|s| match &s.policy.kind {
+                Kind::Validate(v) => Some(&**v),
+                _ => None,
+            })
+            .last()
+    }
+
     /// The steps of one stage.
     pub fn at(&self, stage: Stage) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(move |s| s.stage == stage)
@@ -216,6 +237,8 @@ pub struct Flow {
     pub groups: Vec<Arc<Policy>>,
     /// The answer body being collected for `json_fields`.
     pub json: Option<run::JsonEdit>,
+    /// What the Validate stage found (report mode) and the answer to check, if sampled.
+    pub contract: validate::Outcome,
     /// What each step decided (only `turnpike explain` and `turnpike test` record).
     pub trace: Option<Vec<Event>>,
 }

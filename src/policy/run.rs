@@ -201,8 +201,9 @@ async fn run_step(
         Kind::Plan(limits) => caller::plan(limits, services.limiter, services.cluster, flow)
             .await
             .map(|_| None),
-        // Transform and Response kinds do not run in the request stages.
-        Kind::Headers(_) | Kind::Rewrite(_) | Kind::JsonFields(_) => Ok(None),
+        // Transform and Response kinds do not run in the request stages; Validate runs in
+        // `validate`, once the body is read.
+        Kind::Headers(_) | Kind::Rewrite(_) | Kind::JsonFields(_) | Kind::Validate(_) => Ok(None),
     };
     match result {
         Ok(out) => {
@@ -224,6 +225,41 @@ async fn run_step(
             Err(by(reply))
         }
     }
+}
+
+/// The Validate stage: the endpoint's most specific validate step checks the request (its
+/// body, when `req.body` holds it). `Err` is the refusal naming the policy; in report mode the
+/// problems are left in `flow.contract`.
+pub fn validate(
+    ep: &Endpoint,
+    method: &http::Method,
+    req: &crate::openapi::contract::Request<'_>,
+    flow: &mut Flow,
+) -> Result<(), Reply> {
+    let Some(step) = ep.chain.at(Stage::Validate).last() else {
+        return Ok(());
+    };
+    let Kind::Validate(v) = &step.policy.kind else {
+        return Ok(());
+    };
+    let result = super::validate::run(v, &ep.chain.ops, method, req, flow);
+    let policy = &step.policy;
+    match &result {
+        Ok(()) => {
+            let reported = flow.contract.reported.len();
+            flow.note(Stage::Validate, policy, || match reported {
+                0 => "continue".into(),
+                n => format!("continue (report: {n} problems)"),
+            })
+        }
+        Err(reply) => flow.note(Stage::Validate, policy, || {
+            format!("refuse: 400 request_invalid ({})", reply.detail)
+        }),
+    }
+    result.map_err(|mut r| {
+        r.by = Some((policy.name.clone(), policy.kind.as_str()));
+        r
+    })
 }
 
 /// The template variables of a request.

@@ -28,6 +28,24 @@ impl Gateway {
         let req = session.req_header();
         // Bodies are edited only where one follows: not for HEAD, an upgrade, or 1xx.
         let body_follows = req.method != http::Method::HEAD && resp.status.as_u16() >= 200;
+        if ctx.flow.contract.response.is_some() {
+            // A sampled answer is checked against the contract as the upstream gave it (an
+            // encoded body by its status and type only).
+            let header = |n: http::HeaderName| {
+                resp.headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from)
+            };
+            let encoded = header(http::header::CONTENT_ENCODING)
+                .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+            ctx.answer_head = Some((resp.status.as_u16(), header(http::header::CONTENT_TYPE)));
+            ctx.answer_body = (body_follows && !encoded).then(bytes::BytesMut::new);
+            if !body_follows {
+                let (status, ct) = ctx.answer_head.take().unwrap_or_default();
+                super::contract::check_answer(ctx, ep, &None, true, status, ct.as_deref(), 0);
+            }
+        }
         let raw = req.raw_path();
         let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
         let edited = crate::policy::run::response(
@@ -62,6 +80,28 @@ impl Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.answer_head.is_some() {
+            let snapshot = ctx.snapshot.clone();
+            if let Some((ep, v)) = ctx
+                .endpoint
+                .and_then(|i| snapshot.endpoints.get(i))
+                .and_then(|ep| Some((ep, ep.chain.validation()?)))
+            {
+                let (status, ct) = ctx.answer_head.clone().unwrap_or_default();
+                if end_of_stream {
+                    ctx.answer_head = None;
+                }
+                super::contract::check_answer(
+                    ctx,
+                    ep,
+                    body,
+                    end_of_stream,
+                    status,
+                    ct.as_deref(),
+                    v.max_body,
+                );
+            }
+        }
         if ctx.flow.json.is_none() {
             return Ok(());
         }

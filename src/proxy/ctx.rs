@@ -72,6 +72,14 @@ pub struct RequestCtx {
     pub shadow: Option<Box<crate::analytics::shadow::Hit>>,
     /// The trace of a request sampled for export (`[telemetry]`).
     pub trace: Option<Box<crate::telemetry::Trace>>,
+    /// The body read whole for validation (`proxy::contract`), forwarded in its place.
+    pub preread: Option<bytes::Bytes>,
+    /// The answer's status and media type, and its body as collected, to check against the
+    /// contract (sampled, report mode).
+    pub answer_head: Option<(u16, Option<String>)>,
+    pub answer_body: Option<bytes::BytesMut>,
+    /// Places of contract violations (`analytics::record::violation_bit`).
+    pub violations: u8,
 }
 
 impl RequestCtx {
@@ -104,6 +112,10 @@ impl RequestCtx {
             cache_status: None,
             upstream_start: None,
             upstream_us: None,
+            preread: None,
+            answer_head: None,
+            answer_body: None,
+            violations: 0,
         }
     }
 }

@@ -46,6 +46,7 @@ pub fn record(session: &Session, ctx: &mut RequestCtx, with_user_agent: bool) ->
         limited: ctx.limited,
         policy: ctx.refused_by.clone(),
         deprecated: endpoint.is_some_and(|e| e.deprecated),
+        violations: ctx.violations,
         duration_us: duration,
         upstream_us: ctx.upstream_us,
         bytes_in: session.body_bytes_read() as u64,

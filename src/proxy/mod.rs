@@ -9,6 +9,7 @@ pub mod body;
 pub mod caching;
 pub mod chunks;
 pub mod conn;
+pub mod contract;
 pub mod ctx;
 pub mod deadline;
 pub mod edge;
@@ -135,7 +136,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Bytes of an upgraded connection (WebSocket) are not a request body.
-        if session.was_upgraded() {
+        if session.was_upgraded() || contract::forward_preread(body, end_of_stream, ctx) {
             return Ok(());
         }
         body::on_body(body, end_of_stream, ctx)

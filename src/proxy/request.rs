@@ -58,45 +58,65 @@ impl Gateway {
                 preflight(session, ctx, headers, close).await?;
                 Ok(true)
             }
-            Ok(Outcome::Continue) => match &ep.action {
-                Action::Proxy(_) => {
-                    if crate::policy::run::edits_answer(&ep.chain, &ctx.flow) {
-                        // The answer is edited whole: no range of it, from the cache either.
-                        let req = session.req_header_mut();
-                        req.remove_header(&http::header::RANGE);
-                        req.remove_header(&http::header::IF_RANGE);
+            Ok(Outcome::Continue) => {
+                if let Some(v) = ep.chain.validation() {
+                    if let Err(reply) = self.validate(session, ctx, ep, v).await? {
+                        // (A body read whole leaves the connection reusable.)
+                        let close = close && ctx.preread.is_none();
+                        return self.refuse(session, ctx, reply, close).await;
                     }
-                    Ok(false)
                 }
-                Action::Respond(r) => {
-                    let raw = session.req_header().raw_path();
-                    let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
-                    let edited = crate::policy::run::static_headers(
-                        &ep.chain,
-                        &mut ctx.flow,
-                        &ctx.request_id,
-                        ctx.client_ip,
-                        path,
-                        r.status,
-                        &r.headers,
-                    );
-                    let reply = match edited {
-                        None => std::borrow::Cow::Borrowed(&**r),
-                        Some(headers) => std::borrow::Cow::Owned(StaticReply {
-                            status: r.status,
-                            headers,
-                            body: r.body.clone(),
-                        }),
-                    };
-                    reply::write_static(session, &reply, &ctx.request_id, close, &ctx.flow.answer)
-                        .await?;
-                    Ok(true)
+                self.act(session, ctx, ep, close).await
+            }
+        }
+    }
+
+    /// The endpoint's action, once the request stages let the request through.
+    async fn act(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        ep: &crate::state::Endpoint,
+        close: bool,
+    ) -> Result<bool> {
+        match &ep.action {
+            Action::Proxy(_) => {
+                if crate::policy::run::edits_answer(&ep.chain, &ctx.flow) {
+                    // The answer is edited whole: no range of it, from the cache either.
+                    let req = session.req_header_mut();
+                    req.remove_header(&http::header::RANGE);
+                    req.remove_header(&http::header::IF_RANGE);
                 }
-                Action::Usage => {
-                    self.answer_usage(session, ctx, close).await?;
-                    Ok(true)
-                }
-            },
+                Ok(false)
+            }
+            Action::Respond(r) => {
+                let raw = session.req_header().raw_path();
+                let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
+                let edited = crate::policy::run::static_headers(
+                    &ep.chain,
+                    &mut ctx.flow,
+                    &ctx.request_id,
+                    ctx.client_ip,
+                    path,
+                    r.status,
+                    &r.headers,
+                );
+                let reply = match edited {
+                    None => std::borrow::Cow::Borrowed(&**r),
+                    Some(headers) => std::borrow::Cow::Owned(StaticReply {
+                        status: r.status,
+                        headers,
+                        body: r.body.clone(),
+                    }),
+                };
+                reply::write_static(session, &reply, &ctx.request_id, close, &ctx.flow.answer)
+                    .await?;
+                Ok(true)
+            }
+            Action::Usage => {
+                self.answer_usage(session, ctx, close).await?;
+                Ok(true)
+            }
         }
     }
 

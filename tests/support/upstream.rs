@@ -27,6 +27,8 @@ pub struct Seen {
     pub uri: String,
     pub headers: BTreeMap<String, Vec<String>>,
     pub body_len: usize,
+    /// The body, when it is at most 2 MiB.
+    pub body: Option<Bytes>,
 }
 
 impl Seen {
@@ -212,6 +214,7 @@ async fn handle(
             .unwrap_or_default(),
         headers,
         body_len: body.len(),
+        body: (body.len() <= 2 << 20).then(|| body.clone()),
     };
     if let Ok(mut last) = c.last.lock() {
         *last = Some(seen.clone());

@@ -1,0 +1,194 @@
+//! The proxy's part of contract validation (`crate::policy::validate`): reading a body whole
+//! before any upstream is chosen, so a refused request never reaches one; running the
+//! Validate stage; logging and recording what report mode found; checking a sampled answer.
+//!
+//! Pingora forwards a body it has already read only from its retry buffer (64 KiB). A body
+//! read here is therefore read with that buffer switched on for its last 64 KiB (the read
+//! sizes never exceed it), and `request_body_filter` replaces the buffer's bytes with the
+//! whole body when Pingora sends them. A body without `Content-Length` (chunked) cannot be
+//! split that way: such bodies are validated up to 64 KiB and larger ones get 411.
+
+use super::ctx::RequestCtx;
+use super::Gateway;
+use crate::analytics::record::violation_bit;
+use crate::openapi::contract::{Request, Violation};
+use crate::policy::validate::Validate;
+use crate::reply::{Code, Reply};
+use crate::state::Endpoint;
+use bytes::{Bytes, BytesMut};
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// Pingora's retry buffer (`BODY_BUF_LIMIT` of pingora-core).
+const RETRY_BUFFER: u64 = 64 * 1024;
+
+impl Gateway {
+    /// The Validate stage of the request: `Ok(Err)` is the refusal to write.
+    pub(super) async fn validate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        ep: &Endpoint,
+        v: &Validate,
+    ) -> Result<std::result::Result<(), Reply>> {
+        let method = session.req_header().method.clone();
+        let has_body = ctx.had_body || !session.is_body_empty();
+        let reads = crate::policy::validate::operation(&ep.chain.ops, &method)
+            .is_some_and(|o| o.reads_body());
+        if has_body && reads {
+            if let Err(reply) = read_whole(session, ctx, v.max_body).await? {
+                return Ok(Err(reply));
+            }
+        }
+        let req = session.req_header();
+        let raw = req.raw_path();
+        let q = raw.iter().position(|&b| b == b'?');
+        let (path, query) = match q {
+            Some(i) => (&raw[..i], &raw[i + 1..]),
+            None => (raw, &b""[..]),
+        };
+        let request = Request {
+            headers: &req.headers,
+            path,
+            query,
+            body: ctx.preread.as_deref(),
+            has_body,
+        };
+        let result = crate::policy::run::validate(ep, &method, &request, &mut ctx.flow);
+        let reported = std::mem::take(&mut ctx.flow.contract.reported);
+        if !reported.is_empty() {
+            note(ctx, ep, "request", &reported);
+        }
+        Ok(result)
+    }
+}
+
+/// Logs what report mode found (places, pointers and messages: never a value) and marks the
+/// places for `turnpike_contract_violations_total`.
+fn note(ctx: &mut RequestCtx, ep: &Endpoint, what: &str, found: &[Violation]) {
+    for f in found {
+        ctx.violations |= violation_bit(f.at);
+    }
+    let list: Vec<String> = found
+        .iter()
+        .map(|f| format!("{} {}: {}", f.at, f.pointer, f.detail))
+        .collect();
+    log::warn!(
+        "contract violation (report mode) in the {what} of {} {} (request id {}): {}",
+        ep.api.name,
+        ep.template,
+        ctx.request_id,
+        list.join("; ")
+    );
+}
+
+/// Reads the request body whole (at most `max` bytes) into `ctx.preread`, counting it against
+/// the body limits; `Ok(Err)` is the refusal (413, 411).
+async fn read_whole(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    max: u64,
+) -> Result<std::result::Result<(), Reply>> {
+    let too_large = || {
+        Reply::new(
+            Code::PayloadTooLarge,
+            format!("the body of a validated request is read whole, up to {max} bytes"),
+        )
+    };
+    if ctx.content_length.is_some_and(|n| n > max) {
+        return Ok(Err(too_large()));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // The client waits for the go-ahead; the upstream gets the body whole, without it.
+        session.write_continue_response().await?;
+        session
+            .req_header_mut()
+            .remove_header(&http::header::EXPECT);
+    }
+    // Pingora's retry buffer holds the last 64 KiB (all of a chunked body, up to 64 KiB).
+    let tail_from = ctx
+        .content_length
+        .map_or(0, |n| n.saturating_sub(RETRY_BUFFER));
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.len() as u64 >= tail_from {
+            session.enable_retry_buffering();
+        }
+        let Some(chunk) = session.read_request_body().await? else {
+            break;
+        };
+        let piece = Some(chunk);
+        super::body::on_body(&piece, false, ctx)?;
+        let Some(chunk) = piece else { break };
+        if buf.len() as u64 + chunk.len() as u64 > max {
+            return Ok(Err(too_large()));
+        }
+        if ctx.content_length.is_none() && buf.len() as u64 + chunk.len() as u64 > RETRY_BUFFER {
+            return Ok(Err(Reply::new(
+                Code::LengthRequired,
+                "a chunked body over 64 KiB cannot be validated: send Content-Length",
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if !buf.is_empty() && session.get_retry_buffer().is_none() {
+        // (Only when the request head and a large first piece of body came in one read.)
+        return Ok(Err(Reply::new(
+            Code::PayloadTooLarge,
+            "this body could not be held for validation; send it after the head",
+        )));
+    }
+    ctx.preread = Some(buf.freeze());
+    Ok(Ok(()))
+}
+
+/// In `request_body_filter`: the body Pingora forwards from its retry buffer is replaced by
+/// the whole body read for validation. `true` when the body was read here (nothing to count).
+pub fn forward_preread(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &RequestCtx) -> bool {
+    let Some(whole) = &ctx.preread else {
+        return false;
+    };
+    if end_of_stream {
+        *body = Some(whole.clone());
+    } else {
+        *body = Some(Bytes::new());
+    }
+    true
+}
+
+/// Collects a sampled answer's body (up to `max` bytes) and checks it at its end.
+pub fn check_answer(
+    ctx: &mut RequestCtx,
+    ep: &Endpoint,
+    body: &Option<Bytes>,
+    end_of_stream: bool,
+    status: u16,
+    content_type: Option<&str>,
+    max: u64,
+) {
+    let Some(op) = ctx.flow.contract.response.clone() else {
+        return;
+    };
+    if let (Some(b), Some(acc)) = (body, ctx.answer_body.as_mut()) {
+        if acc.len() as u64 + b.len() as u64 > max {
+            // Too large to check whole: only its status and type are checked.
+            ctx.answer_body = None;
+        } else {
+            acc.extend_from_slice(b);
+        }
+    }
+    if !end_of_stream {
+        return;
+    }
+    ctx.flow.contract.response = None;
+    let whole = ctx.answer_body.take();
+    let found = op.check_response(status, content_type, whole.as_deref());
+    if !found.is_empty() {
+        note(ctx, ep, "answer", &found);
+    }
+}
