@@ -34,11 +34,12 @@ WARM, REQUESTS, QUIET, IDLE = 1000, 4000, 6, 10
 OTLP_PORT = 18094
 
 
-def oha(port, n, headers, expect, name, pin=None):
+def oha(port, n, headers, expect, name, pin=None, request=("/items/42", ())):
     extra = [arg for h in headers for arg in ("-H", h)]
     cpu = ["taskset", "-c", pin] if pin else []
-    res = subprocess.run([*cpu, run.oha_path(), "-n", str(n), "-c", "4", "--no-tui", *extra,
-                          f"http://127.0.0.1:{port}/items/42"], capture_output=True, text=True, timeout=900)
+    path, more = request
+    res = subprocess.run([*cpu, run.oha_path(), "-n", str(n), "-c", "4", "--no-tui", *extra, *more,
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=900)
     codes = re.findall(r"\[(\d+)\] (\d+) responses", res.stdout)
     if res.returncode != 0 or "Success rate:\t100.00%" not in res.stdout or not codes \
             or any(c not in expect for c, _ in codes):
@@ -72,6 +73,7 @@ def count(work, name, target):
     cmd, port, stop_signal, headers = target[:4]
     env = target[4] if len(target) > 4 else {}
     expect = target[5] if len(target) > 5 else ("200",)
+    request = target[6] if len(target) > 6 else ("/items/42", ())
     slug = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
     out = os.path.join(work, f"callgrind-{slug}.out")
     log = open(os.path.join(work, f"{slug}.log"), "w")
@@ -80,10 +82,10 @@ def count(work, name, target):
     try:
         if not peers.wait_up(port, proc, timeout=180):
             run.die(f"{name}: nothing routes on 127.0.0.1:{port} under callgrind (see {log.name})")
-        oha(port, WARM, headers, expect, name)
+        oha(port, WARM, headers, expect, name, request=request)
         control("-z", proc.pid, name)
         started = time.monotonic()
-        oha(port, REQUESTS, headers, expect, name)
+        oha(port, REQUESTS, headers, expect, name, request=request)
         took = time.monotonic() - started
         control("-d", proc.pid, name)
         time.sleep(QUIET)
@@ -106,8 +108,26 @@ def write(path, text):
     return path
 
 
+# The "openapi-validate" targets: a query of five parameters, and a 2 KiB JSON order.
+VALIDATED_QUERY = "/items/42?status=open&status=paid&sort=total&limit=20&since=2026-12-01T00:00:00Z&mine=true"
+
+
+def order_body():
+    lines = ",".join(f'{{"sku":"ABC-{i:04}","qty":{i + 1},"price":{i * 3}.5,"gift":false}}' for i in range(36))
+    return ('{"customer":"6f1c2a4e-8b1d-4c3a-9e2f-0a1b2c3d4e5f","currency":"EUR","email":"buyer@example.com",'
+            f'"note":"leave at the door","lines":[{lines}]}}')
+
+
+def with_validation(config):
+    """The full chain with [apis.openapi] validation against loadtest/openapi-validate.yaml."""
+    spec = os.path.join(run.ROOT, "loadtest", "openapi-validate.yaml")
+    return config.replace('[apis.auth]\n', f'[apis.catalog]\nopenapi = "{spec}"\n[apis.openapi]\nroutes = true\n'
+                          'validate = "request"\n[apis.auth]\n', 1)
+
+
 def targets(work):
-    """Every target's (command, port, stop signal, headers[, env[, expected statuses]])."""
+    """Every target's (command, port, stop signal, headers[, env[, expected statuses[, (path,
+    oha arguments)]]])."""
     cfg = lambda name, text: write(os.path.join(work, f"{name}.toml"), text)
     plain = cfg("turnpike", run.scenario_config("plain-proxy"))
     chain_text = run.scenario_config("full-chain")
@@ -140,6 +160,15 @@ def targets(work):
             "turnpike-full-chain-traced-1pct", no_log + telemetry(0.01)), key),
         "turnpike (full chain, 429 answers)": tp(cfg("turnpike-429", refused.replace(
             "/tmp/turnpike-loadtest.db", os.path.join(work, "refused.db"))), key, {}, ("200", "429")),
+        # openapi-validate: the same chain, validating the request against an OpenAPI document.
+        "turnpike (full chain, no access log, openapi-validate: query of 5 parameters)": tp(cfg(
+            "turnpike-validate-query", with_validation(no_log)), key, {}, ("200",), (VALIDATED_QUERY, ())),
+        "turnpike (full chain, no access log, openapi-validate: 2 KiB JSON body)": tp(cfg(
+            "turnpike-validate-body", with_validation(no_log)), key, {}, ("200",),
+            ("/items", ("-m", "POST", "-T", "application/json", "-d", order_body()))),
+        "turnpike (full chain, no access log, 2 KiB JSON body, not validated)": tp(cfg(
+            "turnpike-body-no-validation", no_log), key, {}, ("200",),
+            ("/items", ("-m", "POST", "-T", "application/json", "-d", order_body()))),
         "turnpike (cache hits)": tp(cfg("turnpike-cache-hit", run.scenario_config("cache-hit"))),
         "turnpike (static answer)": tp(cfg("turnpike-static-respond", run.scenario_config("static-respond"))),
     }

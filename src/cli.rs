@@ -32,6 +32,11 @@ pub enum Command {
         /// The config file.
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
+        /// The config running now (or the last released one): breaking changes to the specs
+        /// of its stable APIs are refused as a reload would refuse them
+        /// (`breaking_change_requires_new_version`).
+        #[arg(long, value_name = "OLD_FILE")]
+        against: Option<PathBuf>,
     },
     /// Print every problem and governance finding of a config file with its rule id, severity,
     /// key path and line; exit 1 when any is an error (for CI pipelines).
@@ -70,6 +75,9 @@ pub enum Command {
         /// A declared request body length in bytes.
         #[arg(long = "body-size", value_name = "BYTES")]
         body_size: Option<u64>,
+        /// The request body (checked against the API's OpenAPI document by validate steps).
+        #[arg(short = 'd', long = "data", value_name = "BODY")]
+        data: Option<String>,
         /// Count N identical requests right before this one (quotas, rates, guards).
         #[arg(long, value_name = "N", default_value_t = 0)]
         usage: u64,
@@ -135,6 +143,20 @@ pub enum OpenapiCommand {
         /// text, json or markdown.
         #[arg(long, default_value = "text", value_parser = ["text", "json", "markdown"])]
         format: String,
+    },
+    /// Print the config of an API described by a spec (an `[[apis]]` block with its catalogue
+    /// entry, routes and key settings) to paste into the config; no file is edited.
+    Import {
+        spec: PathBuf,
+        /// The API's name.
+        #[arg(long)]
+        name: String,
+        /// The upstream it proxies to (`[upstreams.NAME]`).
+        #[arg(long)]
+        upstream: String,
+        /// Its base path (default: the path of the spec's first server URL, else /NAME).
+        #[arg(long)]
+        base_path: Option<String>,
     },
 }
 

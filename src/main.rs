@@ -19,19 +19,31 @@ fn main() -> ExitCode {
     );
     init_logging(if quiet { "warn" } else { "info" });
     match cli.command {
-        Command::Check { config } => match turnpike::config::load_snapshot(&config, None) {
-            Ok(snapshot) => {
-                println!("{}: {}", config.display(), turnpike::summary(&snapshot));
-                for w in turnpike::lint::warnings(&config) {
-                    eprintln!("{w}");
+        Command::Check { config, against } => {
+            match turnpike::config::load_snapshot(&config, None) {
+                Ok(snapshot) => {
+                    if let Some(old) = against {
+                        let gate = turnpike::config::load(&old).and_then(|old_cfg| {
+                            let src = std::fs::read_to_string(&config).unwrap_or_default();
+                            turnpike::config::gate(&old_cfg, &snapshot.file, &config, &src)
+                        });
+                        if let Err(e) = gate {
+                            eprint!("{e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                    println!("{}: {}", config.display(), turnpike::summary(&snapshot));
+                    for w in turnpike::lint::warnings(&config) {
+                        eprintln!("{w}");
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::from(1)
+                }
             }
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::from(1)
-            }
-        },
+        }
         Command::Lint { config, format } => turnpike::lint::run(&config, &format),
         Command::Reload { config, force } => turnpike::remote::reload(&config, force),
         Command::Explain {
@@ -40,6 +52,7 @@ fn main() -> ExitCode {
             headers,
             client_ip,
             body_size,
+            data,
             usage,
             json,
         } => turnpike::policytest::explain::run(&turnpike::policytest::explain::Ask {
@@ -48,6 +61,7 @@ fn main() -> ExitCode {
             headers: &headers,
             client_ip,
             body_size,
+            body: data.as_deref(),
             usage,
             json,
         }),
@@ -79,6 +93,20 @@ fn main() -> ExitCode {
         Command::Openapi(OpenapiCommand::Diff { old, new, format }) => {
             turnpike::openapi::diff::run(&old, &new, &format)
         }
+        Command::Openapi(OpenapiCommand::Import {
+            spec,
+            name,
+            upstream,
+            base_path,
+        }) => turnpike::openapi::import::run(
+            &spec,
+            &turnpike::openapi::import::Import {
+                spec_path: &spec.display().to_string(),
+                name: &name,
+                upstream: &upstream,
+                base_path: base_path.as_deref(),
+            },
+        ),
         Command::Keys(KeysCommand::Create {
             consumer,
             label,

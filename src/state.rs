@@ -47,6 +47,8 @@ pub struct StaticReply {
 pub enum Action {
     Proxy(Arc<Pool>),
     Respond(Arc<StaticReply>),
+    /// Answers from the API's OpenAPI document: the route's operations.
+    Mock(Arc<Vec<Arc<crate::openapi::mock::MockOp>>>),
     /// `[usage]`: the identified caller's own usage.
     Usage,
 }

@@ -294,5 +294,5 @@ fn the_quickstart_policy_cases_pass_offline() {
         Some(root),
     );
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("7 passed, 0 failed"), "{out}");
+    assert!(out.contains("10 passed, 0 failed"), "{out}");
 }

@@ -45,11 +45,21 @@ fn config(dir: &Path, up: &str, api_text: &str) -> String {
 #[test]
 fn public_specs_load_and_broken_ones_say_where() {
     let dir = tempfile::tempdir().expect("tmp");
-    for spec in ["petstore-3.0.json", "petstore-3.1.yaml", "uspto-3.0.json"] {
+    for spec in [
+        "petstore-3.0.json",
+        "petstore-3.1.yaml",
+        "uspto-3.0.json",
+        "star-trek-3.0.json",
+        "train-travel-3.1.json",
+    ] {
+        // Routes from the spec, and every schema compiled for request validation and mocks.
         let f = config(
             dir.path(),
             "127.0.0.1:9",
-            &api(&fixture(spec), "[apis.openapi]\nroutes = true"),
+            &api(
+                &fixture(spec),
+                "[apis.openapi]\nroutes = true\nvalidate = \"request\"\nvalidate_responses = \"report\"",
+            ),
         );
         let (code, out, err) = run_cli(&["check", "-c", &f], None);
         assert_eq!(code, 0, "{spec}: {out}{err}");
@@ -194,4 +204,172 @@ async fn routes_from_the_spec_serve_its_operations_only() {
         "the refused reload names the spec's place: {error}"
     );
     assert_eq!(status(get("/pets/v1/pet/42").await.expect("get")), 200);
+}
+
+#[test]
+fn imported_public_specs_round_trip_through_check() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for spec in [
+        "petstore-3.0.json",
+        "petstore-3.1.yaml",
+        "uspto-3.0.json",
+        "star-trek-3.0.json",
+        "train-travel-3.1.json",
+    ] {
+        let path = fixture(spec);
+        let (code, out, err) = run_cli(
+            &[
+                "openapi",
+                "import",
+                &path.display().to_string(),
+                "--name",
+                "imported",
+                "--upstream",
+                "imported",
+            ],
+            None,
+        );
+        assert_eq!(code, 0, "{spec}: {err}");
+        assert!(out.contains("[apis.openapi]\nroutes = true"), "{out}");
+        let f = dir.path().join("turnpike.toml");
+        std::fs::write(
+            &f,
+            format!("[upstreams.imported]\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n{out}"),
+        )
+        .expect("write");
+        let (code, checked, err) = run_cli(&["check", "-c", &f.display().to_string()], None);
+        let all = format!("{checked}{err}");
+        assert_eq!(code, 0, "{spec}: {all}\n{out}");
+        assert!(
+            !all.contains("openapi_drift"),
+            "the routes are the spec's: {all}"
+        );
+        if spec.starts_with("petstore") {
+            assert!(out.contains("title = \"Swagger Petstore\""), "{out}");
+            assert!(out.contains("header = \"api_key\""), "{out}");
+            assert!(
+                out.contains("#   GET, POST, DELETE /pet/{petId}  (scopes write:pets read:pets)"),
+                "{out}"
+            );
+            assert!(
+                out.contains("contacts = [{ email = \"apiteam@swagger.io\" }]"),
+                "{out}"
+            );
+        }
+    }
+    // A spec that does not load: its problems, exit 2.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "openapi: 3.0.0\npaths:\n  /x: {$ref: 'nope.yaml#/x'}\n",
+    )
+    .expect("write");
+    let bad = dir.path().join("bad.yaml").display().to_string();
+    let (code, _, err) = run_cli(
+        &["openapi", "import", &bad, "--name", "x", "--upstream", "x"],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.yaml:3:8"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaking_changes_to_a_stable_spec_need_a_new_version() {
+    let up = Upstream::start("pets").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let v1 = std::fs::read_to_string(fixture("petstore-3.0.json")).expect("fixture");
+    std::fs::write(dir.path().join("pets-v1.json"), &v1).expect("write");
+    let entry = |version: &str, spec: &str| {
+        format!(
+            "\n[[apis]]\nname = \"petstore\"\nversion = \"{version}\"\nbase_path = \"/pets/{version}\"\nupstream = \"pets\"\n[apis.catalog]\nlifecycle = \"stable\"\nopenapi = \"{}\"\n[apis.openapi]\nroutes = true\n",
+            dir.path().join(spec).display()
+        )
+    };
+    let head = format!(
+        "[upstreams.pets]\ntargets = [ {{ addr = \"{}\" }} ]\n",
+        up.addr
+    );
+    let text = format!("{head}{}", entry("v1", "pets-v1.json"));
+    let gw = Gateway::start(&text);
+    let old = dir.path().join("released.toml");
+    std::fs::write(&old, &text).expect("write");
+    // v1's spec loses an operation: breaking.
+    let mut doc: serde_json::Value = serde_json::from_str(&v1).expect("json");
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.remove("/pet/findByTags");
+    }
+    std::fs::write(dir.path().join("pets-v1b.json"), doc.to_string()).expect("write");
+    let breaking = format!("{head}{}", entry("v1", "pets-v1b.json"));
+    let next = dir.path().join("next.toml");
+    std::fs::write(&next, &breaking).expect("write");
+    let (code, _, err) = run_cli(
+        &[
+            "check",
+            "-c",
+            &next.display().to_string(),
+            "--against",
+            &old.display().to_string(),
+        ],
+        None,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("breaking_change_requires_new_version")
+            && err.contains("the spec of petstore/v1 (stable) changes in 1 breaking way: path_removed at #/paths/~1pet~1findByTags"),
+        "{err}"
+    );
+    gw.rewrite(&breaking);
+    gw.sighup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let error = loop {
+        let (_, v) = support::admin(&gw, "GET", "/status", None).await;
+        if let Some(e) = v["last_reload"]["error"].as_str() {
+            break e.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload reported: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains("breaking_change_requires_new_version"),
+        "{error}"
+    );
+    let c = client();
+    let r = c
+        .get(gw.url("/pets/v1/pet/findByTags?tags=a"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200, "the running config keeps serving");
+
+    // The same change as a new version entry beside v1: accepted, by check and by reload.
+    let as_v2 = format!(
+        "{head}{}{}",
+        entry("v1", "pets-v1.json"),
+        entry("v2", "pets-v1b.json")
+    );
+    std::fs::write(&next, &as_v2).expect("write");
+    let (code, _, err) = run_cli(
+        &[
+            "check",
+            "-c",
+            &next.display().to_string(),
+            "--against",
+            &old.display().to_string(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    gw.rewrite(&as_v2);
+    let (code, v) = support::admin(&gw, "POST", "/reload", None).await;
+    assert_eq!(code, 200, "{v}");
+    let r = c
+        .get(gw.url("/pets/v2/pet/findByStatus?status=sold"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200, "v2 is served");
+    let (_, v) = support::admin(&gw, "GET", "/status", None).await;
+    assert!(v["last_reload"]["error"].is_null(), "{v}");
 }

@@ -409,7 +409,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<Problem> {
         if c.lifecycle == Lifecycle::Design && api.upstream.is_some() {
             out.push(Problem::at(
                 format!("apis[{i}].upstream"),
-                "an API in design has no upstream yet: answer with respond blocks (mocks)",
+                "an API in design has no upstream yet: it is answered from its OpenAPI document's examples (mocks) or respond blocks",
             ));
         }
         if !c.brownouts.is_empty() || c.brownout.is_some() {

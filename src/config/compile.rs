@@ -92,6 +92,32 @@ pub fn compile(
             (None, Some(up)) => pools.get(up).map(|p| Action::Proxy(p.clone())),
             (None, None) => None,
         };
+        // Mock answers from the spec, for a mocked API or any mocked route.
+        let mocks = if api.mocked() || api.routes.iter().any(|r| r.mock) {
+            match file.specs.of(i) {
+                Some(spec) => Some(Arc::new(crate::openapi::mock::Mocks::compile(spec))),
+                None => {
+                    problems.push(Problem::at(
+                        format!("apis[{i}]"),
+                        "mocks are answered from the API's OpenAPI document: set [apis.catalog] openapi",
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mock_of = |path: &str| {
+            mocks
+                .as_ref()
+                .map(|m| Action::Mock(Arc::new(m.on(&crate::openapi::operations::shape(path)))))
+        };
+        if api.mocked() && api.openapi.as_ref().is_none_or(|o| !o.routes) && api.routes.is_empty() {
+            problems.push(Problem::at(
+                format!("apis[{i}].openapi"),
+                "a mocked API needs its routes: set routes = true (from the spec) or [[apis.routes]]",
+            ));
+        }
         let api_body = api.max_body.map_or(default_body, |s| s.0);
         // Flood guards keep their counts across reloads while their numbers stay the same.
         let per_ip = match api.limits.as_ref().and_then(|l| l.per_ip.as_deref()) {
@@ -204,7 +230,12 @@ pub fn compile(
             }
         }
         for (r, route) in &routes {
+            let mocked = (api.mocked() || route.mock) && route.respond.is_none();
             let action = match &route.respond {
+                None if mocked => match mock_of(&route.path) {
+                    Some(a) => a,
+                    None => continue,
+                },
                 Some(rr) => match static_reply(rr) {
                     Ok(rr) => Action::Respond(Arc::new(rr)),
                     Err(e) => {
@@ -217,7 +248,7 @@ pub fn compile(
                 None => match &api_action {
                     Some(Action::Proxy(p)) => Action::Proxy(p.clone()),
                     Some(Action::Respond(s)) => Action::Respond(s.clone()),
-                    Some(Action::Usage) | None => continue,
+                    Some(Action::Mock(_)) | Some(Action::Usage) | None => continue,
                 },
             };
             let Some(methods) = Methods::from_names(&route.methods) else {

@@ -700,11 +700,26 @@ pub struct ApiOpenApiSection {
     /// `validate = "request"`: requests are checked against the spec (a built-in `validate`
     /// step named `openapi`, with the keys below).
     pub validate: Option<ValidateTarget>,
+    /// Every route is answered from the spec's examples (`crate::openapi::mock`), never
+    /// proxied; requests are validated first.
+    #[serde(default)]
+    pub mock: bool,
     /// As the keys of a `validate` policy.
     pub mode: Option<super::policy::ValidateMode>,
     pub max_validated_body: Option<Size>,
     pub validate_responses: Option<super::policy::ResponseMode>,
     pub response_sample: Option<f64>,
+}
+
+impl ApiSection {
+    /// The whole API is answered from its spec: `[apis.openapi] mock = true`, or lifecycle
+    /// `design` with a spec.
+    pub fn mocked(&self) -> bool {
+        self.openapi.as_ref().is_some_and(|o| o.mock)
+            || self.catalog.as_ref().is_some_and(|c| {
+                c.lifecycle == super::catalog::Lifecycle::Design && c.openapi.is_some()
+            })
+    }
 }
 
 impl ApiOpenApiSection {
@@ -750,6 +765,9 @@ pub struct RouteSection {
     /// Policies of this route, beside the API's (names of `[policies.NAME]`).
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Answered from the API's OpenAPI document (`crate::openapi::mock`), never proxied.
+    #[serde(default)]
+    pub mock: bool,
 }
 
 /// `respond`: a static answer given by the gateway itself.

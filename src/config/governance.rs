@@ -160,6 +160,9 @@ pub struct GovernanceSection {
     /// The routes and the API's OpenAPI document agree (operations without a route, routes
     /// without an operation).
     pub openapi_drift: Severity,
+    /// A reload (or `check --against`) that changes the spec of a `stable` API in a breaking
+    /// way is refused: a breaking change is a new `version` entry.
+    pub breaking_change_requires_new_version: Severity,
 }
 
 impl Default for GovernanceSection {
@@ -175,6 +178,7 @@ impl Default for GovernanceSection {
             openapi_required_for: AudienceRule::off(),
             unique_base_paths: Severity::Warn,
             openapi_drift: Severity::Warn,
+            breaking_change_requires_new_version: Severity::Error,
         }
     }
 }
@@ -189,7 +193,7 @@ pub struct Finding {
 }
 
 /// Every rule, with what it asks (for `lint --format sarif` and the docs).
-pub const RULES: [(&str, &str); 10] = [
+pub const RULES: [(&str, &str); 11] = [
     ("owner_required", "Every API names an owner team"),
     (
         "contact_required_for",
@@ -224,7 +228,65 @@ pub const RULES: [(&str, &str); 10] = [
         "openapi_drift",
         "The routes and the API's OpenAPI document describe the same operations",
     ),
+    (
+        "breaking_change_requires_new_version",
+        "A stable API's spec changes in a breaking way only as a new version entry (on reload and check --against)",
+    ),
 ];
+
+/// `breaking_change_requires_new_version`: each `stable` API of `new` whose spec differs from
+/// the same name and version's in `old` in a breaking way (`crate::openapi::diff`). A new
+/// version entry has nothing to compare with, so it passes.
+pub fn breaking_changes(old: &FileConfig, new: &FileConfig) -> Vec<Finding> {
+    let severity = new.governance.breaking_change_requires_new_version;
+    if severity == Severity::Off {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, api) in new.apis.iter().enumerate() {
+        let stable = api
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.lifecycle == super::catalog::Lifecycle::Stable);
+        let Some(spec) = new.specs.of(i).filter(|_| stable) else {
+            continue;
+        };
+        let Some(before) = old
+            .apis
+            .iter()
+            .position(|a| a.name == api.name && a.version == api.version)
+            .and_then(|j| old.specs.of(j))
+        else {
+            continue;
+        };
+        if before.documents == spec.documents {
+            continue;
+        }
+        let breaking: Vec<String> = crate::openapi::diff::diff(before, spec)
+            .into_iter()
+            .filter(|c| c.breaking)
+            .map(|c| format!("{} at #{}", c.kind, c.pointer))
+            .collect();
+        if breaking.is_empty() {
+            continue;
+        }
+        let me = api_ref(&api.name, api.version.as_deref());
+        let shown: Vec<&str> = breaking.iter().take(5).map(String::as_str).collect();
+        out.push(Finding {
+            rule: "breaking_change_requires_new_version",
+            severity,
+            key_path: format!("apis[{i}].catalog.openapi"),
+            message: format!(
+                "the spec of {me} (stable) changes in {} breaking way{}: {}{}; publish it as a new version entry",
+                breaking.len(),
+                if breaking.len() == 1 { "" } else { "s" },
+                shown.join(", "),
+                if breaking.len() > shown.len() { ", ..." } else { "" }
+            ),
+        });
+    }
+    out
+}
 
 /// The checks of `[governance]` itself (a pattern that does not compile).
 pub fn validate(g: &GovernanceSection) -> Vec<super::error::Problem> {

@@ -289,12 +289,12 @@ fn api_auth(problems: &mut Vec<Problem>, i: usize, api: &ApiSection) {
     if header.is_empty()
         || !header
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         problems.push(Problem::at(
             format!("{akey}.api_key.header"),
             format!(
-                "{:?} is not a header name (letters, digits and '-')",
+                "{:?} is not a header name (letters, digits, '-' and '_')",
                 auth.api_key.header
             ),
         ));

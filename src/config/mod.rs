@@ -80,9 +80,35 @@ pub fn load(file: &Path) -> Result<FileConfig, ConfigError> {
 pub fn load_snapshot(file: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
     let src = read(file)?;
     let cfg = parse(&src, file)?;
+    if let Some(p) = previous {
+        gate(&p.file, &cfg, file, &src)?;
+    }
     let generation = previous.map_or(1, |p| p.generation + 1);
     compile::compile(&cfg, previous, generation).map_err(|problems| ConfigError {
         file: file.to_path_buf(),
         problems: with_lines(&src, problems),
     })
+}
+
+/// The release gate of a reload (`breaking_change_requires_new_version`): a breaking change to
+/// a stable API's spec refuses the new config at severity error and is logged at warn.
+pub fn gate(old: &FileConfig, new: &FileConfig, file: &Path, src: &str) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    for f in governance::breaking_changes(old, new) {
+        match f.severity {
+            governance::Severity::Error => problems.push(Problem::at(
+                f.key_path,
+                format!("{} (governance rule {}, severity error)", f.message, f.rule),
+            )),
+            _ => log::warn!("{}: {} (governance rule {})", f.key_path, f.message, f.rule),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            file: file.to_path_buf(),
+            problems: with_lines(src, problems),
+        })
+    }
 }

@@ -632,8 +632,9 @@ fn apis(v: &mut Problems, cfg: &FileConfig) {
             (Some(_), true) => v.add(&key, "set either upstream or respond, not both"),
             (None, true) => {}
             (None, false) => {
-                if api.routes.is_empty() || api.routes.iter().any(|r| r.respond.is_none()) {
-                    v.add(format!("{key}.upstream"), "missing: an API needs an upstream, or a respond block on the API or on every route");
+                let answered = |r: &RouteSection| r.respond.is_some() || r.mock;
+                if !api.mocked() && (api.routes.is_empty() || !api.routes.iter().all(answered)) {
+                    v.add(format!("{key}.upstream"), "missing: an API needs an upstream, or a respond block (or mock = true) on the API or on every route");
                 }
             }
         }

@@ -52,6 +52,10 @@ impl Schema {
         prefix: &str,
         out: &mut Vec<Violation>,
     ) {
+        // The fast path: most messages are valid, and `is_valid` builds no error.
+        if self.0.is_valid(value) {
+            return;
+        }
         for e in self.0.iter_errors(value) {
             if out.len() >= MAX_ERRORS {
                 return;

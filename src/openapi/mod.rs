@@ -14,6 +14,8 @@
 pub mod bundle;
 pub mod contract;
 pub mod diff;
+pub mod import;
+pub mod mock;
 pub mod operations;
 pub mod params;
 pub mod refs;

@@ -85,6 +85,7 @@ pub fn effective(api: &ApiSection, spec: Option<&Spec>) -> Vec<(Option<usize>, R
                     scopes: same_scopes,
                     cache: None,
                     policies: Vec::new(),
+                    mock: false,
                 },
             )),
         }

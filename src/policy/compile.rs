@@ -167,7 +167,7 @@ impl Catalog {
         mut builtins: Vec<(Level, Arc<Policy>)>,
         problems: &mut Vec<Found>,
     ) -> Chain {
-        if let Some(v) = api.and_then(|i| shorthand(file, i, problems)) {
+        if let Some(v) = api.and_then(|i| shorthand(file, i, route, problems)) {
             builtins.push((Level::Api, v));
         }
         let params: Vec<(usize, Arc<str>)> = template_segments(template)
@@ -313,24 +313,44 @@ impl Catalog {
     }
 }
 
-/// The built-in validate step of `[apis.openapi] validate = "request"`.
-fn shorthand(file: &FileConfig, i: usize, problems: &mut Vec<Found>) -> Option<Arc<Policy>> {
-    let o = file.apis.get(i)?.openapi.as_ref()?;
-    if o.validate.is_none() {
-        let keys = o.validate_keys();
-        if keys != Default::default() {
-            problems.push((
-                format!("apis[{i}].openapi"),
-                "mode, max_validated_body, validate_responses and response_sample need validate = \"request\"".into(),
-            ));
-        }
-        return None;
-    }
-    match super::validate::Validate::compile(&o.validate_keys()) {
-        Ok(v) => Some(Arc::new(Policy {
-            name: Arc::from("openapi"),
+/// The built-in validate step of `[apis.openapi] validate = "request"` (named `openapi`), or,
+/// on a mocked API or route without it, the default one (named `mock`): mocks validate the
+/// request first.
+fn shorthand(
+    file: &FileConfig,
+    i: usize,
+    route: Option<usize>,
+    problems: &mut Vec<Found>,
+) -> Option<Arc<Policy>> {
+    let api = file.apis.get(i)?;
+    let mocked = api.mocked()
+        || route
+            .and_then(|r| api.routes.get(r))
+            .is_some_and(|r| r.mock);
+    let step = |name: &str, v| {
+        Some(Arc::new(Policy {
+            name: Arc::from(name),
             kind: Kind::Validate(Arc::new(v)),
-        })),
+        }))
+    };
+    let Some(o) = api.openapi.as_ref().filter(|o| o.validate.is_some()) else {
+        if let Some(o) = &api.openapi {
+            if o.validate_keys() != Default::default() {
+                problems.push((
+                    format!("apis[{i}].openapi"),
+                    "mode, max_validated_body, validate_responses and response_sample need validate = \"request\"".into(),
+                ));
+            }
+        }
+        return match mocked {
+            true => super::validate::Validate::compile(&Default::default())
+                .ok()
+                .and_then(|v| step("mock", v)),
+            false => None,
+        };
+    };
+    match super::validate::Validate::compile(&o.validate_keys()) {
+        Ok(v) => step("openapi", v),
         Err((k, m)) => {
             problems.push((format!("apis[{i}].openapi.{k}"), m));
             None

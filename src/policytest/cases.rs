@@ -44,6 +44,8 @@ pub struct CaseRequest {
     pub headers: BTreeMap<String, String>,
     pub client_ip: Option<IpAddr>,
     pub body_size: Option<u64>,
+    /// The request body (checked by validate policies).
+    pub body: Option<String>,
 }
 
 fn get() -> String {
@@ -231,6 +233,7 @@ pub async fn run_files(config: &Path, files: &[PathBuf]) -> Result<Vec<CaseResul
                         headers,
                         client_ip: case.request.client_ip,
                         body_size: case.request.body_size,
+                        body: case.request.body.clone(),
                     };
                     bench.run(&req).await
                 }

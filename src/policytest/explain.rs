@@ -14,6 +14,7 @@ pub struct Ask<'a> {
     pub headers: &'a [String],
     pub client_ip: Option<IpAddr>,
     pub body_size: Option<u64>,
+    pub body: Option<&'a str>,
     pub usage: u64,
     pub json: bool,
 }
@@ -24,6 +25,7 @@ pub fn parse_request(
     headers: &[String],
     client_ip: Option<IpAddr>,
     body_size: Option<u64>,
+    body: Option<&str>,
 ) -> Result<Simulate, String> {
     let mut words = line.split_whitespace();
     let (Some(method), Some(url), None) = (words.next(), words.next(), words.next()) else {
@@ -44,6 +46,7 @@ pub fn parse_request(
         headers: list,
         client_ip,
         body_size,
+        body: body.map(String::from),
     })
 }
 
@@ -52,7 +55,13 @@ pub fn run(ask: &Ask<'_>) -> ExitCode {
         eprintln!("{msg}");
         ExitCode::from(1)
     };
-    let req = match parse_request(ask.request, ask.headers, ask.client_ip, ask.body_size) {
+    let req = match parse_request(
+        ask.request,
+        ask.headers,
+        ask.client_ip,
+        ask.body_size,
+        ask.body,
+    ) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

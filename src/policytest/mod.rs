@@ -29,6 +29,9 @@ pub struct Simulate {
     pub client_ip: Option<IpAddr>,
     /// A declared body length.
     pub body_size: Option<u64>,
+    /// The body (validated against the API's OpenAPI document where a validate step applies;
+    /// its length is the declared one unless `body_size` says otherwise).
+    pub body: Option<String>,
 }
 
 /// What the gateway would do.
@@ -251,6 +254,25 @@ impl Bench {
             crate::policy::run::request(snapshot, &services, ep, &inbound, &mut flow, last).await;
         let outcome = match (outcome, wrong_method) {
             (Ok(Outcome::Continue), Some(reply)) => Err(reply),
+            // The Validate stage, as the proxy runs it once the body is read.
+            (Ok(Outcome::Continue), None) => {
+                let raw = head.raw_path();
+                let q = raw.iter().position(|&b| b == b'?');
+                let (path, query) = match q {
+                    Some(i) => (&raw[..i], &raw[i + 1..]),
+                    None => (raw, &b""[..]),
+                };
+                let request = crate::openapi::contract::Request {
+                    headers: &head.headers,
+                    path,
+                    query,
+                    body: req.body.as_deref().map(str::as_bytes),
+                    has_body: req.body.as_ref().is_some_and(|b| !b.is_empty())
+                        || req.body_size.is_some_and(|n| n > 0),
+                };
+                crate::policy::run::validate(ep, &head.method, &request, &mut flow)
+                    .map(|_| Outcome::Continue)
+            }
             (other, _) => other,
         };
         match outcome {
@@ -282,6 +304,25 @@ impl Bench {
                         &r.headers,
                     )
                     .unwrap_or_else(|| r.headers.clone());
+                    all.extend(flow.answer.iter().cloned());
+                    out.answer_headers = headers_text(&all);
+                }
+                Action::Mock(ops) => {
+                    let get = http::Method::GET;
+                    let method = if head.method == http::Method::HEAD {
+                        &get
+                    } else {
+                        &head.method
+                    };
+                    let answer = ops
+                        .iter()
+                        .find(|o| o.method == *method)
+                        .and_then(|o| o.answer(None, None, None).ok());
+                    out.status = Some(answer.map_or(400, |a| a.status));
+                    let mut all = vec![(
+                        http::HeaderName::from_static("x-turnpike-mock"),
+                        http::HeaderValue::from_static("true"),
+                    )];
                     all.extend(flow.answer.iter().cloned());
                     out.answer_headers = headers_text(&all);
                 }
@@ -452,7 +493,7 @@ fn request_header(req: &Simulate) -> Result<RequestHeader, String> {
         head.insert_header("host", authority.as_str())
             .map_err(|e| format!("host {authority}: {e}"))?;
     }
-    if let Some(n) = req.body_size {
+    if let Some(n) = req.body_size.or(req.body.as_ref().map(|b| b.len() as u64)) {
         head.insert_header("content-length", n.to_string())
             .map_err(|e| format!("content-length: {e}"))?;
     }

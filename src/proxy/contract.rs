@@ -63,6 +63,79 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Answers a mocked route from the spec (`crate::openapi::mock`), with
+    /// `X-Turnpike-Mock: true`, the Response stage's header edits and the answer headers.
+    pub(super) async fn answer_mock(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        ep: &Endpoint,
+        ops: &[std::sync::Arc<crate::openapi::mock::MockOp>],
+        close: bool,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let get = http::Method::GET;
+        let method = match req.method {
+            http::Method::HEAD => &get,
+            ref m => m,
+        };
+        let (code, example) = crate::openapi::mock::preferences(
+            req.headers
+                .get_all("prefer")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let accept = req
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let answer = match ops.iter().find(|o| o.method == *method) {
+            Some(op) => op.answer(code.as_deref(), example.as_deref(), accept),
+            None => Err(format!(
+                "the API's contract has no {method} operation on this path"
+            )),
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(why) => {
+                let reply = Reply::new(Code::BadRequest, why).header("X-Turnpike-Mock", "true");
+                return self.refuse(session, ctx, reply, close).await;
+            }
+        };
+        let mut headers = vec![(
+            http::HeaderName::from_static("x-turnpike-mock"),
+            http::HeaderValue::from_static("true"),
+        )];
+        if let Some(ct) = answer
+            .content_type
+            .as_deref()
+            .and_then(|c| http::HeaderValue::from_str(c).ok())
+        {
+            headers.push((http::header::CONTENT_TYPE, ct));
+        }
+        let raw = session.req_header().raw_path();
+        let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
+        let edited = crate::policy::run::static_headers(
+            &ep.chain,
+            &mut ctx.flow,
+            &ctx.request_id,
+            ctx.client_ip,
+            path,
+            answer.status,
+            &headers,
+        );
+        let reply = crate::state::StaticReply {
+            status: answer.status,
+            headers: edited.unwrap_or(headers),
+            body: answer.body,
+        };
+        crate::reply::write_static(session, &reply, &ctx.request_id, close, &ctx.flow.answer)
+            .await?;
+        Ok(true)
+    }
+}
+
 /// Logs what report mode found (places, pointers and messages: never a value) and marks the
 /// places for `turnpike_contract_violations_total`.
 fn note(ctx: &mut RequestCtx, ep: &Endpoint, what: &str, found: &[Violation]) {

@@ -61,11 +61,12 @@ impl Gateway {
             Ok(Outcome::Continue) => {
                 if let Some(v) = ep.chain.validation() {
                     if let Err(reply) = self.validate(session, ctx, ep, v).await? {
-                        // (A body read whole leaves the connection reusable.)
                         let close = close && ctx.preread.is_none();
                         return self.refuse(session, ctx, reply, close).await;
                     }
                 }
+                // (A body read whole for validation leaves the connection reusable.)
+                let close = close && ctx.preread.is_none();
                 self.act(session, ctx, ep, close).await
             }
         }
@@ -117,6 +118,7 @@ impl Gateway {
                 self.answer_usage(session, ctx, close).await?;
                 Ok(true)
             }
+            Action::Mock(ops) => self.answer_mock(session, ctx, ep, ops, close).await,
         }
     }
 
