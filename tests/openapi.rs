@@ -42,6 +42,23 @@ fn config(dir: &Path, up: &str, api_text: &str) -> String {
     p.display().to_string()
 }
 
+/// Sends SIGHUP and waits for the refused reload's error in the admin status.
+async fn refused_reload(gw: &Gateway) -> String {
+    gw.sighup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, v) = support::admin(gw, "GET", "/status", None).await;
+        if let Some(e) = v["last_reload"]["error"].as_str() {
+            return e.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload reported: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn public_specs_load_and_broken_ones_say_where() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -186,19 +203,7 @@ async fn routes_from_the_spec_serve_its_operations_only() {
         &dir.path().join("bad.yaml").display().to_string(),
     );
     gw.rewrite(&bad);
-    gw.sighup();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let error = loop {
-        let (_, v) = support::admin(&gw, "GET", "/status", None).await;
-        if let Some(e) = v["last_reload"]["error"].as_str() {
-            break e.to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload reported: {v}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let error = refused_reload(&gw).await;
     assert!(
         error.contains("bad.yaml:3:8 at #/paths/~1x/$ref: $ref to"),
         "the refused reload names the spec's place: {error}"
@@ -318,19 +323,7 @@ async fn breaking_changes_to_a_stable_spec_need_a_new_version() {
         "{err}"
     );
     gw.rewrite(&breaking);
-    gw.sighup();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let error = loop {
-        let (_, v) = support::admin(&gw, "GET", "/status", None).await;
-        if let Some(e) = v["last_reload"]["error"].as_str() {
-            break e.to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload reported: {v}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let error = refused_reload(&gw).await;
     assert!(
         error.contains("breaking_change_requires_new_version"),
         "{error}"

@@ -19,6 +19,28 @@ use serde_json::{json, Value};
 /// At most this many problems are reported for one message.
 pub const MAX_ERRORS: usize = 20;
 
+/// Values of more nodes than this report their first problem only (the validator builds every
+/// error of a value before its first can be taken).
+const LIST_ERRORS_UP_TO: usize = 2_000;
+
+/// The nodes of `v`, counted up to `limit`.
+fn nodes(v: &Value, limit: usize) -> usize {
+    let mut n = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        n += 1;
+        if n >= limit {
+            return n;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(m) => stack.extend(m.values()),
+            _ => {}
+        }
+    }
+    n
+}
+
 /// One problem of a request or answer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Violation {
@@ -56,6 +78,19 @@ impl Schema {
         if self.0.is_valid(value) {
             return;
         }
+        // Every error is built before the first is seen: a large invalid value (thousands of
+        // failing items) reports its first problem only.
+        if nodes(value, LIST_ERRORS_UP_TO) >= LIST_ERRORS_UP_TO {
+            if let Err(e) = self.0.validate(value) {
+                out.push(Violation {
+                    at,
+                    name: name.map(String::from),
+                    pointer: format!("{prefix}{}", e.instance_path().as_str()),
+                    detail: e.masked_with("value").to_string(),
+                });
+            }
+            return;
+        }
         for e in self.0.iter_errors(value) {
             if out.len() >= MAX_ERRORS {
                 return;
@@ -78,6 +113,8 @@ struct Param {
     style: Style,
     explode: bool,
     shape: Shape,
+    /// Described by `content` with a JSON media type: the value is JSON text.
+    json: bool,
     schema: Option<Schema>,
     /// The segment of the path template that holds a path parameter.
     segment: Option<usize>,
@@ -238,6 +275,11 @@ impl Contract {
                         .and_then(Value::as_bool)
                         .unwrap_or(style == Style::Form);
                     // `content` parameters: the schema of their one media type.
+                    let json = p.get("schema").is_none()
+                        && p.get("content")
+                            .and_then(Value::as_object)
+                            .and_then(|c| c.keys().next())
+                            .is_some_and(|k| is_json(&essence(k)));
                     let schema_ptr = if p.get("schema").is_some() {
                         Some(format!("{ptr}/schema"))
                     } else {
@@ -266,6 +308,7 @@ impl Contract {
                         style,
                         explode,
                         shape,
+                        json,
                         schema: schema_ptr
                             .filter(|_| schema_val.is_some())
                             .and_then(|s| compile(&s, &req_reg)),
@@ -418,6 +461,26 @@ fn build(registry: &Registry<'_>, pointer: &str) -> Result<Schema, String> {
         .map_err(|e| format!("this schema cannot be compiled for validation: {e}"))
 }
 
+/// A parameter given more than once where the spec takes one value.
+fn repeated(p: &Param, times: usize) -> Violation {
+    Violation {
+        at: p.at.as_str(),
+        name: Some(p.name.clone()),
+        pointer: format!("/{}", escape(&p.name)),
+        detail: format!(
+            "the {} parameter {:?} is given {times} times; it takes one value",
+            p.at.as_str(),
+            p.name
+        ),
+    }
+}
+
+/// A `content: application/json` parameter's value (a string when it is not JSON, so the
+/// schema reports it).
+fn json_value(raw: &str) -> Value {
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+}
+
 /// A JSON pointer as a URI fragment (`{`, `}`, spaces and the like percent-encoded).
 fn fragment(pointer: &str) -> String {
     let mut out = String::with_capacity(pointer.len());
@@ -447,7 +510,7 @@ pub fn is_json(essence: &str) -> bool {
 }
 
 /// Whether a media range (`application/json`, `application/*`, `*/*`) covers `essence`.
-fn covers(range: &str, essence: &str) -> bool {
+pub fn covers(range: &str, essence: &str) -> bool {
     range == "*/*"
         || range == essence
         || range
@@ -455,12 +518,23 @@ fn covers(range: &str, essence: &str) -> bool {
             .is_some_and(|t| essence.split('/').next() == Some(t))
 }
 
+/// The most specific media range that covers the type.
+fn chosen<'a>(media: &'a [Media], essence: &str) -> Option<&'a Media> {
+    media
+        .iter()
+        .filter(|m| covers(&m.range, essence))
+        .max_by_key(|m| (m.range != "*/*") as u8 + (!m.range.ends_with("/*")) as u8)
+}
+
 impl OpCheck {
     /// Whether checking a request needs its body (a JSON media type with a schema).
-    pub fn reads_body(&self) -> bool {
-        self.body
-            .as_ref()
-            .is_some_and(|b| b.media.iter().any(|m| m.schema.is_some()))
+    pub fn reads_body(&self, content_type: Option<&str>) -> bool {
+        let Some(ct) = content_type.map(essence) else {
+            return false;
+        };
+        self.body.as_ref().is_some_and(|b| {
+            chosen(&b.media, &ct).is_some_and(|m| m.schema.is_some() && is_json(&ct))
+        })
     }
 
     /// The problems of a request (at most [`MAX_ERRORS`]).
@@ -483,13 +557,34 @@ impl OpCheck {
                     .map(|raw| params::single(&raw, p.style, p.explode, &p.shape)),
                 In::Query => {
                     let pairs = pairs.get_or_insert_with(|| params::query_pairs(req.query));
-                    params::query(pairs, &p.name, p.style, p.explode, &p.shape)
+                    let times = pairs.iter().filter(|(k, _)| *k == p.name).count();
+                    if times > 1 && !(p.explode && matches!(p.shape, Shape::Array(_))) {
+                        out.push(repeated(p, times));
+                        continue;
+                    }
+                    match p.json {
+                        true => pairs
+                            .iter()
+                            .find(|(k, _)| *k == p.name)
+                            .map(|(_, v)| json_value(v)),
+                        false => params::query(pairs, &p.name, p.style, p.explode, &p.shape),
+                    }
                 }
-                In::Header => req
-                    .headers
-                    .get(p.name.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| params::single(v.trim(), p.style, p.explode, &p.shape)),
+                In::Header => {
+                    let all = req.headers.get_all(p.name.as_str());
+                    let times = all.iter().count();
+                    if times > 1 {
+                        out.push(repeated(p, times));
+                        continue;
+                    }
+                    all.iter()
+                        .next()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+                        .map(|v| match p.json {
+                            true => json_value(&v),
+                            false => params::single(&v, p.style, p.explode, &p.shape),
+                        })
+                }
                 In::Cookie => params::cookie(
                     req.headers
                         .get_all(http::header::COOKIE)
@@ -497,7 +592,10 @@ impl OpCheck {
                         .map(|v| v.as_bytes()),
                     &p.name,
                 )
-                .map(|v| params::single(&v, Style::Simple, p.explode, &p.shape)),
+                .map(|v| match p.json {
+                    true => json_value(&v),
+                    false => params::single(&v, Style::Simple, p.explode, &p.shape),
+                }),
             };
             let prefix = format!("/{}", escape(&p.name));
             match value {
@@ -559,13 +657,7 @@ impl OpCheck {
             });
             return;
         };
-        // The most specific range that covers the type.
-        let chosen = body
-            .media
-            .iter()
-            .filter(|m| covers(&m.range, &ct))
-            .max_by_key(|m| (m.range != "*/*") as u8 + (!m.range.ends_with("/*")) as u8);
-        let Some(media) = chosen else {
+        let Some(media) = chosen(&body.media, &ct) else {
             out.push(Violation {
                 at: "header",
                 name: Some("content-type".into()),
@@ -637,11 +729,7 @@ impl OpCheck {
             }
             return out;
         };
-        let Some(m) = media
-            .iter()
-            .filter(|m| covers(&m.range, &ct))
-            .max_by_key(|m| (m.range != "*/*") as u8 + (!m.range.ends_with("/*")) as u8)
-        else {
+        let Some(m) = chosen(media, &ct) else {
             out.push(v(format!(
                 "Content-Type {ct} is not documented for status {status}"
             )));
@@ -964,5 +1052,93 @@ components:
                 "{version}"
             );
         }
+    }
+
+    #[test]
+    fn hostile_and_indirect_parameters() {
+        let c = contract(
+            r#"
+openapi: 3.0.3
+info: {title: t, version: '1'}
+paths:
+  /a:
+    post:
+      parameters:
+        - {name: limit, in: query, schema: {allOf: [{$ref: '#/components/schemas/Page'}], description: size}}
+        - {name: filter, in: query, content: {application/json: {schema: {type: object, required: [n], properties: {n: {type: integer}}}}}}
+        - {name: X-Mode, in: header, schema: {type: string, enum: [a, b]}}
+      requestBody:
+        content:
+          application/json: {schema: {type: array, items: {type: object, required: [a, b, c]}}}
+          multipart/form-data: {schema: {type: object}}
+      responses: {'200': {description: ok}}
+components:
+  schemas:
+    Page: {type: integer, maximum: 50}
+"#,
+        );
+        let run = |query: &str, headers: &[(&str, &str)], ct: &str, body: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, ct.parse().expect("ct"));
+            for (n, v) in headers {
+                h.append(
+                    http::HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                    v.parse().expect("value"),
+                );
+            }
+            let op = c.find(&http::Method::POST, "/a").expect("op");
+            let reads = op.reads_body(Some(ct));
+            let v = op
+                .check(&Request {
+                    headers: &h,
+                    path: b"/a",
+                    query: query.as_bytes(),
+                    body: Some(body.as_bytes()),
+                    has_body: true,
+                })
+                .into_iter()
+                .map(|v| (v.at, v.pointer, v.detail))
+                .collect::<Vec<_>>();
+            (reads, v)
+        };
+        // A type through allOf and a JSON `content` parameter are typed; a repeated one refused.
+        let (_, v) = run(
+            "limit=5&filter=%7B%22n%22%3A1%7D",
+            &[],
+            "application/json",
+            "[]",
+        );
+        assert_eq!(v, vec![]);
+        let (_, v) = run(
+            "limit=500&limit=5&filter=%7B%22n%22%3A%22x%22%7D",
+            &[("x-mode", "a"), ("x-mode", "c")],
+            "application/json",
+            "[]",
+        );
+        assert_eq!(
+            v,
+            vec![
+                e(
+                    "query",
+                    "/limit",
+                    "the query parameter \"limit\" is given 2 times; it takes one value"
+                ),
+                e("query", "/filter/n", "value is not of type \"integer\""),
+                e(
+                    "header",
+                    "/X-Mode",
+                    "the header parameter \"X-Mode\" is given 2 times; it takes one value"
+                ),
+            ]
+        );
+        // Only a JSON media type with a schema makes the body read.
+        assert!(run("", &[], "application/json", "[]").0);
+        assert!(!run("", &[], "multipart/form-data; boundary=x", "--x--").0);
+        // A large invalid body reports its first problem only.
+        let many = format!("[{}]", vec!["{}"; 5_000].join(","));
+        let (_, v) = run("", &[], "application/json", &many);
+        assert_eq!(v, vec![e("body", "/0", "\"a\" is a required property")]);
+        let few = format!("[{}]", ["{}"; 3].join(","));
+        assert_eq!(run("", &[], "application/json", &few).1.len(), 9);
     }
 }

@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 /// How deep a generated instance goes (recursive schemas stop here).
 const MAX_DEPTH: usize = 8;
+/// How many values one generated instance may have (a wide recursive schema stops here).
+const MAX_NODES: usize = 2_000;
 
 /// One media type of a documented answer, with its bodies by example name (the first is the
 /// default; a generated one is named `generated`).
@@ -143,7 +145,7 @@ fn media_of(response: &Value, doc: &Value) -> Vec<Media> {
                     match from_schema {
                         Some(v) => bodies.push(("example".into(), encode(v))),
                         None if json => {
-                            bodies.push(("generated".into(), encode(&generate(schema, doc, 0))))
+                            bodies.push(("generated".into(), encode(&generate(schema, doc))))
                         }
                         None => {}
                     }
@@ -158,11 +160,17 @@ fn media_of(response: &Value, doc: &Value) -> Vec<Media> {
 }
 
 /// A minimal instance of `schema`.
-pub fn generate(schema: &Value, doc: &Value, depth: usize) -> Value {
+pub fn generate(schema: &Value, doc: &Value) -> Value {
+    let mut budget = MAX_NODES;
+    instance(schema, doc, 0, &mut budget)
+}
+
+fn instance(schema: &Value, doc: &Value, depth: usize, budget: &mut usize) -> Value {
     let s = deref(schema, doc);
-    if depth > MAX_DEPTH {
+    if depth > MAX_DEPTH || *budget == 0 {
         return Value::Null;
     }
+    *budget -= 1;
     if let Some(v) = s
         .get("const")
         .or_else(|| s.get("example"))
@@ -173,19 +181,19 @@ pub fn generate(schema: &Value, doc: &Value, depth: usize) -> Value {
     }
     for k in ["oneOf", "anyOf"] {
         if let Some(first) = s.get(k).and_then(|l| l.get(0)) {
-            return generate(first, doc, depth + 1);
+            return instance(first, doc, depth + 1, budget);
         }
     }
     if let Some(Value::Array(all)) = s.get("allOf") {
         let mut merged = Map::new();
         for part in all {
-            match generate(part, doc, depth + 1) {
+            match instance(part, doc, depth + 1, budget) {
                 Value::Object(m) => merged.extend(m),
                 other if all.len() == 1 => return other,
                 _ => {}
             }
         }
-        let own = object(s, doc, depth);
+        let own = object(s, doc, depth, budget);
         if let Value::Object(m) = own {
             merged.extend(m);
         }
@@ -203,7 +211,7 @@ pub fn generate(schema: &Value, doc: &Value, depth: usize) -> Value {
         _ => "string",
     };
     match t {
-        "object" => object(s, doc, depth),
+        "object" => object(s, doc, depth, budget),
         "array" => {
             let n = s
                 .get("minItems")
@@ -211,7 +219,11 @@ pub fn generate(schema: &Value, doc: &Value, depth: usize) -> Value {
                 .unwrap_or(0)
                 .min(16);
             let item = s.get("items").cloned().unwrap_or(json!({}));
-            Value::Array((0..n).map(|_| generate(&item, doc, depth + 1)).collect())
+            Value::Array(
+                (0..n)
+                    .map(|_| instance(&item, doc, depth + 1, budget))
+                    .collect(),
+            )
         }
         "integer" => json!(bound(s).map_or(0, |b| b.ceil() as i64)),
         "number" => json!(bound(s).unwrap_or(0.0)),
@@ -235,7 +247,7 @@ fn bound(s: &Value) -> Option<f64> {
         .map(|m| m + 1.0)
 }
 
-fn object(s: &Value, doc: &Value, depth: usize) -> Value {
+fn object(s: &Value, doc: &Value, depth: usize, budget: &mut usize) -> Value {
     let mut out = Map::new();
     let required: Vec<&str> = s
         .get("required")
@@ -247,7 +259,7 @@ fn object(s: &Value, doc: &Value, depth: usize) -> Value {
             let p_s = deref(p, doc);
             let write_only = p_s.get("writeOnly") == Some(&Value::Bool(true));
             if required.contains(&name.as_str()) && !write_only {
-                out.insert(name.clone(), generate(p, doc, depth + 1));
+                out.insert(name.clone(), instance(p, doc, depth + 1, budget));
             }
         }
     }
@@ -405,12 +417,7 @@ fn choose<'a>(media: &'a [Media], accept: Option<&str>) -> Option<&'a Media> {
         .unwrap_or_default();
     let takes = |m: &Media| {
         let e = super::contract::essence(&m.media_type);
-        ranges.iter().any(|r| {
-            r == "*/*"
-                || *r == e
-                || r.strip_suffix("/*")
-                    .is_some_and(|t| e.split('/').next() == Some(t))
-        })
+        ranges.iter().any(|r| super::contract::covers(r, &e))
     };
     media
         .iter()
@@ -544,5 +551,22 @@ components:
             (Some("404".into()), Some("missing".into()))
         );
         assert_eq!(preferences(std::iter::empty()), (None, None));
+    }
+
+    #[test]
+    fn wide_recursive_schemas_stay_small() {
+        let props: serde_json::Map<String, Value> = ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .map(|k| (k.to_string(), json!({"$ref": "#/components/schemas/Node"})))
+            .collect();
+        let doc = json!({"components": {"schemas": {"Node": {
+            "type": "object",
+            "required": ["a", "b", "c", "d", "e", "f", "g", "h"],
+            "properties": props
+        }}}});
+        let v = generate(&json!({"$ref": "#/components/schemas/Node"}), &doc);
+        let text = v.to_string();
+        assert!(text.len() < 200_000, "{}", text.len());
+        assert!(v["a"]["a"].is_object(), "{v}");
     }
 }

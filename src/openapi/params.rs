@@ -80,6 +80,25 @@ pub enum Shape {
     Object(Vec<(String, &'static str)>),
 }
 
+/// The type of `schema`, through `allOf`/`oneOf`/`anyOf` (the first member with a type).
+fn type_of(schema: &Value, doc: &Value) -> &'static str {
+    let mut todo = vec![(schema, 0)];
+    while let Some((s, depth)) = todo.pop() {
+        let s = deref(s, doc);
+        if s.get("type").is_some() {
+            return json_type(s);
+        }
+        if depth < 8 {
+            for k in ["anyOf", "oneOf", "allOf"] {
+                if let Some(Value::Array(members)) = s.get(k) {
+                    todo.extend(members.iter().rev().map(|m| (m, depth + 1)));
+                }
+            }
+        }
+    }
+    "string"
+}
+
 fn json_type(schema: &Value) -> &'static str {
     let t = match schema.get("type") {
         Some(Value::String(t)) => t.as_str(),
@@ -105,17 +124,14 @@ impl Shape {
     /// The shape of `schema` (its `$ref`s followed in `doc`).
     pub fn of(schema: &Value, doc: &Value) -> Shape {
         let s = deref(schema, doc);
-        match json_type(s) {
-            "array" => Shape::Array(json_type(deref(
-                s.get("items").unwrap_or(&Value::Null),
-                doc,
-            ))),
+        match type_of(s, doc) {
+            "array" => Shape::Array(type_of(s.get("items").unwrap_or(&Value::Null), doc)),
             "object" => Shape::Object(
                 s.get("properties")
                     .and_then(Value::as_object)
                     .map(|p| {
                         p.iter()
-                            .map(|(k, v)| (k.clone(), json_type(deref(v, doc))))
+                            .map(|(k, v)| (k.clone(), type_of(v, doc)))
                             .collect()
                     })
                     .unwrap_or_default(),
@@ -296,9 +312,7 @@ pub fn query_pairs(query: &[u8]) -> Vec<(String, String)> {
 /// The value of cookie `name` in the `Cookie` headers.
 pub fn cookie<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
     for h in headers {
-        let Ok(text) = std::str::from_utf8(h) else {
-            continue;
-        };
+        let text = String::from_utf8_lossy(h);
         for pair in text.split(';') {
             if let Some((k, v)) = pair.trim().split_once('=') {
                 if k == name {

@@ -28,7 +28,8 @@ impl Gateway {
         let req = session.req_header();
         // Bodies are edited only where one follows: not for HEAD, an upgrade, or 1xx.
         let body_follows = req.method != http::Method::HEAD && resp.status.as_u16() >= 200;
-        if ctx.flow.contract.response.is_some() {
+        // (Informational answers come before the one that is checked.)
+        if ctx.flow.contract.response.is_some() && resp.status.as_u16() >= 200 {
             // A sampled answer is checked against the contract as the upstream gave it (an
             // encoded body by its status and type only).
             let header = |n: http::HeaderName| {

@@ -33,8 +33,13 @@ impl Gateway {
     ) -> Result<std::result::Result<(), Reply>> {
         let method = session.req_header().method.clone();
         let has_body = ctx.had_body || !session.is_body_empty();
+        let content_type = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
         let reads = crate::policy::validate::operation(&ep.chain.ops, &method)
-            .is_some_and(|o| o.reads_body());
+            .is_some_and(|o| o.reads_body(content_type));
         if has_body && reads {
             if let Err(reply) = read_whole(session, ctx, v.max_body).await? {
                 return Ok(Err(reply));
@@ -114,24 +119,12 @@ impl Gateway {
         {
             headers.push((http::header::CONTENT_TYPE, ct));
         }
-        let raw = session.req_header().raw_path();
-        let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
-        let edited = crate::policy::run::static_headers(
-            &ep.chain,
-            &mut ctx.flow,
-            &ctx.request_id,
-            ctx.client_ip,
-            path,
-            answer.status,
-            &headers,
-        );
         let reply = crate::state::StaticReply {
             status: answer.status,
-            headers: edited.unwrap_or(headers),
+            headers,
             body: answer.body,
         };
-        crate::reply::write_static(session, &reply, &ctx.request_id, close, &ctx.flow.answer)
-            .await?;
+        super::request::write_local(session, ctx, ep, &reply, close).await?;
         Ok(true)
     }
 }
@@ -142,9 +135,10 @@ fn note(ctx: &mut RequestCtx, ep: &Endpoint, what: &str, found: &[Violation]) {
     for f in found {
         ctx.violations |= violation_bit(f.at);
     }
+    // (Debug formatting: a pointer holds the client's member names, which may hold newlines.)
     let list: Vec<String> = found
         .iter()
-        .map(|f| format!("{} {}: {}", f.at, f.pointer, f.detail))
+        .map(|f| format!("{} {:?}: {:?}", f.at, f.pointer, f.detail))
         .collect();
     log::warn!(
         "contract violation (report mode) in the {what} of {} {} (request id {}): {}",

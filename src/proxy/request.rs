@@ -91,27 +91,7 @@ impl Gateway {
                 Ok(false)
             }
             Action::Respond(r) => {
-                let raw = session.req_header().raw_path();
-                let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
-                let edited = crate::policy::run::static_headers(
-                    &ep.chain,
-                    &mut ctx.flow,
-                    &ctx.request_id,
-                    ctx.client_ip,
-                    path,
-                    r.status,
-                    &r.headers,
-                );
-                let reply = match edited {
-                    None => std::borrow::Cow::Borrowed(&**r),
-                    Some(headers) => std::borrow::Cow::Owned(StaticReply {
-                        status: r.status,
-                        headers,
-                        body: r.body.clone(),
-                    }),
-                };
-                reply::write_static(session, &reply, &ctx.request_id, close, &ctx.flow.answer)
-                    .await?;
+                write_local(session, ctx, ep, r, close).await?;
                 Ok(true)
             }
             Action::Usage => {
@@ -355,6 +335,37 @@ fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
     // Requests a client pipelines are answered in order (RFC 9112 section 9.3.2), not
     // dropped with the connection.
     session.set_pipelining_enabled(true);
+}
+
+/// Writes an answer of the gateway's own (`respond`, a mock) with the Response stage's header
+/// edits and the answer headers of the policies that ran.
+pub(super) async fn write_local(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    ep: &crate::state::Endpoint,
+    r: &StaticReply,
+    close: bool,
+) -> Result<()> {
+    let raw = session.req_header().raw_path();
+    let path = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
+    let edited = crate::policy::run::static_headers(
+        &ep.chain,
+        &mut ctx.flow,
+        &ctx.request_id,
+        ctx.client_ip,
+        path,
+        r.status,
+        &r.headers,
+    );
+    let reply = match edited {
+        None => std::borrow::Cow::Borrowed(r),
+        Some(headers) => std::borrow::Cow::Owned(StaticReply {
+            status: r.status,
+            headers,
+            body: r.body.clone(),
+        }),
+    };
+    reply::write_static(session, &reply, &ctx.request_id, close, &ctx.flow.answer).await
 }
 
 /// The request as the policy stages see it.
