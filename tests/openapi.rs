@@ -366,3 +366,48 @@ async fn breaking_changes_to_a_stable_spec_need_a_new_version() {
     let (_, v) = support::admin(&gw, "GET", "/status", None).await;
     assert!(v["last_reload"]["error"].is_null(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_the_spec_leaves_open_need_no_key() {
+    let up = Upstream::start("pets").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("spec.yaml"),
+        "openapi: 3.0.3\ninfo: {title: t, version: '1'}\nsecurity: [{key: []}]\npaths:\n  /health:\n    get:\n      security: []\n      responses: {'200': {description: ok}}\n  /status:\n    get:\n      security: [{}, {key: []}]\n      responses: {'200': {description: ok}}\n  /orders:\n    get:\n      responses: {'200': {description: ok}}\ncomponents:\n  securitySchemes:\n    key: {type: apiKey, in: header, name: x-api-key}\n",
+    )
+    .expect("spec");
+    let text = format!(
+        "[upstreams.pets]\ntargets = [ {{ addr = \"{}\" }} ]\n[[apis]]\nname = \"shop\"\nbase_path = \"/shop\"\nupstream = \"pets\"\n[apis.auth]\nmethods = [\"api_key\"]\n[apis.catalog]\nopenapi = \"{}\"\n[apis.openapi]\nroutes = true\n",
+        up.addr,
+        dir.path().join("spec.yaml").display()
+    );
+    let gw = Gateway::start(&text);
+    let c = client();
+    let status = |p: &'static str| {
+        let c = c.clone();
+        let url = gw.url(p);
+        async move { c.get(url).send().await.expect("get").status().as_u16() }
+    };
+    assert_eq!(status("/shop/health").await, 200, "security: [] is open");
+    assert_eq!(
+        status("/shop/status").await,
+        200,
+        "an empty alternative is open"
+    );
+    assert_eq!(
+        status("/shop/orders").await,
+        401,
+        "the document's security applies"
+    );
+
+    // By hand: anonymous needs [apis.auth], and holds no scopes.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[upstreams.pets]\ntargets = [ { addr = \"127.0.0.1:9\" } ]\n[[apis]]\nname = \"a\"\nbase_path = \"/a\"\nupstream = \"pets\"\n[[apis.routes]]\npath = \"/x\"\nanonymous = true\n",
+    )
+    .expect("write");
+    let (code, _, err) = run_cli(&["check", "-c", &bad.display().to_string()], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("apis[0].routes[0].anonymous"), "{err}");
+}

@@ -27,6 +27,8 @@ struct Planned {
     cache: Option<Arc<crate::cache::Policy>>,
     /// The route's index (None: an API without routes).
     route: Option<usize>,
+    /// No credential needed (`anonymous = true`, or the spec's `security: []`).
+    anonymous: bool,
 }
 
 /// Builds a snapshot; `previous` lends pools whose definition did not change.
@@ -226,6 +228,7 @@ pub fn compile(
                     max_body: api_body,
                     scopes: Vec::new(),
                     route: None,
+                    anonymous: false,
                 });
             }
         }
@@ -264,6 +267,7 @@ pub fn compile(
                 max_body: route.max_body.map_or(api_body, |s| s.0),
                 scopes: route.scopes.clone(),
                 route: *r,
+                anonymous: route.anonymous,
             });
         }
         for Planned {
@@ -275,8 +279,14 @@ pub fn compile(
             scopes,
             cache,
             route,
+            anonymous,
         } in planned
         {
+            // An anonymous route: no identification and no plan (the flood guard stays).
+            let (auth, limits) = match anonymous {
+                true => (None, None),
+                false => (auth.clone(), limits.clone()),
+            };
             let chain = catalog.chain(
                 file,
                 Some(i),
@@ -305,9 +315,9 @@ pub fn compile(
                 action,
                 strip,
                 max_body,
-                auth: auth.clone(),
+                auth,
                 scopes,
-                limits: limits.clone(),
+                limits,
                 per_ip: per_ip.clone(),
                 cache,
                 chain,

@@ -768,6 +768,11 @@ pub struct RouteSection {
     /// Answered from the API's OpenAPI document (`crate::openapi::mock`), never proxied.
     #[serde(default)]
     pub mock: bool,
+    /// Callers need no credential here although the API has `[apis.auth]` (no identification,
+    /// no plan; the flood guard still applies). Set by the spec's operations that say
+    /// `security: []` when the routes come from it.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// `respond`: a static answer given by the gateway itself.

@@ -260,10 +260,22 @@ fn api_auth(problems: &mut Vec<Problem>, i: usize, api: &ApiSection) {
                     "scopes need callers to be identified: add [apis.auth] to this API",
                 ));
             }
+            if route.anonymous {
+                problems.push(Problem::at(
+                    format!("{key}.routes[{r}].anonymous"),
+                    "the API has no [apis.auth]: every route is anonymous already",
+                ));
+            }
         }
         return;
     };
     for (r, route) in api.routes.iter().enumerate() {
+        if route.anonymous && !route.scopes.is_empty() {
+            problems.push(Problem::at(
+                format!("{key}.routes[{r}].scopes"),
+                "an anonymous route has no caller to hold scopes",
+            ));
+        }
         labels(
             problems,
             &format!("{key}.routes[{r}].scopes"),

@@ -1141,4 +1141,53 @@ components:
         let few = format!("[{}]", ["{}"; 3].join(","));
         assert_eq!(run("", &[], "application/json", &few).1.len(), 9);
     }
+
+    #[test]
+    fn formats_are_asserted() {
+        let c = contract(
+            r#"
+openapi: 3.1.0
+info: {title: t, version: '1'}
+paths:
+  /f:
+    get:
+      parameters:
+        - {name: at, in: query, schema: {type: string, format: date-time}}
+        - {name: day, in: query, schema: {type: string, format: date}}
+        - {name: link, in: query, schema: {type: string, format: uri}}
+        - {name: mail, in: query, schema: {type: string, format: email}}
+        - {name: id, in: query, schema: {type: string, format: uuid}}
+      responses: {'200': {description: ok}}
+"#,
+        );
+        let t = "/f";
+        assert!(check(
+            &c,
+            "GET",
+            t,
+            "/f",
+            "at=2026-12-06T10:00:00Z&day=2026-12-06&link=https://example.com/a&mail=a@b.io&id=6f1c2a4e-8b1d-4c3a-9e2f-0a1b2c3d4e5f",
+            None,
+            None
+        )
+        .is_empty());
+        assert_eq!(
+            check(
+                &c,
+                "GET",
+                t,
+                "/f",
+                "at=yesterday&day=2026-13-40&link=not a uri&mail=nobody&id=42",
+                None,
+                None
+            ),
+            vec![
+                e("query", "/at", "value is not a \"date-time\""),
+                e("query", "/day", "value is not a \"date\""),
+                e("query", "/link", "value is not a \"uri\""),
+                e("query", "/mail", "value is not a \"email\""),
+                e("query", "/id", "value is not a \"uuid\""),
+            ]
+        );
+    }
 }

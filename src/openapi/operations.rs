@@ -32,6 +32,9 @@ pub struct Operation {
     pub pointer: String,
     /// Alternatives (any one suffices); empty: no security; `None` never (resolved here).
     pub security: Vec<Requirement>,
+    /// The operation itself says callers need no credential (`security: []`, or an empty
+    /// alternative `{}`); a document without any security says nothing.
+    pub anonymous: bool,
 }
 
 impl Operation {
@@ -179,6 +182,14 @@ pub fn collect(
                 security: op
                     .get("security")
                     .map_or_else(|| global.clone(), requirements),
+                anonymous: op.get("security").is_some_and(|s| {
+                    s.as_array().is_some_and(|alts| {
+                        alts.is_empty()
+                            || alts
+                                .iter()
+                                .any(|a| a.as_object().is_some_and(|m| m.is_empty()))
+                    })
+                }),
             });
         }
     }

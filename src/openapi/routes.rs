@@ -5,7 +5,10 @@
 //! (`HEAD` comes with `GET`, as for hand-written routes). Scopes come from the operations'
 //! security when every operation of the template asks for the same single requirement of an
 //! `oauth2` or `openIdConnect` scheme (what `[apis.auth]` JWT scopes can enforce); anything
-//! else is left to the API's `[apis.auth]`. A hand-written `[[apis.routes]]` with the same
+//! else is left to the API's `[apis.auth]`. A template whose every operation says
+//! `security: []` (or allows the empty alternative `{}`) is `anonymous`: no credential is asked
+//! there even on an API with `[apis.auth]` (a document that declares no security says nothing,
+//! and the API's auth applies). A hand-written `[[apis.routes]]` with the same
 //! path keeps its own settings (policies, scopes, limits, cache, answer) and, when it lists no
 //! methods, gets the spec's.
 
@@ -32,8 +35,9 @@ fn scopes_of(spec: &Spec, security: &[super::operations::Requirement]) -> Option
     matches!(kind, "oauth2" | "openIdConnect").then(|| scopes.clone())
 }
 
-/// A template's methods, and the scopes each of its operations asks for (when expressible).
-type PathOps = (Vec<String>, Vec<Option<Vec<String>>>);
+/// A template's methods, the scopes each of its operations asks for (when expressible), and
+/// whether every operation is anonymous.
+type PathOps = (Vec<String>, Vec<Option<Vec<String>>>, bool);
 
 /// The API's routes: (index of the hand-written route, if any; the route).
 pub fn effective(api: &ApiSection, spec: Option<&Spec>) -> Vec<(Option<usize>, RouteSection)> {
@@ -55,12 +59,15 @@ pub fn effective(api: &ApiSection, spec: Option<&Spec>) -> Vec<(Option<usize>, R
     });
     let mut by_path: BTreeMap<&str, PathOps> = BTreeMap::new();
     for op in &spec.operations {
-        let e = by_path.entry(op.path.as_str()).or_default();
+        let e = by_path
+            .entry(op.path.as_str())
+            .or_insert_with(|| (Vec::new(), Vec::new(), true));
         e.0.push(op.method.to_string());
         e.1.push(scopes_of(spec, &op.security).filter(|_| jwt));
+        e.2 &= op.anonymous;
     }
     let mut out: Vec<(Option<usize>, RouteSection)> = Vec::new();
-    for (path, (methods, scopes)) in by_path {
+    for (path, (methods, scopes, anonymous)) in by_path {
         let same_scopes = scopes
             .first()
             .cloned()
@@ -86,6 +93,7 @@ pub fn effective(api: &ApiSection, spec: Option<&Spec>) -> Vec<(Option<usize>, R
                     cache: None,
                     policies: Vec::new(),
                     mock: false,
+                    anonymous,
                 },
             )),
         }
