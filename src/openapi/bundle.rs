@@ -57,6 +57,26 @@ impl Bundler<'_> {
         chosen
     }
 
+    /// A discriminator mapping value (a reference, or a schema name of the document `doc`) as a
+    /// reference into the bundle; `None` leaves it as it is.
+    fn mapping_target(&mut self, t: &str, doc: &Path) -> Option<String> {
+        if t.contains('#') || t.contains('/') {
+            let (file, fragment) = split(t).ok()?;
+            let file_path = target(doc, &file);
+            return Some(if file_path == self.spec.root {
+                format!("#{fragment}")
+            } else {
+                format!("#{}", self.local_for(&file_path, &fragment))
+            });
+        }
+        if doc == self.spec.root {
+            return None;
+        }
+        let pointer = format!("/components/schemas/{}", escape(t));
+        self.spec.documents.get(doc)?.value.pointer(&pointer)?;
+        Some(format!("#{}", self.local_for(doc, &pointer)))
+    }
+
     /// Makes every reference in `v` (from the document `doc`) point into the bundle.
     fn rewrite(&mut self, v: &mut Value, doc: &Path) {
         self.rewrite_in(v, doc, "");
@@ -76,8 +96,19 @@ impl Bundler<'_> {
                         map.insert("$ref".into(), Value::String(format!("#{local}")));
                     }
                 }
+                if parent_key == "discriminator" {
+                    if let Some(Value::Object(mapping)) = map.get_mut("mapping") {
+                        for target in mapping.values_mut() {
+                            if let Value::String(t) = target {
+                                if let Some(local) = self.mapping_target(t, doc) {
+                                    *t = local;
+                                }
+                            }
+                        }
+                    }
+                }
                 for (k, child) in map.iter_mut() {
-                    if k != "$ref" && !is_data(k, parent_key) {
+                    if k != "$ref" && k != "mapping" && !is_data(k, parent_key) {
                         self.rewrite_in(child, doc, k);
                     }
                 }
@@ -198,5 +229,33 @@ mod tests {
             let p = r.strip_prefix('#').expect("local");
             assert!(doc.pointer(p).is_some(), "{r} resolves in the bundle");
         }
+    }
+
+    #[test]
+    fn discriminator_mappings_follow_their_schemas() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(
+            dir.path(),
+            "root.yaml",
+            "openapi: 3.0.3\ninfo: {title: t, version: '1'}\npaths:\n  /pets:\n    post:\n      requestBody:\n        content:\n          application/json:\n            schema: {$ref: 'pets.yaml#/components/schemas/Pet'}\n      responses: {'200': {description: ok}}\n",
+        );
+        write(
+            dir.path(),
+            "pets.yaml",
+            "components:\n  schemas:\n    Pet:\n      oneOf: [{$ref: '#/components/schemas/Dog'}, {$ref: 'cats.yaml#/Cat'}]\n      discriminator:\n        propertyName: kind\n        mapping: {dog: Dog, cat: 'cats.yaml#/Cat'}\n    Dog: {type: object, properties: {bark: {type: boolean}}}\n",
+        );
+        write(dir.path(), "cats.yaml", "Cat: {type: object}\n");
+        let spec = load(Path::new("root.yaml"), Some(dir.path())).expect("loads");
+        let b = bundled(&spec, None);
+        let mapping = &b["components"]["schemas"]["Pet"]["discriminator"]["mapping"];
+        assert_eq!(mapping["dog"], "#/components/schemas/Dog");
+        let cat = mapping["cat"].as_str().unwrap_or("");
+        assert!(cat.starts_with("#/components/x-turnpike-bundled/"), "{cat}");
+        assert_eq!(
+            b["components"]["schemas"]["Pet"]["oneOf"][1]["$ref"].as_str(),
+            Some(cat)
+        );
+        // And the contract compiles with the mapping.
+        assert!(super::super::contract::Contract::compile(&spec, false).is_ok());
     }
 }
