@@ -195,6 +195,49 @@ async fn invalid_requests_are_refused_before_the_upstream() {
             .starts_with("the body is not valid JSON"),
         "{v}"
     );
+    // A client that waits for 100 Continue gets it from the gateway, which reads the body,
+    // validates it and sends the upstream the request without Expect.
+    let addr = gw.addr;
+    let body = r#"{"items":[{"sku":"ABC-7","qty":1}]}"#;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let head = format!(
+            "POST /shop/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).expect("head");
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).expect("100");
+        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+        s.write_all(body.as_bytes()).expect("body");
+        let mut rest = Vec::new();
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&rest).contains("HTTP/1.1 200") {
+                break;
+            }
+        }
+        (first, String::from_utf8_lossy(&rest).into_owned())
+    })
+    .await
+    .expect("client");
+    assert!(answer.0.starts_with("HTTP/1.1 100 Continue"), "{answer:?}");
+    let whole = format!("{}{}", answer.0, answer.1);
+    assert!(whole.contains("HTTP/1.1 200"), "{whole}");
+    let seen = up.last().expect("seen");
+    assert_eq!(seen.body.as_deref(), Some(body.as_bytes()));
+    assert_eq!(
+        seen.header("expect"),
+        None,
+        "the upstream is not asked to wait"
+    );
+
     let m = metrics_text(&gw).await;
     assert!(
         m.contains(
