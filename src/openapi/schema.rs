@@ -205,14 +205,21 @@ impl Walker<'_> {
             Direction::Request => ("readOnly", READ_ONLY),
             Direction::Response => ("writeOnly", WRITE_ONLY),
         };
-        let Some(Value::Object(props)) = out.get("properties") else {
-            return;
+        let own: Vec<String> = match out.get("properties") {
+            Some(Value::Object(props)) => props
+                .iter()
+                .filter(|(_, s)| self.marked(s, key))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            _ => Vec::new(),
         };
-        let marked: Vec<String> = props
-            .iter()
-            .filter(|(_, s)| self.marked(s, key))
-            .map(|(n, _)| n.clone())
-            .collect();
+        // Names marked in `allOf` members count for this object's `required` too.
+        let mut marked = own.clone();
+        if let Some(Value::Array(members)) = out.get("allOf") {
+            for m in members {
+                self.marked_names(m, key, keyword, 0, &mut marked);
+            }
+        }
         if marked.is_empty() {
             return;
         }
@@ -220,8 +227,45 @@ impl Walker<'_> {
             req.retain(|r| !r.as_str().is_some_and(|r| marked.iter().any(|m| m == r)));
         }
         if let Some(Value::Object(props)) = out.get_mut("properties") {
-            for name in marked {
+            for name in own {
                 props.insert(name, json!({ keyword: true }));
+            }
+        }
+    }
+
+    /// The property names `v` (through `$ref`s and `allOf`) marks `key` (or, already
+    /// rewritten, `keyword`).
+    fn marked_names(
+        &self,
+        v: &Value,
+        key: &str,
+        keyword: &str,
+        depth: usize,
+        out: &mut Vec<String>,
+    ) {
+        if depth > 8 {
+            return;
+        }
+        let v = match v
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|p| self.source.pointer(p))
+        {
+            Some(t) => t,
+            None => v,
+        };
+        if let Some(Value::Object(props)) = v.get("properties") {
+            for (n, s) in props {
+                let on = self.marked(s, key) || s.get(keyword) == Some(&Value::Bool(true));
+                if on && !out.contains(n) {
+                    out.push(n.clone());
+                }
+            }
+        }
+        if let Some(Value::Array(members)) = v.get("allOf") {
+            for m in members {
+                self.marked_names(m, key, keyword, depth + 1, out);
             }
         }
     }
@@ -431,6 +475,28 @@ mod tests {
         assert_eq!(
             r["components"]["x-turnpike-bundled"]["other"]["type"],
             json!(["integer", "null"])
+        );
+    }
+
+    #[test]
+    fn read_only_through_all_of_is_not_required_in_requests() {
+        let d = doc(json!({
+            "Base": { "type": "object", "properties": { "id": { "type": "string", "readOnly": true } } },
+            "Order": {
+                "allOf": [{ "$ref": "#/components/schemas/Base" }],
+                "required": ["id", "qty"],
+                "properties": { "qty": { "type": "integer" } }
+            }
+        }));
+        let req = rewrite(&d, Version::V30, Direction::Request);
+        assert_eq!(
+            req["components"]["schemas"]["Order"]["required"],
+            json!(["qty"])
+        );
+        let resp = rewrite(&d, Version::V30, Direction::Response);
+        assert_eq!(
+            resp["components"]["schemas"]["Order"]["required"],
+            json!(["id", "qty"])
         );
     }
 }
