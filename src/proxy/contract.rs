@@ -129,11 +129,53 @@ impl Gateway {
     }
 }
 
+/// At most this many report-mode lines a second are written (a client sending bad requests
+/// in a loop cannot flood the log); the metric counts every one.
+const LOG_PER_SECOND: u32 = 20;
+
+static LOG_LINES: LogBudget = LogBudget {
+    second: std::sync::atomic::AtomicU64::new(0),
+    used: std::sync::atomic::AtomicU32::new(0),
+    skipped: std::sync::atomic::AtomicU32::new(0),
+};
+
+/// A per-second budget of log lines, shared by every thread.
+struct LogBudget {
+    second: std::sync::atomic::AtomicU64,
+    used: std::sync::atomic::AtomicU32,
+    skipped: std::sync::atomic::AtomicU32,
+}
+
+impl LogBudget {
+    /// `Some(lines skipped in the previous window)` when a line may be written now.
+    fn admit(&self, second: u64) -> Option<u32> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut skipped_before = 0;
+        if self.second.swap(second, Relaxed) != second {
+            self.used.store(0, Relaxed);
+            skipped_before = self.skipped.swap(0, Relaxed);
+        }
+        if self.used.fetch_add(1, Relaxed) < LOG_PER_SECOND {
+            Some(skipped_before)
+        } else {
+            self.skipped.fetch_add(1 + skipped_before, Relaxed);
+            None
+        }
+    }
+}
+
 /// Logs what report mode found (places, pointers and messages: never a value) and marks the
 /// places for `turnpike_contract_violations_total`.
 fn note(ctx: &mut RequestCtx, ep: &Endpoint, what: &str, found: &[Violation]) {
     for f in found {
         ctx.violations |= violation_bit(f.at);
+    }
+    let second = u64::try_from(crate::clock::now()).unwrap_or(0);
+    let Some(suppressed) = LOG_LINES.admit(second) else {
+        return;
+    };
+    if suppressed > 0 {
+        log::warn!("{suppressed} contract violation lines were not written in the last second (at most {LOG_PER_SECOND} a second; turnpike_contract_violations_total counts them all)");
     }
     // (Debug formatting: a pointer holds the client's member names, which may hold newlines.)
     let list: Vec<String> = found
@@ -257,5 +299,24 @@ pub fn check_answer(
     let found = op.check_response(status, content_type, whole.as_deref());
     if !found.is_empty() {
         note(ctx, ep, "answer", &found);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_budgeted_per_second() {
+        let b = LogBudget {
+            second: std::sync::atomic::AtomicU64::new(0),
+            used: std::sync::atomic::AtomicU32::new(0),
+            skipped: std::sync::atomic::AtomicU32::new(0),
+        };
+        let written = (0..50).filter(|_| b.admit(100).is_some()).count();
+        assert_eq!(written, LOG_PER_SECOND as usize);
+        // The next second writes again and says how many were not written.
+        assert_eq!(b.admit(101), Some(30));
+        assert_eq!(b.admit(101), Some(0));
     }
 }
