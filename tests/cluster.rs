@@ -149,7 +149,21 @@ async fn quotas_across_two_nodes_batched_and_strict() {
     // Batched: 64 clients, 600 requests over both nodes for a quota of 300. Never more than
     // the quota; fewer only while the other node holds an unused lease.
     let (ok, limited) = hammer(&[&a, &b], KEYS[0], 64, 640).await;
-    assert!(ok <= 300, "batched mode accepted {ok} of a quota of 300");
+    // (While Redis is marked unreachable, e.g. a redis_timeout on a starved machine, a plan
+    // follows on_store_error = "local" and may pass its share: the logs say so.)
+    let redis_lines = |gw: &Gateway| -> String {
+        gw.log()
+            .lines()
+            .filter(|l| l.contains("redis"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        ok <= 300,
+        "batched mode accepted {ok} of a quota of 300; logs:\n{}\n{}",
+        redis_lines(&a),
+        redis_lines(&b)
+    );
     assert_eq!(ok + limited, 640);
     // Leases go back within one sync interval; after that the rest of the quota is usable
     // and the fleet's total is exactly the quota.
@@ -170,13 +184,6 @@ async fn quotas_across_two_nodes_batched_and_strict() {
 
     // Strict: exactly the quota, at once, with 64 clients over both nodes.
     let (ok, limited) = hammer(&[&a, &b], KEYS[1], 64, 640).await;
-    let redis_lines = |gw: &Gateway| -> String {
-        gw.log()
-            .lines()
-            .filter(|l| l.contains("redis"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     assert_eq!(
         ok,
         200,
